@@ -1,0 +1,20 @@
+"""The routed model: token-wise pruning of decoder blocks, usable on its own.
+
+>>> from router import load_model, route
+>>> model, tokenizer = load_model("smollm2-135m")
+>>> routing = route(model, [0.3] * 30)          # static position-priority router
+>>> logits = model(input_ids).logits
+>>> routing.last_state.realized_sparsity
+
+This package knows nothing of search, Ray or SQL.
+"""
+
+from router.engine import (ForwardState, RandomRouter, Routing, StaticRouter, TokenRouter,
+                           decoder_layers, keep_count, route, routing_of, unroute)
+from router.loading import (SMOLLM2_ALIAS, ModelSpecError, check_model_spec, load_model)
+
+__all__ = [
+    "ForwardState", "ModelSpecError", "RandomRouter", "Routing", "SMOLLM2_ALIAS", "StaticRouter",
+    "TokenRouter", "check_model_spec", "decoder_layers", "keep_count", "load_model", "route",
+    "routing_of", "unroute",
+]

@@ -1,0 +1,176 @@
+"""The ``ftprune`` command line: thin entry points over the library.
+
+Every command validates its input before any work starts and before the database is
+touched; bad input prints one line (``error: ...``) and exits with status 2. Heavy imports
+(torch, transformers, Ray) happen inside the commands, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+app = typer.Typer(help="Evolutionary search for FTP token-wise pruning of causal LMs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+search_app = typer.Typer(help="Launch and inspect sparsity-schedule searches.",
+                         no_args_is_help=True)
+app.add_typer(search_app, name="search")
+
+Db = Annotated[Optional[str], typer.Option(
+    "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]
+Pool = Annotated[Optional[str], typer.Option(
+    "--pool", help="Where candidates are scored: 'ray' (local instance or --ray-address) "
+                   "or 'local' (this process).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Number of Ray workers.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+QUICK_DEMO = dict(seq_lens=[128], sequences_per_length=2, heldout_seq_lens=[256],
+                  heldout_sequences_per_length=2, window=16, population=6, generations=2)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one line on stderr and exit status 2."""
+    from router import ModelSpecError
+    from search.config import ConfigError
+    from storage import StorageError
+    from workers import DataSpecError
+
+    try:
+        yield
+    except (ConfigError, ModelSpecError, DataSpecError, StorageError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _open_store(db: str | None, create: bool = True) -> Any:
+    from storage import Store, default_url
+
+    return Store(db or default_url(), create=create)
+
+
+@search_app.command("launch")
+def search_launch(
+    config: Annotated[Path, typer.Option("--config", help="Run config (YAML).")],
+    model: Annotated[Optional[str], typer.Option(help="Model: smollm2-135m, a .gguf file, "
+                                                      "a directory or a hub id.")] = None,
+    target_sparsity: Annotated[Optional[float], typer.Option(
+        help="Mean fraction of (token, block) pairs skipped.")] = None,
+    calibration: Annotated[Optional[str], typer.Option(
+        help="builtin:pydoc, a .txt file or a .jsonl file.")] = None,
+    seq_len: Annotated[Optional[list[int]], typer.Option(
+        "--seq-len", help="Calibration sequence length (repeat for several).")] = None,
+    generations: Annotated[Optional[int], typer.Option(help="GA generations.")] = None,
+    population: Annotated[Optional[int], typer.Option(help="GA population size.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of the search.")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Unique name for the run.")] = None,
+    pool: Pool = None,
+    workers: Workers = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster address ('auto' under ray job submit).")] = None,
+    db: Db = None,
+    quiet: Quiet = False,
+) -> None:
+    """Search a sparsity schedule and evaluate it against the uniform one on held-out text."""
+    from search.config import build_config
+
+    with _user_errors():
+        cfg = build_config(config, model=model, target_sparsity=target_sparsity,
+                           calibration=calibration, seq_lens=seq_len, generations=generations,
+                           population=population, seed=seed, run_name=run_name, pool=pool,
+                           workers=workers, ray_address=ray_address)
+        _run_and_report(cfg, db, quiet)
+
+
+@search_app.command("status")
+def search_status(
+    run: Annotated[Optional[str], typer.Argument(help="Run id or name (default: latest).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: Db = None,
+) -> None:
+    """Show a run's progress and best schedule."""
+    from storage import StorageError
+
+    with _user_errors():
+        store = _open_store(db, create=False)
+        if run is None:
+            latest = store.latest_run()
+            if latest is None:
+                raise StorageError("the database holds no runs yet")
+            run = str(latest.id)
+        status = store.run_status(run)
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    for key, value in status.items():
+        if key == "best_schedule" and value:
+            value = _format_schedule(value)
+        typer.echo(f"{key:>20}: {value}")
+
+
+@app.command("demo")
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (about a minute).")] = False,
+    pool: Pool = None,
+    workers: Workers = None,
+    db: Db = None,
+    quiet: Quiet = False,
+) -> None:
+    """The FTP search on the embedded defaults: smollm2-135m, builtin:pydoc, sparsity 0.3."""
+    from search.config import build_config
+
+    with _user_errors():
+        overrides: dict[str, Any] = dict(QUICK_DEMO) if quick else {}
+        cfg = build_config(None, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+                           pool=pool, workers=workers, **overrides)
+        _run_and_report(cfg, db, quiet)
+
+
+def _run_and_report(cfg: Any, db: str | None, quiet: bool) -> None:
+    from search.coordinator import check_inputs, launch
+    from storage import check_url, default_url, redact
+
+    url = db or default_url()
+    check_url(url)
+    check_inputs(cfg)
+    store = _open_store(url)
+    started = time.perf_counter()
+    outcome = launch(cfg, store, show_progress=not quiet)
+    elapsed = time.perf_counter() - started
+    blocks = len(outcome.best_schedule)
+    typer.echo(f"\nrun {outcome.run_name} (id {outcome.run_id}): {cfg.model}, {blocks} blocks, "
+               f"target sparsity {cfg.target_sparsity:.2f}, {outcome.evaluations} schedules "
+               f"scored in {cfg.generations} generations, {elapsed:.0f} s")
+    typer.echo(f"best calibration window KL: {outcome.best_fitness:.4f}")
+    typer.echo(f"best schedule: {_format_schedule(outcome.best_schedule)}")
+    heldout = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
+    typer.echo(f"\nheld-out text ({heldout} sequences of {'/'.join(map(str, cfg.heldout_seq_lens))}"
+               f" tokens, last {cfg.window} positions of each):")
+    typer.echo(f"  {'schedule':<28}{'window KL':>10}{'top-1':>8}{'window ppl':>12}"
+               f"{'realized S':>12}")
+    for label, text in (("uniform", "uniform + static router"),
+                        ("best", "searched + static router")):
+        m = outcome.heldout[label].metrics
+        typer.echo(f"  {text:<28}{m.kl:>10.4f}{m.top1:>8.3f}{m.ppl:>12.2f}"
+                   f"{m.realized_sparsity:>12.3f}")
+    typer.echo(f"\nlook at the results:\n  ftprune search status {outcome.run_name} "
+               f"--db {redact(url)}\n  ftprune search status {outcome.run_name} --json "
+               f"--db {redact(url)}")
+
+
+def _format_schedule(schedule: list[float]) -> str:
+    return "[" + ", ".join(f"{s:.3f}" for s in schedule) + "]"
+
+
+def main() -> None:
+    app(prog_name="ftprune")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Every shipped config validates, and the demo config states the defaults exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.config import RunConfig, build_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_config_validates(path):
+    build_config(path)
+
+
+def test_demo_config_equals_defaults():
+    demo = yaml.safe_load((CONFIGS[0].parent / "demo.yaml").read_text())
+    defaults = RunConfig().model_dump(exclude_none=True)
+    assert demo == defaults

@@ -1,0 +1,63 @@
+"""Calibration data: deterministic, disjoint splits, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router.loading import byte_tokenizer
+from workers.data import (DataSpec, DataSpecError, build_batches, documents, split_documents,
+                          split_text)
+
+
+def test_pydoc_splits_are_disjoint_and_cover_the_text():
+    calibration = split_text("builtin:pydoc", "calibration")
+    heldout = split_text("builtin:pydoc", "heldout")
+    docs = documents("builtin:pydoc")
+    assert len(docs) > 50
+    assert 0.15 < len(heldout) / (len(heldout) + len(calibration)) < 0.3
+    parts = split_documents("builtin:pydoc")
+    assert not set(parts["calibration"]) & set(parts["heldout"])
+    assert sorted(parts["calibration"] + parts["heldout"]) == list(range(len(docs)))
+
+
+def test_batches_are_deterministic_with_requested_shapes():
+    tokenizer = byte_tokenizer()
+    spec = DataSpec("builtin:pydoc", "calibration", (16, 32), per_length=3, batch_size=2)
+    first = build_batches(spec, tokenizer)
+    second = build_batches(spec, tokenizer)
+    assert [b.shape for b in first] == [(2, 17), (1, 17), (2, 33), (1, 33)]
+    assert all((a == b).all() for a, b in zip(first, second))
+    rows = [tuple(r.tolist()) for b in first for r in b]
+    assert len(set(rows)) == len(rows)
+
+
+def test_text_and_jsonl_files(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(f"document {i} " + "word " * 50 for i in range(20)))
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": f"record {i} " + "token " * 50})
+                               for i in range(20)))
+    for path in (text, jsonl):
+        docs = documents(str(path))
+        assert len(docs) == 20
+        held = split_text(str(path), "heldout").split("\n\n")
+        assert 3 <= len(held) <= 5 and all(doc in docs for doc in held)
+        batches = build_batches(DataSpec(str(path), "calibration", (32,), 4), byte_tokenizer())
+        assert batches[0].shape == (4, 33)
+
+
+def test_bad_sources_fail_clearly(tmp_path):
+    with pytest.raises(DataSpecError, match="not found"):
+        documents(str(tmp_path / "missing.txt"))
+    with pytest.raises(DataSpecError, match="builtin:pydoc"):
+        documents("wikitext")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"no_text": 1}\n')
+    with pytest.raises(DataSpecError, match="bad.jsonl:2"):
+        documents(str(bad))
+    small = tmp_path / "small.txt"
+    small.write_text("too short")
+    with pytest.raises(DataSpecError, match="too few"):
+        build_batches(DataSpec(str(small), "calibration", (64,), 2), byte_tokenizer())

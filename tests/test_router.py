@@ -1,0 +1,149 @@
+"""The routing engine on tiny random models of every supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from router import (RandomRouter, StaticRouter, decoder_layers, keep_count, load_model, route,
+                    routing_of, unroute)
+from router.loading import ModelSpecError
+from tests.conftest import FAMILIES
+
+
+def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 250, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_sparsity_matches_plain_model(tiny_models, family):
+    model, _ = tiny_models[family]
+    ids = _ids(2, 40)
+    with torch.no_grad():
+        plain = model(ids, use_cache=False).logits
+        routing = route(model, [0.0] * len(decoder_layers(model)))
+        routed = model(ids, use_cache=False).logits
+    unroute(model)
+    assert (plain - routed).abs().max().item() <= 1e-5
+    assert routing.last_state.realized_sparsity == 0.0
+
+
+@pytest.mark.parametrize("sparsity,length", [(0.0, 10), (0.3, 10), (0.5, 7), (0.99, 50),
+                                             (0.25, 2), (0.05, 100)])
+def test_keep_count(sparsity, length):
+    expected = min(length, max(2, int((1 - sparsity) * length + 0.5)))
+    assert keep_count(sparsity, length) == expected
+
+
+def _capture_kept(model):
+    """Record, per block, the full input and the hidden states the layer really computed."""
+    seen = []
+    handles = []
+    for layer in decoder_layers(model):
+        record = {}
+        seen.append(record)
+        handles.append(layer.register_forward_pre_hook(
+            lambda m, args, kw, r=record: r.update(full=(args[0] if args else kw["hidden_states"])),
+            with_kwargs=True))
+        handles.append(layer.input_layernorm.register_forward_pre_hook(
+            lambda m, args, r=record: r.update(kept=args[0])))
+    return seen, handles
+
+
+def test_static_router_keeps_ftp_priority_order(tiny_llama):
+    model, _ = tiny_llama
+    schedule = [0.5, 0.3, 0.0, 0.8]
+    length = 20
+    route(model, schedule, StaticRouter())
+    seen, handles = _capture_kept(model)
+    with torch.no_grad():
+        model(_ids(1, length), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    for record, sparsity in zip(seen, schedule):
+        k = keep_count(sparsity, length)
+        # FTP order: token 0, the last token, then backwards from L-2.
+        priority = [0, length - 1] + list(range(length - 2, 0, -1))
+        expected = sorted(priority[:k])
+        assert record["kept"].shape[1] == k
+        assert torch.equal(record["kept"], record["full"][:, expected])
+
+
+def test_routed_block_runs_on_k_tokens(tiny_llama):
+    model, _ = tiny_llama
+    schedule = [0.25, 0.5, 0.75, 0.1]
+    batch, length = 3, 32
+    shapes = []
+    handles = [layer.mlp.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape))
+               for layer in decoder_layers(model)]
+    routing = route(model, schedule)
+    with torch.no_grad():
+        model(_ids(batch, length), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    expected = [keep_count(s, length) for s in schedule]
+    assert [tuple(s) for s in shapes] == [(batch, k, model.config.hidden_size) for k in expected]
+    assert routing.last_state.kept == [batch * k for k in expected]
+    assert routing.last_state.realized_sparsity == pytest.approx(
+        1 - sum(expected) / (len(expected) * length))
+
+
+def test_skipped_tokens_pass_through_unchanged(tiny_llama):
+    model, _ = tiny_llama
+    route(model, [0.6, 0.0, 0.0, 0.0])
+    captured = {}
+    layer = decoder_layers(model)[0]
+    handle_in = layer.register_forward_pre_hook(
+        lambda m, args, kw: captured.update(inp=args[0] if args else kw["hidden_states"]),
+        with_kwargs=True)
+    handle_out = layer.register_forward_hook(lambda m, a, out: captured.update(out=out))
+    with torch.no_grad():
+        model(_ids(1, 20), use_cache=False)
+    handle_in.remove()
+    handle_out.remove()
+    k = keep_count(0.6, 20)
+    kept = [0] + list(range(20 - k + 1, 20))
+    skipped = [j for j in range(20) if j not in kept]
+    assert torch.equal(captured["out"][:, skipped], captured["inp"][:, skipped])
+    assert not torch.equal(captured["out"][:, kept], captured["inp"][:, kept])
+
+
+def test_random_router_always_keeps_first_and_last(tiny_llama):
+    model, _ = tiny_llama
+    route(model, [0.9] * 4, RandomRouter(seed=3))
+    seen, handles = _capture_kept(model)
+    with torch.no_grad():
+        model(_ids(2, 30), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    for record in seen:
+        assert record["kept"].shape[1] == keep_count(0.9, 30)
+        assert torch.equal(record["kept"][:, 0], record["full"][:, 0])
+        assert torch.equal(record["kept"][:, -1], record["full"][:, -1])
+
+
+def test_unroute_restores_plain_model(tiny_llama):
+    model, _ = tiny_llama
+    ids = _ids(1, 16)
+    with torch.no_grad():
+        plain = model(ids, use_cache=False).logits
+        route(model, [0.5] * 4)
+        assert not torch.allclose(model(ids, use_cache=False).logits, plain)
+        unroute(model)
+        assert routing_of(model) is None
+        assert torch.equal(model(ids, use_cache=False).logits, plain)
+
+
+def test_schedule_validation(tiny_llama):
+    model, _ = tiny_llama
+    with pytest.raises(ValueError, match="4 decoder blocks"):
+        route(model, [0.1, 0.2])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        route(model, [0.1, 0.2, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "random:gpt2-tiny", "/no/such/model.gguf",
+                                  "./missing-dir"])
+def test_unknown_model_specs_are_clear_errors(spec):
+    with pytest.raises(ModelSpecError):
+        load_model(spec)

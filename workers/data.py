@@ -1,0 +1,128 @@
+"""Calibration and held-out token sequences, built deterministically from a text source.
+
+Sources:
+
+- ``builtin:pydoc``: the English documentation text that ships with CPython
+  (``pydoc_data.topics``, ~465k characters, no network needed);
+- a ``.txt`` file (documents separated by blank lines) or a ``.jsonl`` file (one JSON object
+  per line with a ``"text"`` field).
+
+Every source is a list of documents. Walking them in order, a document goes to the held-out
+split whenever the held-out share of the characters seen so far is below 20%, and to the
+calibration split otherwise: the split is deterministic, interleaved through the source,
+holds about a fifth of the text, and the two parts never share a document.
+Within a split, sequences are non-overlapping windows of the token stream, evenly spaced, so
+the same (source, split, lengths, count) always yields the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+BUILTIN_PYDOC = "builtin:pydoc"
+HELDOUT_SHARE = 0.2
+Split = Literal["calibration", "heldout"]
+
+
+class DataSpecError(ValueError):
+    """A calibration source that cannot be read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which sequences to build: ``per_length`` sequences of each length in ``seq_lens``.
+
+    Each sequence holds ``L + 1`` tokens: the model reads the first L, and the last token is
+    the true continuation of position L - 1 (used for perplexity).
+    """
+
+    source: str
+    split: Split
+    seq_lens: tuple[int, ...]
+    per_length: int
+    batch_size: int = 4
+
+
+def check_source(source: str) -> None:
+    """Raise :class:`DataSpecError` unless ``source`` is readable. Reads no more than needed."""
+    if source == BUILTIN_PYDOC:
+        return
+    path = Path(source)
+    if path.suffix not in (".txt", ".jsonl"):
+        raise DataSpecError(f"calibration source {source!r}: use 'builtin:pydoc', a .txt "
+                            "file or a .jsonl file with a 'text' field")
+    if not path.is_file():
+        raise DataSpecError(f"calibration file not found: {source}")
+
+
+def documents(source: str) -> list[str]:
+    """The source's documents, in a fixed order."""
+    check_source(source)
+    if source == BUILTIN_PYDOC:
+        from pydoc_data.topics import topics
+        return [topics[name] for name in sorted(topics)]
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        docs = []
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                docs.append(str(json.loads(line)["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataSpecError(f"{source}:{line_no}: expected a JSON object with a "
+                                    "'text' field") from None
+        return docs
+    return [doc for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+
+
+def split_documents(source: str) -> dict[Split, list[int]]:
+    """Indices (into :func:`documents`) of each split's documents."""
+    parts: dict[Split, list[int]] = {"calibration": [], "heldout": []}
+    held_chars = seen_chars = 0
+    for index, doc in enumerate(documents(source)):
+        if held_chars < HELDOUT_SHARE * seen_chars:
+            parts["heldout"].append(index)
+            held_chars += len(doc)
+        else:
+            parts["calibration"].append(index)
+        seen_chars += len(doc)
+    return parts
+
+
+def split_text(source: str, split: Split) -> str:
+    """All documents of one split, joined by blank lines."""
+    docs = documents(source)
+    return "\n\n".join(docs[i] for i in split_documents(source)[split])
+
+
+def build_batches(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
+    """Token batches for ``spec``: each a (batch, L + 1) long tensor of one length L.
+
+    Raises :class:`DataSpecError` when the split holds too few tokens.
+    """
+    text = split_text(spec.source, spec.split)
+    tokens = tokenizer(text, add_special_tokens=False, return_attention_mask=False,
+                       verbose=False)["input_ids"]
+    lengths = [L for L in spec.seq_lens for _ in range(spec.per_length)]
+    slot = max(spec.seq_lens) + 1
+    slots = len(tokens) // slot
+    if slots < len(lengths):
+        raise DataSpecError(
+            f"{spec.source} ({spec.split}) has {len(tokens)} tokens: too few for "
+            f"{len(lengths)} sequences of up to {slot - 1} tokens")
+    starts = [round(i * slots / len(lengths)) * slot for i in range(len(lengths))]
+    by_length: dict[int, list[list[int]]] = {}
+    for start, length in zip(starts, lengths):
+        by_length.setdefault(length, []).append(tokens[start:start + length + 1])
+    batches = []
+    for length in sorted(by_length):
+        rows = by_length[length]
+        for i in range(0, len(rows), spec.batch_size):
+            batches.append(torch.tensor(rows[i:i + spec.batch_size], dtype=torch.long))
+    return batches
