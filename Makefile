@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test clean
+.PHONY: install system-deps demo test clean
 
 install: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/ftprune demo
 
-test: install
+# PostgreSQL's server programs, for the storage tests' throwaway server.
+system-deps:
+	sh scripts/ensure-postgres.sh
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 clean:

@@ -16,11 +16,14 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from search.cli_db import db_app
+
 app = typer.Typer(help="Evolutionary search for FTP token-wise pruning of causal LMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 search_app = typer.Typer(help="Launch and inspect sparsity-schedule searches.",
                          no_args_is_help=True)
 app.add_typer(search_app, name="search")
+app.add_typer(db_app, name="db")
 
 Db = Annotated[Optional[str], typer.Option(
     "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]
@@ -30,8 +33,9 @@ Pool = Annotated[Optional[str], typer.Option(
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Number of Ray workers.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
-QUICK_DEMO = dict(seq_lens=[128], sequences_per_length=2, heldout_seq_lens=[256],
-                  heldout_sequences_per_length=2, window=16, population=6, generations=2)
+QUICK_DEMO = dict(seq_lens=[128], sequences_per_length=4, heldout_seq_lens=[256],
+                  heldout_sequences_per_length=2, window=16, offspring=6, generations=2,
+                  stages=[{"sequences": 2, "keep": 3}, {"sequences": 4, "keep": 2}])
 
 
 @contextlib.contextmanager
@@ -67,7 +71,7 @@ def search_launch(
     seq_len: Annotated[Optional[list[int]], typer.Option(
         "--seq-len", help="Calibration sequence length (repeat for several).")] = None,
     generations: Annotated[Optional[int], typer.Option(help="GA generations.")] = None,
-    population: Annotated[Optional[int], typer.Option(help="GA population size.")] = None,
+    offspring: Annotated[Optional[int], typer.Option(help="New candidates per generation.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed of the search.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Unique name for the run.")] = None,
     pool: Pool = None,
@@ -83,7 +87,7 @@ def search_launch(
     with _user_errors():
         cfg = build_config(config, model=model, target_sparsity=target_sparsity,
                            calibration=calibration, seq_lens=seq_len, generations=generations,
-                           population=population, seed=seed, run_name=run_name, pool=pool,
+                           offspring=offspring, seed=seed, run_name=run_name, pool=pool,
                            workers=workers, ray_address=ray_address)
         _run_and_report(cfg, db, quiet)
 
@@ -132,9 +136,32 @@ def demo(
         _run_and_report(cfg, db, quiet)
 
 
+@search_app.command("resume")
+def search_resume(
+    run: Annotated[str, typer.Argument(help="Run id or name.")],
+    db: Db = None,
+    quiet: Quiet = False,
+) -> None:
+    """Continue a run from its last completed generation (after a crash or a kill).
+
+    The result is the same as an uninterrupted run with the same config and seed.
+    """
+    from search.config import RunConfig
+    from search.coordinator import resume
+    from storage import default_url
+
+    url = db or default_url()
+    with _user_errors():
+        store = _open_store(url, create=False)
+        cfg = RunConfig(**store.find_run(run).config)
+        started = time.perf_counter()
+        outcome = resume(run, store, show_progress=not quiet)
+    _report(cfg, outcome, url, time.perf_counter() - started)
+
+
 def _run_and_report(cfg: Any, db: str | None, quiet: bool) -> None:
     from search.coordinator import check_inputs, launch
-    from storage import check_url, default_url, redact
+    from storage import check_url, default_url
 
     url = db or default_url()
     check_url(url)
@@ -142,13 +169,19 @@ def _run_and_report(cfg: Any, db: str | None, quiet: bool) -> None:
     store = _open_store(url)
     started = time.perf_counter()
     outcome = launch(cfg, store, show_progress=not quiet)
-    elapsed = time.perf_counter() - started
-    blocks = len(outcome.best_schedule)
-    typer.echo(f"\nrun {outcome.run_name} (id {outcome.run_id}): {cfg.model}, {blocks} blocks, "
-               f"target sparsity {cfg.target_sparsity:.2f}, {outcome.evaluations} schedules "
-               f"scored in {cfg.generations} generations, {elapsed:.0f} s")
-    typer.echo(f"best calibration window KL: {outcome.best_fitness:.4f}")
-    typer.echo(f"best schedule: {_format_schedule(outcome.best_schedule)}")
+    _report(cfg, outcome, url, time.perf_counter() - started)
+
+
+def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
+    from storage import redact
+
+    found = outcome.search
+    typer.echo(f"\nrun {outcome.run_name} (id {outcome.run_id}): {cfg.model}, "
+               f"{len(found.best_schedule)} blocks, target sparsity {cfg.target_sparsity:.2f}, "
+               f"{found.evaluations} evaluations in {cfg.generations} generations, "
+               f"{found.forward_tokens} forward tokens, {elapsed:.0f} s")
+    typer.echo(f"best calibration window KL: {found.best_fitness:.4f}")
+    typer.echo(f"best schedule: {_format_schedule(found.best_schedule)}")
     heldout = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
     typer.echo(f"\nheld-out text ({heldout} sequences of {'/'.join(map(str, cfg.heldout_seq_lens))}"
                f" tokens, last {cfg.window} positions of each):")

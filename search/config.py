@@ -17,6 +17,16 @@ class ConfigError(ValueError):
     """An invalid config file or override; the message is one line for the user."""
 
 
+class StageConfig(BaseModel):
+    """One selection stage: score on ``sequences`` calibration sequences, keep the best
+    ``keep`` candidates for the next stage (the last stage's best become parents)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sequences: int = Field(ge=1)
+    keep: int = Field(ge=1)
+
+
 class RunConfig(BaseModel):
     """Everything that defines a search run. Unknown keys are errors."""
 
@@ -27,26 +37,32 @@ class RunConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     calibration: str = Field("builtin:pydoc", description="builtin:pydoc, a .txt or a .jsonl file")
     seq_lens: list[int] = Field([256, 512], min_length=1, description="calibration sequence lengths")
-    sequences_per_length: int = Field(2, ge=1)
+    sequences_per_length: int = Field(4, ge=1)
     heldout_seq_lens: list[int] = Field([512], min_length=1)
     heldout_sequences_per_length: int = Field(4, ge=1)
     window: int = Field(32, ge=1, description="scored positions at the end of each sequence")
     batch_size: int = Field(4, ge=1)
     target_sparsity: float = Field(0.3, ge=0.0, lt=1.0)
     max_block_sparsity: float = Field(0.8, gt=0.0, lt=1.0)
-    population: int = Field(16, ge=2)
-    generations: int = Field(10, ge=1)
-    crossover_prob: float = Field(0.7, ge=0.0, le=1.0)
-    mutation_prob: float = Field(0.4, ge=0.0, le=1.0)
-    mutation_sigma: float = Field(0.06, gt=0.0)
-    elite: int = Field(2, ge=0)
-    tournament: int = Field(3, ge=2)
+    level_step: float = Field(0.025, gt=0.0, lt=1.0, description="sparsity grid step")
+    offspring: int = Field(16, ge=1, description="new candidates per generation")
+    parents: int = Field(2, ge=1, description="best candidates kept as parents")
+    generations: int = Field(8, ge=1)
+    crossover_prob: float = Field(0.5, ge=0.0, le=1.0)
+    max_moves: int = Field(3, ge=1, description="most level moves per mutation")
+    stages: list[StageConfig] | None = Field(
+        None, description="multi-fidelity selection; default: see default_stages()")
+    block_influence_profile: bool = Field(
+        True, description="seed the population with a Block-Influence-informed profile")
+    teacher_top_k: int | None = Field(None, ge=1, description="keep only top-K dense logits")
     seed: int = 0
     pool: Literal["local", "ray"] = "ray"
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     ray_address: str | None = None
+    task_timeout_s: float | None = Field(None, gt=0.0, description="replace a worker after this")
+    max_retries: int = Field(3, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -56,9 +72,31 @@ class RunConfig(BaseModel):
             raise ValueError("sequence lengths must be at least 2")
         if self.window > min(self.seq_lens + self.heldout_seq_lens):
             raise ValueError("window must not exceed the shortest sequence length")
-        if self.elite >= self.population:
-            raise ValueError("elite must be smaller than population")
+        if self.stages:
+            pool = self.num_calibration_sequences
+            sizes = [stage.sequences for stage in self.stages]
+            keeps = [stage.keep for stage in self.stages]
+            if any(a >= b for a, b in zip(sizes, sizes[1:])) or sizes[-1] > pool:
+                raise ValueError(f"stage sequences must grow and stay within the {pool} "
+                                 "calibration sequences")
+            if keeps != sorted(keeps, reverse=True) or keeps[-1] < self.parents:
+                raise ValueError("stage keep counts must shrink and end at least at parents")
         return self
+
+    @property
+    def num_calibration_sequences(self) -> int:
+        return len(self.seq_lens) * self.sequences_per_length
+
+    def resolved_stages(self) -> list[StageConfig]:
+        """The configured stages, or by default two: every candidate on a quarter of the
+        calibration sequences, then the best quarter of the offspring on all of them."""
+        if self.stages:
+            return list(self.stages)
+        pool = self.num_calibration_sequences
+        first = StageConfig(sequences=max(1, pool // 4),
+                            keep=max(self.parents, self.offspring // 4))
+        last = StageConfig(sequences=pool, keep=self.parents)
+        return [first, last] if first.sequences < pool else [last]
 
 
 def _one_line(error: ValidationError) -> str:

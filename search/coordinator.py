@@ -1,29 +1,77 @@
-"""The coordinator: runs the GA against a pool of workers and records everything.
+"""The coordinator: runs the evolutionary search against a pool of workers, records
+everything, and can resume a run exactly.
 
-It is the only writer of search results. Per generation it scores the schedules not scored
-before in this run (an exact-schedule cache), then writes that generation's evaluations and
-the run's best-so-far in one transaction, so a crash loses at most the generation in flight.
+Each generation, every candidate (parents and offspring) goes through the configured
+stages: stage s scores the surviving candidates on the first ``sequences`` of a fresh,
+seeded shuffle of the calibration sequences (so later stages extend earlier stages' data,
+always at the real sequence lengths), and the best ``keep`` move on. The final stage's best
+become the next parents.
+
+Fitness is cached per (schedule, router, sequence): no candidate is ever scored twice on the
+same data, and a candidate moving to a larger slice only computes the sequences it lacks.
+
+The coordinator is the only writer. A generation's evaluations, the run's best-so-far and
+the search state (parents, random state, seen schedules) land in one transaction at the
+generation boundary; ``resume`` rebuilds the cache from stored evaluations and continues from
+the last stored state, reaching the same result as an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
 
-import math
+import random
+import time
 import traceback
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from search.config import RunConfig
-from search.ga import GAParams, GeneticSearch, is_feasible
+from search.ga import EvolutionarySearch, GAParams, is_feasible
+
+Key = tuple[tuple[float, ...], str, int]  # (schedule, router, sequence index)
+
+
+@dataclass(frozen=True)
+class SearchProgress:
+    """Where a run's search stands after :func:`run_search`."""
+
+    best_schedule: list[float]
+    best_fitness: float  # on the last generation's final-stage sequences
+    evaluations: int  # stored evaluation records of the run
+    forward_tokens: int  # calibration tokens the routed model read for the run
+    cache_hits: int  # (schedule, sequence) scores served from the cache in this call
 
 
 @dataclass(frozen=True)
 class SearchOutcome:
     run_id: int
     run_name: str
-    best_schedule: list[float]
-    best_fitness: float
-    evaluations: int
+    search: SearchProgress
     heldout: dict[str, Any]  # label -> workers.Evaluation on the held-out split
+
+
+@dataclass
+class FitnessCache:
+    """Per-sequence window statistics keyed by (schedule, router, sequence); counts hits."""
+
+    stats: dict[Key, Any] = field(default_factory=dict)
+    hits: int = 0
+
+    def missing(self, schedule: Sequence[float], router: str, data: Sequence[int]) -> list[int]:
+        key = tuple(schedule)
+        missing = [i for i in data if (key, router, i) not in self.stats]
+        self.hits += len(data) - len(missing)
+        return missing
+
+    def add(self, schedule: Sequence[float], router: str, per_sequence: dict[int, Any]) -> None:
+        key = tuple(schedule)
+        for index, stats in per_sequence.items():
+            self.stats[(key, router, index)] = stats
+
+    def merged(self, schedule: Sequence[float], router: str, data: Sequence[int]) -> Any:
+        from workers.scoring import merge_stats
+
+        key = tuple(schedule)
+        return merge_stats([self.stats[(key, router, i)] for i in data])
 
 
 def scorer_settings(config: RunConfig) -> Any:
@@ -36,7 +84,8 @@ def scorer_settings(config: RunConfig) -> Any:
         calibration_per_length=config.sequences_per_length,
         heldout_lens=tuple(config.heldout_seq_lens),
         heldout_per_length=config.heldout_sequences_per_length,
-        window=config.window, batch_size=config.batch_size)
+        window=config.window, batch_size=config.batch_size,
+        teacher_top_k=config.teacher_top_k)
 
 
 def check_inputs(config: RunConfig, store: Any | None = None) -> None:
@@ -51,59 +100,166 @@ def check_inputs(config: RunConfig, store: Any | None = None) -> None:
         raise StorageError(f"a run named {config.run_name!r} already exists")
 
 
-def launch(config: RunConfig, store: Any, show_progress: bool = True) -> SearchOutcome:
-    """Create a run, search, evaluate best and uniform schedules on held-out text."""
+def open_pool(config: RunConfig) -> Any:
     from workers import make_pool
 
+    return make_pool(scorer_settings(config), config.pool, config.workers, config.ray_address,
+                     config.cpus_per_worker, config.gpus_per_worker, config.task_timeout_s,
+                     config.max_retries)
+
+
+def launch(config: RunConfig, store: Any, show_progress: bool = True,
+           pool: Any | None = None) -> SearchOutcome:
+    """Create a run, search, then evaluate the best and the uniform schedule on held-out
+    text. Uses ``pool`` if given (left open), else opens and closes one from the config."""
     check_inputs(config, store)
     run = store.create_run(config.run_name, config.model_dump(), config.seed)
+    return _drive(config, store, run.id, run.name, pool, show_progress)
+
+
+def resume(ref: str | int, store: Any, show_progress: bool = True,
+           pool: Any | None = None) -> SearchOutcome:
+    """Continue a stored run from its last generation boundary."""
+    run = store.find_run(ref)
+    config = RunConfig(**run.config)
+    check_inputs(config)
+    store.set_status(run.id, "running")
+    return _drive(config, store, run.id, run.name, pool, show_progress)
+
+
+def _drive(config: RunConfig, store: Any, run_id: int, run_name: str, pool: Any | None,
+           show_progress: bool) -> SearchOutcome:
+    owned = pool is None
     try:
-        with make_pool(scorer_settings(config), config.pool, config.workers,
-                       config.ray_address, config.cpus_per_worker,
-                       config.gpus_per_worker) as pool:
-            best, fitness, count = run_search(config, store, pool, run.id, show_progress)
+        pool = pool or open_pool(config)
+        try:
+            progress = run_search(config, store, pool, run_id, show_progress)
             uniform = [config.target_sparsity] * pool.num_blocks
-            results = pool.evaluate([best, uniform], split="heldout")
+            from workers.pool import ScoreRequest
+            results = pool.evaluate([ScoreRequest(progress.best_schedule, "heldout"),
+                                     ScoreRequest(uniform, "heldout")])
+        finally:
+            if owned:
+                pool.close()
         heldout = {"best": results[0], "uniform": results[1]}
         for label, evaluation in heldout.items():
-            store.add_heldout(run.id, label, evaluation)
-        store.set_status(run.id, "finished")
+            store.add_heldout(run_id, label, evaluation)
+        store.set_status(run_id, "finished")
     except BaseException as exc:
-        store.set_status(run.id, "failed", "".join(
+        store.set_status(run_id, "failed", "".join(
             traceback.format_exception_only(type(exc), exc)).strip())
         raise
-    return SearchOutcome(run.id, run.name, best, fitness, count, heldout)
+    return SearchOutcome(run_id, run_name, progress, heldout)
+
+
+def minibatch_order(seed: int, generation: int, num_sequences: int) -> list[int]:
+    """The generation's shuffle of calibration sequence indices (depends on nothing else)."""
+    order = list(range(num_sequences))
+    random.Random(f"ftprune:{seed}:{generation}").shuffle(order)
+    return order
 
 
 def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
-               show_progress: bool = True) -> tuple[list[float], float, int]:
-    """The generation loop; returns (best schedule, its fitness, evaluations made)."""
+               show_progress: bool = True, token_budget: int | None = None,
+               after_generation: Callable[[int, list[float], int], None] | None = None
+               ) -> SearchProgress:
+    """The generation loop, from the run's stored state if it has one.
+
+    Stops after ``config.generations`` generations, or after the first generation that
+    brings the forward tokens read by the routed model to ``token_budget``.
+    ``after_generation(generation, best schedule, forward tokens so far)`` runs after each
+    generation is stored.
+    """
     from tqdm.auto import tqdm
 
-    ga = GeneticSearch(GAParams(
-        num_blocks=pool.num_blocks, target=config.target_sparsity,
-        s_max=config.max_block_sparsity, population=config.population,
-        crossover_prob=config.crossover_prob, mutation_prob=config.mutation_prob,
-        mutation_sigma=config.mutation_sigma, elite=config.elite,
-        tournament=config.tournament, seed=config.seed))
-    fitness_of: dict[tuple[float, ...], float] = {}
-    best: tuple[float, list[float]] = (math.inf, [])
-    for generation in range(config.generations):
-        population = ga.ask()
+    from storage import EvaluationRecord
+
+    num_sequences = pool.num_sequences["calibration"]
+    stages = config.resolved_stages()
+    stored_state = store.search_state(run_id)
+    cache = FitnessCache()
+    for row in store.evaluations(run_id):
+        cache.add(row.schedule, row.router, _stats_from_json(row.per_sequence))
+    if stored_state is None:
+        params = GAParams(num_blocks=pool.num_blocks, target=config.target_sparsity,
+                          s_max=config.max_block_sparsity, level_step=config.level_step,
+                          offspring=config.offspring, parents=config.parents,
+                          crossover_prob=config.crossover_prob, max_moves=config.max_moves,
+                          seed=config.seed)
+        influence = pool.block_influence() if config.block_influence_profile else None
+        search = EvolutionarySearch(params, influence)
+    else:
+        search = EvolutionarySearch.from_state(stored_state)
+    run = store.find_run(run_id)
+    best_schedule, best_fitness = run.best_schedule or [], run.best_fitness
+    tokens_used = store.run_totals(run_id)["forward_tokens"]
+    for generation in range(search.generation, config.generations):
+        if token_budget is not None and tokens_used >= token_budget:
+            break
+        candidates = search.ask()
         if not all(is_feasible(s, config.target_sparsity, config.max_block_sparsity)
-                   for s in population):
-            raise RuntimeError("the GA produced a schedule that breaks the sparsity budget")
-        fresh = list({tuple(s): s for s in population if tuple(s) not in fitness_of}.values())
-        with tqdm(total=len(fresh), desc=f"generation {generation + 1}/{config.generations}",
-                  unit="cand", disable=not show_progress, leave=False) as bar:
-            results = pool.evaluate(fresh, on_result=lambda _: bar.update())
-        for evaluation in results:
-            fitness_of[tuple(evaluation.schedule)] = evaluation.fitness
-            best = min(best, (evaluation.fitness, evaluation.schedule))
-        store.record_generation(run_id, generation, results, best[0], best[1])
+                   for s in candidates):
+            raise RuntimeError("the search produced a schedule that breaks the budget")
+        order = minibatch_order(config.seed, generation, num_sequences)
+        records: list[EvaluationRecord] = []
+        survivors = candidates
+        started = time.perf_counter()
+        for index, stage in enumerate(stages):
+            data = sorted(order[:stage.sequences])
+            fitness = _score_stage(pool, cache, survivors, data, generation, index, records,
+                                   show_progress)
+            survivors = sorted(survivors, key=lambda s: fitness[tuple(s)])[:stage.keep]
+            best_fitness = fitness[tuple(survivors[0])]
+        search.tell(survivors)
+        best_schedule = survivors[0]
+        store.record_generation(run_id, generation, records, best_fitness, best_schedule,
+                                search.state())
+        tokens_used += sum(r.forward_tokens for r in records)
         if show_progress:
-            tqdm.write(f"generation {generation + 1}: {len(results)} new schedules, "
-                       f"best window KL {best[0]:.4f}")
-        if generation + 1 < config.generations:
-            ga.tell([fitness_of[tuple(s)] for s in population])
-    return best[1], best[0], len(fitness_of)
+            tqdm.write(f"generation {generation + 1}/{config.generations}: "
+                       f"{len(records)} evaluations, {sum(r.forward_tokens for r in records)} "
+                       f"forward tokens, best window KL {best_fitness:.4f} on "
+                       f"{stages[-1].sequences} sequences "
+                       f"({time.perf_counter() - started:.0f} s)")
+        if after_generation:
+            after_generation(generation, best_schedule, tokens_used)
+    totals = store.run_totals(run_id)
+    return SearchProgress(best_schedule, best_fitness, totals["evaluations"],
+                          totals["forward_tokens"], cache.hits)
+
+
+def _score_stage(pool: Any, cache: FitnessCache, candidates: list[list[float]],
+                 data: list[int], generation: int, stage: int, records: list[Any],
+                 show_progress: bool) -> dict[tuple[float, ...], float]:
+    """Score ``candidates`` on ``data`` through the cache; append a record per candidate
+    that needed new work; return each candidate's fitness on ``data``."""
+    from tqdm.auto import tqdm
+
+    from storage import EvaluationRecord
+    from workers.pool import ScoreRequest
+
+    router = "static"
+    requests, owners = [], []
+    for schedule in candidates:
+        missing = cache.missing(schedule, router, data)
+        if missing:
+            requests.append(ScoreRequest(schedule, "calibration", router, tuple(missing)))
+            owners.append(schedule)
+    with tqdm(total=len(requests), desc=f"generation {generation + 1} stage {stage + 1}",
+              unit="cand", disable=not show_progress, leave=False) as bar:
+        results = pool.evaluate(requests, on_result=lambda _: bar.update())
+    for schedule, result in zip(owners, results):
+        cache.add(schedule, router, result.per_sequence)
+        metrics = cache.merged(schedule, router, data).metrics()
+        records.append(EvaluationRecord(
+            schedule=schedule, router=router, metrics=metrics, duration_s=result.duration_s,
+            worker=result.worker, stage=stage, sequences=data,
+            forward_tokens=result.forward_tokens,
+            per_sequence={str(i): list(s.astuple()) for i, s in result.per_sequence.items()}))
+    return {tuple(s): cache.merged(s, router, data).metrics().kl for s in candidates}
+
+
+def _stats_from_json(per_sequence: dict[str, list[float]]) -> dict[int, Any]:
+    from workers.scoring import WindowStats
+
+    return {int(i): WindowStats(*values) for i, values in per_sequence.items()}

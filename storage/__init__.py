@@ -1,5 +1,8 @@
-"""Storage: the schema and every SQL statement ftprune runs (SQLite or PostgreSQL)."""
+"""Storage: the schema, its migrations and every SQL statement ftprune runs (SQLite or
+PostgreSQL); :mod:`storage.queries` returns what dashboards and reports show as DataFrames."""
 
-from storage.store import DEFAULT_URL, Store, StorageError, check_url, default_url, redact
+from storage.engine import DEFAULT_URL, StorageError, check_url, default_url, redact
+from storage.store import EvaluationRecord, Store
 
-__all__ = ["DEFAULT_URL", "Store", "StorageError", "check_url", "default_url", "redact"]
+__all__ = ["DEFAULT_URL", "EvaluationRecord", "Store", "StorageError", "check_url",
+           "default_url", "redact"]

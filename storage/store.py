@@ -1,108 +1,113 @@
-"""The only place that talks SQL: every read and write of ftprune's tables goes through here.
+"""The only place that writes ftprune's tables; reads for the dashboard and reports are in
+:mod:`storage.queries`.
 
-Guarantees of :class:`Store`:
+Guarantees of :class:`Store` (modelled on Optuna's storage interface, and checked by one
+conformance suite run against SQLite and PostgreSQL):
 
+- Opening a store brings the database to the newest schema (:func:`storage.migrate.upgrade`:
+  locked, one transaction, Optuna's tables untouched); ``create=False`` refuses a missing
+  SQLite file instead of creating one.
 - Each public write is one transaction: it lands whole or not at all (a crash leaves the
   database as it was before the call or after it, never half-way).
-- SQLite runs in WAL mode with a busy timeout and foreign keys on every connection, and
-  write transactions start with ``BEGIN IMMEDIATE``, so concurrent writers wait instead of
-  failing; PostgreSQL works through ``postgresql+psycopg://`` URLs.
-- Passwords never appear in what :func:`redact` returns, which is what messages print.
+- Several processes may write at once, each the only writer of its runs (as the coordinator
+  is): nothing is lost and no writer fails. SQLite runs in WAL mode with a busy timeout and
+  ``BEGIN IMMEDIATE`` writers; PostgreSQL works through ``postgresql+psycopg://`` URLs.
+  Recording a generation of a run twice is an error, never a silent duplicate.
+- Passwords never appear in what :func:`redact` returns, which is what messages print, nor
+  in :class:`StorageError` messages.
 - Runs are addressed by id or by unique name (:meth:`Store.find_run`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any, Iterable
+import statistics
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
-from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
 
-from storage.schema import Base, EvaluationRow, HeldoutRow, RunRow, utcnow
+from storage.engine import (StorageError, database_errors, default_url, make_engine, read_only,
+                            redact, require_existing)
+from storage.migrate import upgrade
+from storage.schema import (BenchmarkRow, EvalResultRow, EvaluationRow, GenerationRow,
+                            HeldoutRow, RouterRow, RunRow, SearchStateRow, utcnow)
 
-DEFAULT_URL = "sqlite:///ftprune.db"
-
-
-class StorageError(ValueError):
-    """A bad database URL or a run that does not exist; the message is one line."""
-
-
-def default_url() -> str:
-    """``$FTPRUNE_DB`` if set, else ``sqlite:///ftprune.db``."""
-    return os.environ.get("FTPRUNE_DB", DEFAULT_URL)
+BENCHMARK_KINDS = ("routing", "search", "coordinator", "quality")
+BENCHMARK_META = ("id", "kind", "run_id", "code_version", "created_at")  # not row fields
+EVAL_RESULT_KEYS = ("task", "metric", "dense", "routed")
+LOSS_WEIGHTS = ("guide", "sparse", "distill")
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<invalid database URL>"
+class Metrics(Protocol):
+    """Window metrics of one schedule (``workers.WindowMetrics`` is one)."""
+
+    @property
+    def kl(self) -> float: ...
+    @property
+    def top1(self) -> float: ...
+    @property
+    def ppl(self) -> float: ...
+    @property
+    def realized_sparsity(self) -> float: ...
+    @property
+    def positions(self) -> int: ...
 
 
-def check_url(url: str) -> None:
-    """Raise :class:`StorageError` if ``url`` is not a database URL ftprune supports."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(f"invalid database URL {redact(url)!r}") from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise StorageError(f"unsupported database {parsed.get_backend_name()!r}: use "
-                           "sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        parent = Path(parsed.database).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise StorageError(f"directory for the SQLite database does not exist: {parent}")
+class Scored(Protocol):
+    """One scored schedule (``workers.Evaluation`` is one); ``metrics.positions`` is the
+    fidelity it was scored at."""
+
+    @property
+    def schedule(self) -> list[float]: ...
+    @property
+    def router(self) -> str: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def worker(self) -> str: ...
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the connection settings this module guarantees."""
-    check_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """A :class:`Scored` candidate with the search engine's detail: its selection stage, the
+    calibration sequences its fitness covers, the per-sequence sums this evaluation computed
+    and the forward tokens it cost. :meth:`Store.record_generation` stores these fields when
+    a record carries them and NULL otherwise."""
 
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
+    schedule: list[float]
+    router: str
+    metrics: Metrics
+    duration_s: float
+    worker: str
+    stage: int
+    sequences: list[int]
+    per_sequence: dict[str, list[float]]
+    forward_tokens: int
 
 
 class Store:
     """ftprune's database; see the module docstring for its guarantees."""
 
     def __init__(self, url: str | None = None, create: bool = True) -> None:
-        """Open (and with ``create``, initialize) the database at ``url``.
+        """Open the database at ``url`` and bring it to the newest schema.
 
         With ``create=False`` a missing SQLite file is a :class:`StorageError`, so read-only
         commands never leave an empty database behind.
         """
         self.url = url or default_url()
-        check_url(self.url)
-        parsed = make_url(self.url)
-        if (not create and parsed.get_backend_name() == "sqlite"
-                and parsed.database not in (None, "", ":memory:")
-                and not Path(parsed.database).expanduser().is_file()):
-            raise StorageError(f"no database at {redact(self.url)}")
+        if not create:
+            require_existing(self.url)
         self.engine = make_engine(self.url)
-        Base.metadata.create_all(self.engine)
+        with database_errors(self.url):
+            upgrade(self.engine)
+        self.read_engine = read_only(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -125,12 +130,12 @@ class Store:
             return run
 
     def run_name_taken(self, name: str) -> bool:
-        with self._session() as session:
+        with self._reader() as session:
             return session.scalar(select(RunRow.id).where(RunRow.name == name)) is not None
 
     def find_run(self, ref: str | int) -> RunRow:
         """The run with id ``ref`` or name ``ref``; raises :class:`StorageError` if none."""
-        with self._session() as session:
+        with self._reader() as session:
             run = session.scalar(select(RunRow).where(RunRow.name == str(ref)))
             if run is None and str(ref).isdigit():
                 run = session.get(RunRow, int(ref))
@@ -139,31 +144,41 @@ class Store:
             return run
 
     def latest_run(self) -> RunRow | None:
-        with self._session() as session:
+        with self._reader() as session:
             return session.scalar(select(RunRow).order_by(RunRow.id.desc()).limit(1))
 
-    def record_generation(self, run_id: int, generation: int, evaluations: Iterable[Any],
-                          best_fitness: float, best_schedule: list[float]) -> None:
-        """Store a generation's new evaluations and the run's progress in one transaction."""
+    def record_generation(self, run_id: int, generation: int, evaluations: Iterable[Scored],
+                          best_fitness: float, best_schedule: list[float],
+                          search_state: dict[str, Any] | None = None) -> None:
+        """Store a generation's new evaluations, its summary per stage (one stage per
+        fidelity, lowest first), the run's progress and (if given) the search state to
+        resume from, in one transaction."""
+        scored = [(e, e.metrics) for e in evaluations]
         with self._session.begin() as session:
             session.add_all(EvaluationRow(
                 run_id=run_id, generation=generation, schedule=e.schedule, router=e.router,
-                fitness=e.metrics.kl, top1=e.metrics.top1, ppl=e.metrics.ppl,
-                realized_sparsity=e.metrics.realized_sparsity, duration_s=e.duration_s,
-                worker=e.worker) for e in evaluations)
+                fitness=m.kl, top1=m.top1, ppl=m.ppl, realized_sparsity=m.realized_sparsity,
+                duration_s=e.duration_s, worker=e.worker, fidelity=m.positions,
+                **(_engine_detail(e) if isinstance(e, EvaluationRecord) else {}))
+                for e, m in scored)
+            session.add_all(_generation_summaries(run_id, generation, scored, best_fitness))
+            if search_state is not None:
+                session.merge(SearchStateRow(run_id=run_id, generation=generation + 1,
+                                             state=search_state, updated_at=utcnow()))
             run = session.get(RunRow, run_id)
             run.generations_done = generation + 1
             run.best_fitness = best_fitness
             run.best_schedule = best_schedule
             run.updated_at = utcnow()
 
-    def add_heldout(self, run_id: int, label: str, evaluation: Any) -> None:
+    def add_heldout(self, run_id: int, label: str, evaluation: Scored) -> None:
         """Store held-out window metrics of one schedule under ``label``."""
+        m = evaluation.metrics
         with self._session.begin() as session:
             session.add(HeldoutRow(
                 run_id=run_id, label=label, schedule=evaluation.schedule,
-                router=evaluation.router, **{k: v for k, v in asdict(evaluation.metrics).items()
-                                             if k != "positions"}))
+                router=evaluation.router, kl=m.kl, top1=m.top1, ppl=m.ppl,
+                realized_sparsity=m.realized_sparsity))
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
         with self._session.begin() as session:
@@ -174,22 +189,105 @@ class Store:
             if status != "running":
                 run.finished_at = utcnow()
 
+    # -- routers, evaluation and benchmark results -------------------------------------------
+
+    def add_router(self, run_id: int, label: str, schedule: Sequence[float],
+                   loss_weights: Mapping[str, float], checkpoint: str, checkpoint_sha256: str,
+                   curves: Mapping[str, Sequence[float]], config: Mapping[str, Any],
+                   heldout: Metrics | None = None, train_s: float | None = None) -> int:
+        """Store a trained router and return its id.
+
+        ``loss_weights`` maps ``guide``, ``sparse`` and ``distill`` to λ; ``curves`` maps a
+        series name (``step`` for the x axis, if given) to values of equal length.
+        """
+        if set(loss_weights) != set(LOSS_WEIGHTS):
+            raise StorageError(f"loss weights must be exactly {', '.join(LOSS_WEIGHTS)}; "
+                               f"got {', '.join(sorted(loss_weights)) or 'none'}")
+        if len({len(values) for values in curves.values()}) > 1:
+            raise StorageError("router curves must all have the same length")
+        row = RouterRow(
+            run_id=run_id, label=label, schedule=list(schedule),
+            lambda_guide=loss_weights["guide"], lambda_sparse=loss_weights["sparse"],
+            lambda_distill=loss_weights["distill"], config=dict(config),
+            checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256,
+            curves={name: list(values) for name, values in curves.items()},
+            heldout_kl=heldout.kl if heldout else None,
+            heldout_top1=heldout.top1 if heldout else None,
+            heldout_ppl=heldout.ppl if heldout else None,
+            realized_sparsity=heldout.realized_sparsity if heldout else None, train_s=train_s)
+        with self._session.begin() as session:
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def add_eval_results(self, run_id: int, label: str, router: str,
+                         results: Iterable[Mapping[str, Any]],
+                         router_id: int | None = None) -> None:
+        """Store task results of the schedule ``label`` routed by ``router``: each result has
+        ``task``, ``metric``, ``dense`` and ``routed`` (and optionally ``samples``)."""
+        rows = []
+        for result in results:
+            missing = [key for key in EVAL_RESULT_KEYS if key not in result]
+            if missing:
+                raise StorageError(f"evaluation result lacks {', '.join(missing)}: {result!r}")
+            rows.append(EvalResultRow(
+                run_id=run_id, router_id=router_id, label=label, router=router,
+                task=result["task"], metric=result["metric"], dense=result["dense"],
+                routed=result["routed"], samples=result.get("samples")))
+        with self._session.begin() as session:
+            session.add_all(rows)
+
+    def add_benchmark_rows(self, kind: str, rows: Iterable[Mapping[str, Any]],
+                           run_id: int | None = None) -> None:
+        """Store benchmark rows of one kind (``routing``, ``search``, ``coordinator`` or
+        ``quality``), each a flat mapping as ``ftprune bench ... --json`` writes it, with no
+        field named like a column of :data:`BENCHMARK_META`."""
+        from search import __version__
+
+        if kind not in BENCHMARK_KINDS:
+            raise StorageError(f"unknown benchmark kind {kind!r}; choose one of "
+                               f"{', '.join(BENCHMARK_KINDS)}")
+        records = []
+        for row in rows:
+            reserved = sorted(set(row) & set(BENCHMARK_META))
+            if reserved:
+                raise StorageError(f"benchmark row fields {reserved} are reserved: {row!r}")
+            records.append(BenchmarkRow(kind=kind, run_id=run_id, row=dict(row),
+                                        code_version=__version__))
+        with self._session.begin() as session:
+            session.add_all(records)
+
     # -- reads ----------------------------------------------------------------------------
 
     def evaluations(self, run_id: int) -> list[EvaluationRow]:
-        with self._session() as session:
+        with self._reader() as session:
             return list(session.scalars(select(EvaluationRow).where(
                 EvaluationRow.run_id == run_id).order_by(EvaluationRow.id)))
 
     def heldout(self, run_id: int) -> list[HeldoutRow]:
-        with self._session() as session:
+        with self._reader() as session:
             return list(session.scalars(select(HeldoutRow).where(
                 HeldoutRow.run_id == run_id).order_by(HeldoutRow.id)))
+
+    def search_state(self, run_id: int) -> dict[str, Any] | None:
+        """The search state stored at the run's last generation boundary, if any."""
+        with self._reader() as session:
+            row = session.get(SearchStateRow, run_id)
+            return row.state if row else None
+
+    def run_totals(self, run_id: int) -> dict[str, int]:
+        """Evaluations stored for the run and the forward tokens they cost."""
+        with self._reader() as session:
+            count, tokens = session.execute(
+                select(func.count(EvaluationRow.id),
+                       func.coalesce(func.sum(EvaluationRow.forward_tokens), 0))
+                .where(EvaluationRow.run_id == run_id)).one()
+        return {"evaluations": int(count), "forward_tokens": int(tokens)}
 
     def run_status(self, ref: str | int) -> dict[str, Any]:
         """The status summary of a run, as ``ftprune search status --json`` prints it."""
         run = self.find_run(ref)
-        with self._session() as session:
+        with self._reader() as session:
             count = session.scalar(select(func.count(EvaluationRow.id)).where(
                 EvaluationRow.run_id == run.id))
         return {
@@ -203,3 +301,30 @@ class Store:
             "created_at": run.created_at.isoformat() if run.created_at else None,
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         }
+
+
+def _engine_detail(record: EvaluationRecord) -> dict[str, Any]:
+    return {"stage": record.stage, "sequences": list(record.sequences),
+            "per_sequence": record.per_sequence, "forward_tokens": record.forward_tokens}
+
+
+def _generation_summaries(run_id: int, generation: int, scored: list[tuple[Scored, Metrics]],
+                          best_so_far: float) -> list[GenerationRow]:
+    """One summary row per fidelity (stage 0 = lowest); a single empty stage-0 row when the
+    generation scored nothing new."""
+    by_fidelity = sorted(scored, key=lambda pair: pair[1].positions)
+    stages = [(fidelity, list(group)) for fidelity, group in
+              itertools.groupby(by_fidelity, key=lambda pair: pair[1].positions)]
+    if not stages:
+        return [GenerationRow(run_id=run_id, generation=generation, stage=0, fidelity=None,
+                              evaluations=0, best_so_far=best_so_far, compute_s=0.0)]
+    rows = []
+    for stage, (fidelity, group) in enumerate(stages):
+        fitness = [m.kl for _, m in group]
+        rows.append(GenerationRow(
+            run_id=run_id, generation=generation, stage=stage, fidelity=fidelity,
+            evaluations=len(group), best_fitness=min(fitness),
+            mean_fitness=statistics.fmean(fitness), std_fitness=statistics.pstdev(fitness),
+            worst_fitness=max(fitness), best_so_far=best_so_far,
+            compute_s=sum(e.duration_s for e, _ in group)))
+    return rows

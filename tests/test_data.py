@@ -7,7 +7,7 @@ import json
 import pytest
 
 from router.loading import byte_tokenizer
-from workers.data import (DataSpec, DataSpecError, build_batches, documents, split_documents,
+from workers.data import (DataSpec, DataSpecError, build_sequences, documents, split_documents,
                           split_text)
 
 
@@ -24,12 +24,12 @@ def test_pydoc_splits_are_disjoint_and_cover_the_text():
 
 def test_batches_are_deterministic_with_requested_shapes():
     tokenizer = byte_tokenizer()
-    spec = DataSpec("builtin:pydoc", "calibration", (16, 32), per_length=3, batch_size=2)
-    first = build_batches(spec, tokenizer)
-    second = build_batches(spec, tokenizer)
-    assert [b.shape for b in first] == [(2, 17), (1, 17), (2, 33), (1, 33)]
+    spec = DataSpec("builtin:pydoc", "calibration", (16, 32), per_length=3)
+    first = build_sequences(spec, tokenizer)
+    second = build_sequences(spec, tokenizer)
+    assert [len(s) for s in first] == [17, 17, 17, 33, 33, 33]
     assert all((a == b).all() for a, b in zip(first, second))
-    rows = [tuple(r.tolist()) for b in first for r in b]
+    rows = [tuple(s.tolist()) for s in first]
     assert len(set(rows)) == len(rows)
 
 
@@ -44,8 +44,8 @@ def test_text_and_jsonl_files(tmp_path):
         assert len(docs) == 20
         held = split_text(str(path), "heldout").split("\n\n")
         assert 3 <= len(held) <= 5 and all(doc in docs for doc in held)
-        batches = build_batches(DataSpec(str(path), "calibration", (32,), 4), byte_tokenizer())
-        assert batches[0].shape == (4, 33)
+        sequences = build_sequences(DataSpec(str(path), "calibration", (32,), 4), byte_tokenizer())
+        assert [len(s) for s in sequences] == [33] * 4
 
 
 def test_bad_sources_fail_clearly(tmp_path):
@@ -60,4 +60,4 @@ def test_bad_sources_fail_clearly(tmp_path):
     small = tmp_path / "small.txt"
     small.write_text("too short")
     with pytest.raises(DataSpecError, match="too few"):
-        build_batches(DataSpec(str(small), "calibration", (64,), 2), byte_tokenizer())
+        build_sequences(DataSpec(str(small), "calibration", (64,), 2), byte_tokenizer())

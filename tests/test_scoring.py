@@ -1,4 +1,4 @@
-"""Window scoring against the dense teacher."""
+"""Window scoring against the dense teacher, per sequence."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import pytest
 
 from router import StaticRouter, routing_of
 from router.loading import byte_tokenizer
-from workers import DataSpec, Scorer, ScorerSettings, WindowComparator, build_batches
-from workers.pool import LocalPool
+from workers import DataSpec, Scorer, ScorerSettings, WindowComparator
+from workers.data import build_sequences
+from workers.pool import LocalPool, ScoreRequest
+from workers.scoring import merge_stats
 
 TINY = ScorerSettings(model="random:llama-tiny", calibration_lens=(48, 64),
                       calibration_per_length=2, heldout_lens=(64,), heldout_per_length=2,
@@ -15,35 +17,58 @@ TINY = ScorerSettings(model="random:llama-tiny", calibration_lens=(48, 64),
 
 
 @pytest.fixture
-def comparator(tiny_llama):
-    model, _ = tiny_llama
-    batches = build_batches(DataSpec("builtin:pydoc", "calibration", (40, 56), 2, 2),
-                            byte_tokenizer())
-    return WindowComparator(model, batches, window=8)
+def sequences():
+    return build_sequences(DataSpec("builtin:pydoc", "calibration", (40, 56), 3), byte_tokenizer())
 
 
-def test_dense_schedule_scores_zero_kl(comparator):
-    metrics = comparator.compare([0.0] * 4, StaticRouter())
+def test_dense_schedule_scores_zero_kl(tiny_llama, sequences):
+    comparator = WindowComparator(tiny_llama[0], sequences, window=8, batch_size=2)
+    stats = comparator.compare([0.0] * 4, StaticRouter())
+    dense = comparator.compare(None)
+    metrics = merge_stats(list(stats.values())).metrics()
     assert metrics.kl == pytest.approx(0.0, abs=1e-6)
     assert metrics.top1 == 1.0
-    assert metrics.ppl == pytest.approx(comparator.dense_ppl, rel=1e-5)
-    assert metrics.realized_sparsity == 0.0
-    assert metrics.positions == 4 * 8
+    assert metrics.ppl == pytest.approx(merge_stats(list(dense.values())).metrics().ppl, rel=1e-5)
+    assert metrics.realized_sparsity == 0.0 and metrics.positions == 6 * 8
 
 
-def test_sparser_schedules_score_worse_and_model_is_left_unrouted(comparator):
-    light = comparator.compare([0.1] * 4, StaticRouter())
-    heavy = comparator.compare([0.7] * 4, StaticRouter())
+def test_sparser_schedules_score_worse_and_model_is_left_unrouted(tiny_llama, sequences):
+    comparator = WindowComparator(tiny_llama[0], sequences, window=8)
+    light = merge_stats(list(comparator.compare([0.1] * 4, StaticRouter()).values())).metrics()
+    heavy = merge_stats(list(comparator.compare([0.7] * 4, StaticRouter()).values())).metrics()
     assert 0.0 < light.kl < heavy.kl
     assert heavy.realized_sparsity == pytest.approx(0.7, abs=0.03)
     assert routing_of(comparator.model) is None
 
 
+def test_per_sequence_stats_do_not_depend_on_the_slice(tiny_llama, sequences):
+    comparator = WindowComparator(tiny_llama[0], sequences, window=8, batch_size=4)
+    schedule = [0.2, 0.5, 0.3, 0.2]
+    whole = comparator.compare(schedule, StaticRouter())
+    part = comparator.compare(schedule, StaticRouter(), indices=[4, 1])
+    assert set(part) == {1, 4}
+    for index in part:
+        assert part[index].kl_sum == pytest.approx(whole[index].kl_sum, rel=1e-4, abs=1e-7)
+        assert part[index].tokens == len(sequences[index]) - 1
+
+
+def test_top_k_teacher_ranks_schedules_like_full_kl(tiny_llama, sequences):
+    full = WindowComparator(tiny_llama[0], sequences, window=8)
+    top = WindowComparator(tiny_llama[0], sequences, window=8, teacher_top_k=64)
+    schedules = [[s] * 4 for s in (0.05, 0.2, 0.35, 0.5, 0.65)]
+    full_kl = [merge_stats(list(full.compare(s, StaticRouter()).values())).metrics().kl
+               for s in schedules]
+    top_kl = [merge_stats(list(top.compare(s, StaticRouter()).values())).metrics().kl
+              for s in schedules]
+    assert sorted(range(5), key=full_kl.__getitem__) == sorted(range(5), key=top_kl.__getitem__)
+    assert all(0.0 <= t <= f + 1e-6 for t, f in zip(top_kl, full_kl))  # coarsening lowers KL
+
+
 def test_window_longer_than_sequences_is_rejected(tiny_llama):
-    model, _ = tiny_llama
-    batches = build_batches(DataSpec("builtin:pydoc", "calibration", (16,), 2), byte_tokenizer())
+    sequences = build_sequences(DataSpec("builtin:pydoc", "calibration", (16,), 2),
+                                byte_tokenizer())
     with pytest.raises(ValueError, match="window"):
-        WindowComparator(model, batches, window=17)
+        WindowComparator(tiny_llama[0], sequences, window=17)
 
 
 def test_scorer_and_local_pool_agree():
@@ -51,9 +76,15 @@ def test_scorer_and_local_pool_agree():
     schedule = [0.2, 0.4, 0.3, 0.3]
     direct = scorer.score(schedule)
     with LocalPool(TINY) as pool:
-        pooled = pool.evaluate([schedule, [0.3] * 4])
-        heldout = pool.evaluate([schedule], split="heldout")[0]
+        assert pool.num_blocks == 4 and pool.num_sequences == {"calibration": 4, "heldout": 2}
+        pooled = pool.evaluate([ScoreRequest(schedule), ScoreRequest([0.3] * 4, sequences=(0, 2))])
+        heldout = pool.evaluate([ScoreRequest(schedule, "heldout")])[0]
     assert pooled[0].metrics == direct.metrics
-    assert pooled[0].fitness == direct.metrics.kl
-    assert pooled[1].schedule == [0.3] * 4
+    assert set(pooled[1].per_sequence) == {0, 2}
     assert heldout.split == "heldout" and heldout.metrics.positions == 2 * 8
+    assert pooled[0].forward_tokens == 2 * 48 + 2 * 64
+
+
+def test_block_influence_is_positive_per_block():
+    influence = Scorer(TINY).block_influence()
+    assert len(influence) == 4 and all(0.0 < bi < 2.0 for bi in influence)

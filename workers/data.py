@@ -45,7 +45,6 @@ class DataSpec:
     split: Split
     seq_lens: tuple[int, ...]
     per_length: int
-    batch_size: int = 4
 
 
 def check_source(source: str) -> None:
@@ -101,28 +100,27 @@ def split_text(source: str, split: Split) -> str:
     return "\n\n".join(docs[i] for i in split_documents(source)[split])
 
 
-def build_batches(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
-    """Token batches for ``spec``: each a (batch, L + 1) long tensor of one length L.
+def build_sequences(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
+    """Token sequences for ``spec``, each a 1-D long tensor of L + 1 tokens, ordered by
+    length and then by position in the source.
 
     Raises :class:`DataSpecError` when the split holds too few tokens.
     """
     text = split_text(spec.source, spec.split)
     tokens = tokenizer(text, add_special_tokens=False, return_attention_mask=False,
                        verbose=False)["input_ids"]
-    lengths = [L for L in spec.seq_lens for _ in range(spec.per_length)]
+    lengths = sorted(L for L in spec.seq_lens for _ in range(spec.per_length))
     slot = max(spec.seq_lens) + 1
     slots = len(tokens) // slot
     if slots < len(lengths):
         raise DataSpecError(
             f"{spec.source} ({spec.split}) has {len(tokens)} tokens: too few for "
             f"{len(lengths)} sequences of up to {slot - 1} tokens")
-    starts = [round(i * slots / len(lengths)) * slot for i in range(len(lengths))]
-    by_length: dict[int, list[list[int]]] = {}
-    for start, length in zip(starts, lengths):
-        by_length.setdefault(length, []).append(tokens[start:start + length + 1])
-    batches = []
-    for length in sorted(by_length):
-        rows = by_length[length]
-        for i in range(0, len(rows), spec.batch_size):
-            batches.append(torch.tensor(rows[i:i + spec.batch_size], dtype=torch.long))
-    return batches
+    # Evenly spaced, non-overlapping slots; interleave lengths across the source.
+    order = sorted(range(len(lengths)), key=lambda i: (i % spec.per_length, i))
+    sequences: list[torch.Tensor | None] = [None] * len(lengths)
+    for position, index in enumerate(order):
+        start = round(position * slots / len(lengths)) * slot
+        sequences[index] = torch.tensor(tokens[start:start + lengths[index] + 1],
+                                        dtype=torch.long)
+    return sequences  # type: ignore[return-value]

@@ -1,30 +1,56 @@
 """Two ways to run the scorer behind one interface: in this process, or on Ray actors.
 
 The search only ever calls :meth:`EvaluationPool.evaluate`; it never imports Ray.
-Guarantees of every pool: ``evaluate`` returns one :class:`Evaluation` per schedule, in the
-order given; each worker loads the model once and keeps it for the pool's lifetime.
+Guarantees of every pool: ``evaluate`` returns exactly one :class:`Evaluation` per request,
+in the order given; each worker loads the model once and keeps it for the pool's lifetime.
+The Ray pool also survives workers that die or hang: their tasks are retried on a fresh
+actor (scoring is idempotent), and a result is never delivered twice.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
+import time
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-from workers.scoring import Evaluation, Scorer, ScorerSettings
 from workers.data import Split
+from workers.scoring import Evaluation, Scorer, ScorerSettings
 
+log = logging.getLogger(__name__)
 OnResult = Callable[[Evaluation], None]
+ScorerFactory = Callable[[ScorerSettings], Any]  # builds a Scorer-like object in a worker
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score ``schedule`` with ``router`` on sequences ``sequences`` of ``split`` (None: all)."""
+
+    schedule: list[float]
+    split: Split = "calibration"
+    router: str = "static"
+    sequences: tuple[int, ...] | None = None
+
+
+class WorkerFailure(RuntimeError):
+    """A request failed on every retry (its worker died or hung each time)."""
 
 
 class EvaluationPool(abc.ABC):
-    """Scores batches of schedules; see the module docstring for the guarantees."""
+    """Scores batches of requests; see the module docstring for the guarantees."""
 
     num_blocks: int
+    num_sequences: dict[str, int]
 
     @abc.abstractmethod
-    def evaluate(self, schedules: Sequence[Sequence[float]], split: Split = "calibration",
-                 router: str = "static", on_result: OnResult | None = None) -> list[Evaluation]:
-        """Score every schedule; ``on_result`` is called as each result arrives."""
+    def evaluate(self, requests: Sequence[ScoreRequest],
+                 on_result: OnResult | None = None) -> list[Evaluation]:
+        """Score every request; ``on_result`` is called as each result arrives."""
+
+    @abc.abstractmethod
+    def block_influence(self) -> list[float]:
+        """ShortGPT Block Influence of every block on the calibration split."""
 
     def close(self) -> None:
         """Release the workers. Idempotent."""
@@ -36,70 +62,123 @@ class EvaluationPool(abc.ABC):
         self.close()
 
 
+def _describe(scorer: Scorer) -> tuple[int, dict[str, int]]:
+    return scorer.num_blocks, {split: scorer.num_sequences(split)
+                               for split in ("calibration", "heldout")}
+
+
 class LocalPool(EvaluationPool):
-    """One scorer in this process; schedules are scored one after another."""
+    """One scorer in this process; requests are scored one after another."""
 
-    def __init__(self, settings: ScorerSettings) -> None:
-        self.scorer = Scorer(settings)
-        self.num_blocks = self.scorer.num_blocks
+    def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory = Scorer) -> None:
+        self.scorer = scorer_factory(settings)
+        self.num_blocks, self.num_sequences = _describe(self.scorer)
 
-    def evaluate(self, schedules: Sequence[Sequence[float]], split: Split = "calibration",
-                 router: str = "static", on_result: OnResult | None = None) -> list[Evaluation]:
+    def evaluate(self, requests: Sequence[ScoreRequest],
+                 on_result: OnResult | None = None) -> list[Evaluation]:
         results = []
-        for schedule in schedules:
-            results.append(self.scorer.score(schedule, split, router))
+        for request in requests:
+            results.append(self.scorer.score(request.schedule, request.split, request.router,
+                                             request.sequences))
             if on_result:
                 on_result(results[-1])
         return results
+
+    def block_influence(self) -> list[float]:
+        return self.scorer.block_influence()
 
 
 class RayPool(EvaluationPool):
     """``workers`` Ray actors, each holding its own scorer (model loaded once per actor).
 
     Connects to ``address`` (e.g. ``"auto"`` on a cluster) or starts a local Ray instance.
-    Each actor reserves ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs and keeps at most
-    one task in flight, so work flows to whichever actor is free.
+    Each actor reserves ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (fractions
+    allowed) and keeps at most one task in flight, so work flows to whichever actor is free.
+    An actor that dies, or runs one task longer than ``task_timeout_s``, is killed and
+    replaced, and its task goes back in the queue, at most ``max_retries`` times per request.
     """
 
     def __init__(self, settings: ScorerSettings, workers: int, address: str | None = None,
-                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+                 task_timeout_s: float | None = None, max_retries: int = 3,
+                 scorer_factory: ScorerFactory = Scorer) -> None:
         import ray
 
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(include_dashboard=False, log_to_driver=False)
-            self._owns_ray = True
-        else:
-            self._owns_ray = False
         threads = settings.threads or max(1, int(cpus_per_worker))
-        actor_class = ray.remote(_ScorerActor).options(num_cpus=cpus_per_worker,
-                                                      num_gpus=gpus_per_worker)
-        self._actors = [actor_class.remote(settings, threads) for _ in range(workers)]
-        self.num_blocks = ray.get([a.num_blocks.remote() for a in self._actors])[0]
+        self._actor_class = ray.remote(_ScorerActor).options(
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)
+        self._settings = replace(settings, threads=threads)
+        self._scorer_factory = scorer_factory
+        self.task_timeout_s = task_timeout_s
+        self.max_retries = max_retries
+        self.replaced = 0
+        self._actors = [self._actor_class.remote(self._settings, self._scorer_factory) for _ in range(workers)]
+        described = ray.get([a.describe.remote() for a in self._actors])
+        self.num_blocks, self.num_sequences = described[0]
 
-    def evaluate(self, schedules: Sequence[Sequence[float]], split: Split = "calibration",
-                 router: str = "static", on_result: OnResult | None = None) -> list[Evaluation]:
+    def evaluate(self, requests: Sequence[ScoreRequest],
+                 on_result: OnResult | None = None) -> list[Evaluation]:
         import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError
 
-        results: list[Evaluation | None] = [None] * len(schedules)
-        pending: dict[Any, tuple[int, Any]] = {}
-        queue = list(enumerate(schedules))
+        results: list[Evaluation | None] = [None] * len(requests)
+        attempts = [0] * len(requests)
+        queue = list(range(len(requests)))
         idle = list(self._actors)
+        pending: dict[Any, tuple[int, Any, float]] = {}
         while queue or pending:
             while queue and idle:
-                index, schedule = queue.pop(0)
-                actor = idle.pop()
-                pending[actor.score.remote(list(schedule), split, router)] = (index, actor)
-            done, _ = ray.wait(list(pending), num_returns=1)
+                index, actor = queue.pop(0), idle.pop()
+                ref = actor.score.remote(requests[index])
+                pending[ref] = (index, actor, time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in done:
-                index, actor = pending.pop(ref)
-                results[index] = ray.get(ref)
+                index, actor, _ = pending.pop(ref)
+                try:
+                    results[index] = ray.get(ref)
+                except (RayActorError, WorkerCrashedError, GetTimeoutError) as exc:
+                    self._retry(index, actor, attempts, queue, idle, exc)
+                    continue
                 idle.append(actor)
                 if on_result:
                     on_result(results[index])
+            if self.task_timeout_s is not None:
+                now = time.monotonic()
+                for ref, (index, actor, started) in list(pending.items()):
+                    if now - started > self.task_timeout_s:
+                        del pending[ref]
+                        ray.kill(actor)
+                        self._retry(index, actor, attempts, queue, idle,
+                                    TimeoutError(f"no result in {self.task_timeout_s} s"))
         return results  # type: ignore[return-value]
+
+    def _retry(self, index: int, dead: Any, attempts: list[int], queue: list[int],
+               idle: list[Any], cause: Exception) -> None:
+        attempts[index] += 1
+        if attempts[index] > self.max_retries:
+            raise WorkerFailure(f"request {index} failed {attempts[index]} times: {cause}")
+        log.warning("worker lost (%s); replacing it and retrying request %d", cause, index)
+        fresh = self._actor_class.remote(self._settings, self._scorer_factory)
+        self._actors[self._actors.index(dead)] = fresh
+        self.replaced += 1
+        idle.append(fresh)
+        queue.insert(0, index)
+
+    def block_influence(self) -> list[float]:
+        import ray
+
+        return ray.get(self._actors[0].block_influence.remote())
+
+    def worker_pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self._actors])
 
     def close(self) -> None:
         import ray
@@ -113,25 +192,34 @@ class RayPool(EvaluationPool):
 
 
 class _ScorerActor:
-    """The Ray actor body: a :class:`Scorer` built once in the actor process."""
+    """The Ray actor body: a scorer built once in the actor process."""
 
-    def __init__(self, settings: ScorerSettings, threads: int) -> None:
-        from dataclasses import replace
-        self.scorer = Scorer(replace(settings, threads=threads))
+    def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory) -> None:
+        self.scorer = scorer_factory(settings)
 
-    def num_blocks(self) -> int:
-        return self.scorer.num_blocks
+    def describe(self) -> tuple[int, dict[str, int]]:
+        return _describe(self.scorer)
 
-    def score(self, schedule: list[float], split: Split, router: str) -> Evaluation:
-        return self.scorer.score(schedule, split, router)
+    def pid(self) -> int:
+        import os
+        return os.getpid()
+
+    def score(self, request: ScoreRequest) -> Evaluation:
+        return self.scorer.score(request.schedule, request.split, request.router,
+                                 request.sequences)
+
+    def block_influence(self) -> list[float]:
+        return self.scorer.block_influence()
 
 
 def make_pool(settings: ScorerSettings, kind: str, workers: int = 1,
               address: str | None = None, cpus_per_worker: float = 1.0,
-              gpus_per_worker: float = 0.0) -> EvaluationPool:
+              gpus_per_worker: float = 0.0, task_timeout_s: float | None = None,
+              max_retries: int = 3, scorer_factory: ScorerFactory = Scorer) -> EvaluationPool:
     """The pool a run config asks for: ``local`` or ``ray``."""
     if kind == "local":
-        return LocalPool(settings)
+        return LocalPool(settings, scorer_factory)
     if kind == "ray":
-        return RayPool(settings, workers, address, cpus_per_worker, gpus_per_worker)
+        return RayPool(settings, workers, address, cpus_per_worker, gpus_per_worker,
+                       task_timeout_s, max_retries, scorer_factory)
     raise ValueError(f"unknown pool {kind!r}; choose 'local' or 'ray'")

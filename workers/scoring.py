@@ -10,11 +10,16 @@ with the dense teacher (same weights, no routing):
 - ``top1``: fraction of positions whose routed argmax equals the dense argmax;
 - ``ppl``: perplexity of the true next tokens under the routed model.
 
-The teacher's outputs are computed once per scorer and data split.
+Results are kept per sequence (:class:`WindowStats`, additive), so a caller can cache them
+by (schedule, router, sequence) and score a larger slice later without recomputing the
+sequences it already has. The teacher's outputs are computed once per sequence, on first
+use; with ``teacher_top_k`` only the top-K dense probabilities are kept (bounded memory) and
+KL is taken between the distributions coarsened to those K tokens plus one "rest" bucket.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -24,7 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from router import RandomRouter, StaticRouter, TokenRouter, route, unroute
-from workers.data import DataSpec, Split, build_batches
+from workers.data import DataSpec, Split, build_sequences
 
 ROUTERS = ("static", "random")
 
@@ -42,12 +47,13 @@ class ScorerSettings:
     heldout_per_length: int = 4
     window: int = 32
     batch_size: int = 4
+    teacher_top_k: int | None = None
     threads: int | None = None
 
 
 @dataclass(frozen=True)
 class WindowMetrics:
-    """Window metrics of one schedule on one split (see the module docstring)."""
+    """Window metrics of one schedule on a set of sequences (see the module docstring)."""
 
     kl: float
     top1: float
@@ -57,20 +63,61 @@ class WindowMetrics:
 
 
 @dataclass(frozen=True)
+class WindowStats:
+    """Sums over the window positions of one or more sequences; ``+`` merges them."""
+
+    kl_sum: float
+    agree: int
+    nll_sum: float
+    positions: int
+    kept: int
+    seen: int
+    tokens: int  # forward tokens the routed model read
+
+    def __add__(self, other: "WindowStats") -> "WindowStats":
+        return WindowStats(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple:
+        return (self.kl_sum, self.agree, self.nll_sum, self.positions, self.kept, self.seen,
+                self.tokens)
+
+    def metrics(self) -> WindowMetrics:
+        return WindowMetrics(kl=self.kl_sum / self.positions, top1=self.agree / self.positions,
+                             ppl=math.exp(self.nll_sum / self.positions),
+                             realized_sparsity=1.0 - self.kept / self.seen if self.seen else 0.0,
+                             positions=self.positions)
+
+
+def merge_stats(stats: Sequence[WindowStats]) -> WindowStats:
+    total = stats[0]
+    for item in stats[1:]:
+        total = total + item
+    return total
+
+
+@dataclass(frozen=True)
 class Evaluation:
-    """One scored schedule, as returned by every pool."""
+    """One scored schedule on a set of sequences, as returned by every pool."""
 
     schedule: list[float]
     split: str
     router: str
-    metrics: WindowMetrics
+    per_sequence: dict[int, WindowStats]
     duration_s: float
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def metrics(self) -> WindowMetrics:
+        return merge_stats(list(self.per_sequence.values())).metrics()
 
     @property
     def fitness(self) -> float:
         """The value the search minimizes: window KL against the dense model."""
         return self.metrics.kl
+
+    @property
+    def forward_tokens(self) -> int:
+        return sum(s.tokens for s in self.per_sequence.values())
 
 
 def make_router(name: str) -> TokenRouter:
@@ -82,45 +129,98 @@ def make_router(name: str) -> TokenRouter:
     raise ValueError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}")
 
 
-class WindowComparator:
-    """Holds token batches and the dense teacher's window outputs; compares routed runs.
+class _Teacher:
+    """Dense window outputs of one sequence: full log-probs, or the top-K of them."""
 
-    Guarantees: the teacher is computed once, with the model unrouted; ``compare`` leaves
-    the model unrouted again, whatever happens.
+    def __init__(self, log_probs: torch.Tensor, top_k: int | None) -> None:
+        self.argmax = log_probs.argmax(-1)
+        if top_k is None or top_k >= log_probs.shape[-1]:
+            self.log_probs, self.indices = log_probs, None
+        else:
+            self.log_probs, self.indices = log_probs.topk(top_k, dim=-1)
+
+    def kl_sum(self, routed: torch.Tensor) -> float:
+        """Sum over positions of KL(teacher || routed), coarsened when top-K is kept."""
+        if self.indices is None:
+            return (self.log_probs.exp() * (self.log_probs - routed)).sum().item()
+        dense_p = self.log_probs.exp()
+        routed_lp = routed.gather(-1, self.indices)
+        rest_dense = (1.0 - dense_p.sum(-1)).clamp_min(1e-12)
+        rest_routed = (1.0 - routed_lp.exp().sum(-1)).clamp_min(1e-12)
+        head = (dense_p * (self.log_probs - routed_lp)).sum(-1)
+        tail = rest_dense * (rest_dense.log() - rest_routed.log())
+        return (head + tail).sum().item()
+
+
+class WindowComparator:
+    """Holds token sequences and the dense teacher's window outputs; compares routed runs.
+
+    Guarantees: teacher outputs are computed once per sequence with the model unrouted;
+    ``compare`` leaves the model unrouted again, whatever happens; sequences are batched by
+    length in index order, so a sequence's statistics do not depend on which others are
+    scored with it (up to float rounding of batched matmuls).
     """
 
-    def __init__(self, model: Any, batches: list[torch.Tensor], window: int) -> None:
+    def __init__(self, model: Any, sequences: list[torch.Tensor], window: int,
+                 batch_size: int = 4, teacher_top_k: int | None = None) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
-        shortest = min(batch.shape[1] - 1 for batch in batches)
+        shortest = min(len(seq) - 1 for seq in sequences)
         if window > shortest:
             raise ValueError(f"window {window} is longer than the shortest sequence ({shortest})")
         self.model = model
-        self.batches = batches
+        self.sequences = sequences
         self.window = window
-        unroute(model)
-        self.teacher = [self._window_log_probs(batch) for batch in batches]
-        self.dense_ppl = self._perplexity(self.teacher)
+        self.batch_size = batch_size
+        self.teacher_top_k = teacher_top_k
+        self._teachers: dict[int, _Teacher] = {}
 
-    def compare(self, schedule: Sequence[float], router: TokenRouter) -> WindowMetrics:
-        routing = route(self.model, schedule, router)
-        kl_sum = agree = 0.0
-        kept = seen = positions = 0
-        routed_all = []
+    def compare(self, schedule: Sequence[float] | None, router: TokenRouter | None = None,
+                indices: Sequence[int] | None = None) -> dict[int, WindowStats]:
+        """Per-sequence window statistics of the routed model (``schedule=None``: dense)."""
+        indices = list(range(len(self.sequences))) if indices is None else list(indices)
+        self._ensure_teachers(indices)
+        routing = route(self.model, schedule, router) if schedule is not None else None
+        stats: dict[int, WindowStats] = {}
         try:
-            for batch, dense in zip(self.batches, self.teacher):
+            for batch_indices in self._batches(indices):
+                batch = torch.stack([self.sequences[i] for i in batch_indices])
                 routed = self._window_log_probs(batch)
-                kl_sum += (dense.exp() * (dense - routed)).sum(-1).sum().item()
-                agree += (dense.argmax(-1) == routed.argmax(-1)).sum().item()
-                positions += dense.shape[0] * dense.shape[1]
-                kept += sum(routing.last_state.kept)
-                seen += sum(routing.last_state.seen)
-                routed_all.append(routed)
+                length = batch.shape[1] - 1
+                if routing is not None:
+                    kept = sum(routing.last_state.kept) // len(batch_indices)
+                    seen = sum(routing.last_state.seen) // len(batch_indices)
+                else:
+                    kept = seen = length * len(self.model.model.layers)
+                for row, index in enumerate(batch_indices):
+                    teacher = self._teachers[index]
+                    targets = self.sequences[index][-self.window:]
+                    stats[index] = WindowStats(
+                        kl_sum=teacher.kl_sum(routed[row]),
+                        agree=int((teacher.argmax == routed[row].argmax(-1)).sum()),
+                        nll_sum=-routed[row].gather(-1, targets[:, None]).sum().item(),
+                        positions=self.window, kept=kept, seen=seen, tokens=length)
         finally:
             unroute(self.model)
-        return WindowMetrics(kl=kl_sum / positions, top1=agree / positions,
-                             ppl=self._perplexity(routed_all),
-                             realized_sparsity=1.0 - kept / seen, positions=positions)
+        return stats
+
+    def _ensure_teachers(self, indices: list[int]) -> None:
+        missing = [i for i in indices if i not in self._teachers]
+        if not missing:
+            return
+        unroute(self.model)
+        for batch_indices in self._batches(missing):
+            batch = torch.stack([self.sequences[i] for i in batch_indices])
+            log_probs = self._window_log_probs(batch)
+            for row, index in enumerate(batch_indices):
+                self._teachers[index] = _Teacher(log_probs[row], self.teacher_top_k)
+
+    def _batches(self, indices: list[int]) -> list[list[int]]:
+        by_length: dict[int, list[int]] = {}
+        for index in sorted(set(indices)):
+            by_length.setdefault(len(self.sequences[index]), []).append(index)
+        return [group[i:i + self.batch_size] for _, group in sorted(by_length.items())
+                for i in range(0, len(group), self.batch_size)]
 
     @torch.inference_mode()
     def _window_log_probs(self, batch: torch.Tensor) -> torch.Tensor:
@@ -128,20 +228,12 @@ class WindowComparator:
                             logits_to_keep=self.window).logits
         return logits.float().log_softmax(-1)
 
-    def _perplexity(self, log_probs: list[torch.Tensor]) -> float:
-        nll = count = 0.0
-        for batch, lp in zip(self.batches, log_probs):
-            targets = batch[:, -self.window:]
-            nll -= lp.gather(-1, targets.unsqueeze(-1)).sum().item()
-            count += targets.numel()
-        return float(torch.tensor(nll / count).exp())
-
 
 class Scorer:
     """Loads the model once and scores schedules on the calibration or held-out split.
 
-    The held-out comparator is built on first use, so search workers that never evaluate
-    held-out text never pay for its teacher outputs.
+    Each split's comparator is built on first use, so search workers that never evaluate
+    held-out text never tokenize it or pay for its teacher outputs.
     """
 
     def __init__(self, settings: ScorerSettings) -> None:
@@ -159,15 +251,40 @@ class Scorer:
             s = self.settings
             lens, per = ((s.calibration_lens, s.calibration_per_length) if split == "calibration"
                          else (s.heldout_lens, s.heldout_per_length))
-            batches = build_batches(DataSpec(s.source, split, lens, per, s.batch_size),
-                                    self.tokenizer)
-            self._comparators[split] = WindowComparator(self.model, batches, s.window)
+            sequences = build_sequences(DataSpec(s.source, split, lens, per), self.tokenizer)
+            self._comparators[split] = WindowComparator(
+                self.model, sequences, s.window, s.batch_size, s.teacher_top_k)
         return self._comparators[split]
 
+    def num_sequences(self, split: Split) -> int:
+        return len(self.comparator(split).sequences)
+
     def score(self, schedule: Sequence[float], split: Split = "calibration",
-              router: str = "static") -> Evaluation:
+              router: str = "static", sequences: Sequence[int] | None = None) -> Evaluation:
+        """Score ``schedule`` on the given sequence indices of ``split`` (default: all)."""
         comparator = self.comparator(split)
         start = time.perf_counter()
-        metrics = comparator.compare(schedule, make_router(router))
+        per_sequence = comparator.compare(schedule, make_router(router), sequences)
         return Evaluation(schedule=[float(s) for s in schedule], split=split, router=router,
-                          metrics=metrics, duration_s=time.perf_counter() - start)
+                          per_sequence=per_sequence, duration_s=time.perf_counter() - start)
+
+    def block_influence(self) -> list[float]:
+        """ShortGPT Block Influence per block on the calibration sequences:
+        BI_i = 1 - mean over tokens of cos(h_i, h_{i+1}) (input vs output of block i)."""
+        comparator = self.comparator("calibration")
+        unroute(self.model)
+        totals = [0.0] * self.num_blocks
+        count = 0
+        with torch.inference_mode():
+            for batch_indices in comparator._batches(list(range(len(comparator.sequences)))):
+                batch = torch.stack([comparator.sequences[i] for i in batch_indices])[:, :-1]
+                hidden = self.model.model(input_ids=batch, output_hidden_states=True,
+                                          use_cache=False).hidden_states
+                # hidden[0] is the embedding output; hidden[-1] is after the final norm, so
+                # the last block's output is compared through the norm as transformers gives it.
+                for block in range(self.num_blocks):
+                    cos = torch.nn.functional.cosine_similarity(
+                        hidden[block].float(), hidden[block + 1].float(), dim=-1)
+                    totals[block] += (1.0 - cos).sum().item()
+                count += batch.numel()
+        return [t / count for t in totals]

@@ -1,0 +1,139 @@
+"""Database URLs and the one engine factory every part of ftprune uses.
+
+Guarantees:
+
+- Only SQLite (``sqlite:///FILE``) and PostgreSQL (``postgresql+psycopg://...``; a bare
+  ``postgresql://`` means the same driver) are accepted; anything else is a
+  :class:`StorageError` before a connection is attempted.
+- SQLite connections run in WAL mode with a busy timeout and foreign keys on, set on every
+  connection. Write transactions start with ``BEGIN IMMEDIATE``, so concurrent writers queue
+  instead of failing; connections from :func:`read_only` start a deferred ``BEGIN`` and never
+  block writers.
+- Passwords never appear in messages: :func:`redact` hides them in URLs and
+  :func:`database_errors` turns driver errors into one-line :class:`StorageError` messages
+  with the password removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+DEFAULT_URL = "sqlite:///ftprune.db"
+READ_ONLY = "ftprune_read_only"
+POSTGRES_DRIVER = "postgresql+psycopg"
+
+
+class StorageError(ValueError):
+    """A bad database URL, an unreachable database or a missing row; the message is one line."""
+
+
+def default_url() -> str:
+    """``$FTPRUNE_DB`` if set, else ``sqlite:///ftprune.db``."""
+    return os.environ.get("FTPRUNE_DB", DEFAULT_URL)
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def _parse(url: str) -> URL:
+    """The parsed URL, with ``postgresql://`` resolved to the psycopg driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"invalid database URL {redact(url)!r}") from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
+    return parsed
+
+
+def _sqlite_file(parsed: URL) -> Path | None:
+    """The file of a SQLite URL; None for in-memory databases and other backends."""
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`StorageError` if ``url`` is not a database URL ftprune supports."""
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise StorageError(f"unsupported database {backend!r}: use "
+                           "sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+    if backend == "postgresql" and parsed.drivername != POSTGRES_DRIVER:
+        raise StorageError(f"unsupported PostgreSQL driver {parsed.drivername!r}: use "
+                           "postgresql+psycopg://USER@HOST/DB")
+    path = _sqlite_file(parsed)
+    if path is not None and not path.resolve().parent.is_dir():
+        raise StorageError(
+            f"directory for the SQLite database does not exist: {path.resolve().parent}")
+
+
+def require_existing(url: str) -> None:
+    """Like :func:`check_url`, and also raise :class:`StorageError` if ``url`` names a SQLite
+    file that does not exist, so that read-only commands never leave an empty database."""
+    check_url(url)
+    path = _sqlite_file(_parse(url))
+    if path is not None and not path.is_file():
+        raise StorageError(f"no database at {redact(url)}")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the connection settings this module guarantees."""
+    check_url(url)
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 15})
+    engine = create_engine(parsed, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        read = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (same pool) for transactions that only read: on SQLite they begin
+    deferred and see one consistent snapshot without taking the write lock; writing through
+    it is an error under contention."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+def _scrub(message: str, url: str) -> str:
+    password = _parse(url).password
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    return first.replace(password, "***") if password else first
+
+
+@contextlib.contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn driver errors (unreachable server, bad credentials, missing database) raised in
+    the block into a one-line :class:`StorageError` naming the redacted URL."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise StorageError(
+            f"database {redact(url)}: {_scrub(str(exc.orig), url)}") from None

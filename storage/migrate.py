@@ -1,0 +1,155 @@
+"""Schema migrations: Alembic, configured here in code (no ``alembic.ini``), over ftprune's
+own tables only.
+
+Guarantees:
+
+- Only tables named ``ftp_*`` are created, altered, compared or dropped. The revision lives
+  in ``ftp_alembic_version``, so another tool's Alembic (Optuna's ``alembic_version`` and
+  tables) in the same database is never read or touched.
+- :func:`upgrade` runs in one transaction under a lock (``BEGIN IMMEDIATE`` on SQLite, an
+  advisory lock on PostgreSQL): concurrent upgrades of one database serialize, and an upgrade
+  that fails leaves the database as it was.
+- A database made by ftprune before migrations existed (the skeleton's three tables, no
+  version table) is recognized, stamped at revision ``0001`` and upgraded in place, rows
+  kept.
+- :func:`check` lists every difference between the models in :mod:`storage.schema` and a
+  database built by the migrations; an empty list means they agree.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, inspect, text
+
+from storage.engine import StorageError, read_only
+from storage.schema import Base
+
+TABLE_PREFIX = "ftp_"
+VERSION_TABLE = "ftp_alembic_version"
+SKELETON_REVISION = "0001"
+SKELETON_TABLES = frozenset({"ftp_runs", "ftp_evaluations", "ftp_heldout_results"})
+# pg_advisory_xact_lock key that serializes ftprune migrations of one PostgreSQL database.
+_POSTGRES_LOCK_KEY = 0x66747072756E65  # "ftprune"
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """What :func:`upgrade` did: the revision before (None: no version table yet), the
+    revision after (the head), and whether an unversioned skeleton database was adopted."""
+
+    before: str | None
+    after: str
+    adopted_skeleton: bool
+
+
+def include_name(name: str | None, type_: str, _parent_names: Any) -> bool:
+    """Alembic's name filter: only ftprune's own (``ftp_``-prefixed) tables."""
+    return type_ != "table" or bool(name and name.startswith(TABLE_PREFIX))
+
+
+def context_options() -> dict[str, Any]:
+    """The options every Alembic context over ftprune's tables is configured with."""
+    return {"target_metadata": Base.metadata, "version_table": VERSION_TABLE,
+            "include_name": include_name, "compare_type": True}
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config for ftprune's migrations that runs any ``alembic.command`` on
+    ``connection``, inside its transaction."""
+    config = Config()
+    config.set_main_option("script_location", "storage:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+@functools.lru_cache(maxsize=1)
+def head_revision() -> str:
+    """The newest revision shipped in ``storage/migrations/versions``."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "storage/migrations/versions holds no revision"
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The database's revision; None when ftprune's version table is absent or empty."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _lock(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                           {"key": _POSTGRES_LOCK_KEY})
+    # SQLite: the transaction began with BEGIN IMMEDIATE, which already holds the write lock.
+
+
+def _own_tables(connection: Connection) -> set[str]:
+    return {name for name in inspect(connection).get_table_names()
+            if name.startswith(TABLE_PREFIX) and name != VERSION_TABLE}
+
+
+def _alembic(action: Callable[..., None], connection: Connection, revision: str) -> None:
+    try:
+        action(alembic_config(connection), revision)
+    except CommandError as exc:
+        raise StorageError(f"cannot migrate: {str(exc).splitlines()[0]}") from None
+
+
+def upgrade(engine: Engine) -> Upgrade:
+    """Bring the database to the head revision (creating ftprune's tables if there are none)."""
+    head = head_revision()
+    with read_only(engine).connect() as connection:
+        before = current_revision(connection)
+    if before == head:
+        return Upgrade(before, head, adopted_skeleton=False)
+    with engine.begin() as connection:
+        _lock(connection)
+        before = current_revision(connection)
+        adopted = False
+        if before is None:
+            own = _own_tables(connection)
+            if own == SKELETON_TABLES:
+                _alembic(command.stamp, connection, SKELETON_REVISION)
+                adopted = True
+            elif own:
+                raise StorageError(f"unversioned database holds ftprune tables {sorted(own)} "
+                                   "that match no known schema")
+        if before != head:
+            _alembic(command.upgrade, connection, "head")
+    return Upgrade(before, head, adopted)
+
+
+def check(engine: Engine) -> list[str]:
+    """Differences between the models and the database (which must be at the head revision),
+    one short line each; empty when they agree."""
+    head = head_revision()
+    with read_only(engine).connect() as connection:
+        current = current_revision(connection)
+        if current != head:
+            return [f"database at revision {current or 'none'}, migrations end at {head} "
+                    "(run ftprune db upgrade)"]
+        context = MigrationContext.configure(connection, opts=context_options())
+        return [_describe(diff) for diff in compare_metadata(context, Base.metadata)]
+
+
+def _describe(diff: Any) -> str:
+    """One line for one Alembic autogenerate difference."""
+    if isinstance(diff, list):
+        return "; ".join(_describe(item) for item in diff)
+    op, *args = diff
+    if op.startswith("modify_"):
+        _schema, table, column, _info, old, new = args
+        return f"{op} {table}.{column}: {old!r} -> {new!r}"
+    if op.endswith("_column"):
+        return f"{op} {args[1]}.{args[2].name}"
+    target = args[-1]
+    return f"{op} {getattr(target, 'name', None) or target}"

@@ -1,0 +1,1 @@
+"""Alembic scripts for ftprune's tables; run them through :mod:`storage.migrate`."""

@@ -1,0 +1,117 @@
+"""The search engine end to end on a tiny model: stages and fidelity, the fitness cache,
+a worker killed mid-generation, and a coordinator killed mid-run that resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search.config import build_config
+from search.coordinator import launch, run_search, scorer_settings
+from storage import Store
+from workers import Scorer
+from workers.pool import LocalPool, RayPool
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs/tiny.yaml"
+
+
+def _rows(store: Store, run_id: int) -> list[tuple]:
+    return sorted((r.generation, r.stage, tuple(r.schedule), r.fitness)
+                  for r in store.evaluations(run_id))
+
+
+def test_stages_record_fidelity_and_cache_never_changes_a_result(db_url):
+    config = build_config(TINY, generations=3)
+    store = Store(db_url)
+    run = store.create_run("cache", config.model_dump(), config.seed)
+    settings = scorer_settings(config)
+    with LocalPool(settings) as pool:
+        progress = run_search(config, store, pool, run.id, show_progress=False)
+    assert progress.cache_hits > 0
+    rows = store.evaluations(run.id)
+    assert {r.stage for r in rows} == {0, 1}
+    assert {len(r.sequences) for r in rows} == {2, 6}
+    assert all(r.fidelity == len(r.sequences) * config.window for r in rows)
+    # Later stages extend earlier stages' data: only the new sequences were computed.
+    for r in rows:
+        assert r.forward_tokens <= sum(96 if i >= 3 else 64 for i in r.sequences)
+    fresh = Scorer(settings)
+    for r in rows:
+        direct = fresh.score(r.schedule, sequences=r.sequences).fitness
+        assert r.fitness == pytest.approx(direct, rel=1e-4, abs=1e-7)
+    keys = [(r.generation, r.stage, tuple(r.schedule)) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.ray
+def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
+    config = build_config(TINY, pool="ray", workers=2, run_name="kill-worker", generations=2)
+
+    class KillingPool(RayPool):
+        victim: int | None = None
+
+        def evaluate(self, requests, on_result=None):
+            def kill_once(result):
+                if self.victim is None:
+                    self.victim = self.worker_pids_at_start[0]
+                    os.kill(self.victim, signal.SIGKILL)
+                if on_result:
+                    on_result(result)
+            return super().evaluate(requests, kill_once)
+
+    pool = KillingPool(scorer_settings(config), workers=2)
+    pool.worker_pids_at_start = pool.worker_pids()
+    store = Store(db_url)
+    try:
+        outcome = launch(config, store, show_progress=False, pool=pool)
+    finally:
+        pool.close()
+    assert pool.replaced >= 1
+    reference = Store(db_url.replace("ftprune.db", "reference.db"))
+    expected = launch(config.model_copy(update={"pool": "local"}), reference, False)
+    assert _rows(store, outcome.run_id) == pytest.approx(_rows(reference, expected.run_id))
+    assert outcome.search.best_schedule == expected.search.best_schedule
+
+
+def test_coordinator_killed_mid_run_resumes_to_the_identical_result(tmp_path):
+    killed_db = f"sqlite:///{tmp_path / 'killed.db'}"
+    command = [sys.executable, "-m", "search.cli", "search", "launch", "--config", str(TINY),
+               "--generations", "6", "--run-name", "crash", "--db", killed_db, "--quiet"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    store = None
+    while time.monotonic() < deadline:
+        if (tmp_path / "killed.db").exists():
+            store = store or Store(killed_db, create=False)
+            try:
+                if store.run_status("crash")["generations"] >= 2:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    status = store.run_status("crash")
+    assert status["status"] == "running" and 2 <= status["generations"] < 6
+    resumed = subprocess.run([sys.executable, "-m", "search.cli", "search", "resume", "crash",
+                              "--db", killed_db, "--quiet"], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    config = build_config(TINY, generations=6, run_name="reference")
+    reference = Store(f"sqlite:///{tmp_path / 'reference.db'}")
+    expected = launch(config, reference, show_progress=False)
+    final = store.run_status("crash")
+    assert final["status"] == "finished" and final["generations"] == 6
+    assert final["best_schedule"] == expected.search.best_schedule
+    assert final["best_fitness"] == expected.search.best_fitness
+    run_id = store.find_run("crash").id
+    assert _rows(store, run_id) == _rows(reference, expected.run_id)
