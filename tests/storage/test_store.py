@@ -15,7 +15,8 @@ from storage.schema import EvaluationRow, GenerationRow, RunRow
 from tests.storage.helpers import Metrics, Scored, scored
 
 TABLES = {"ftp_runs", "ftp_evaluations", "ftp_heldout_results", "ftp_generations",
-          "ftp_routers", "ftp_eval_results", "ftp_benchmarks", VERSION_TABLE}
+          "ftp_routers", "ftp_eval_results", "ftp_benchmarks", "ftp_search_states",
+          VERSION_TABLE}
 
 
 def _count(store: Store, model) -> int:
@@ -162,3 +163,26 @@ def test_unreachable_server_is_one_line_without_the_password():
     message = str(caught.value)
     assert "s3cr3t-pw" not in message and "me:***@127.0.0.1:1" in message
     assert "\n" not in message
+
+
+def test_engine_detail_and_search_state_round_trip(db_url):
+    from storage import EvaluationRecord
+
+    store = Store(db_url)
+    run = store.create_run("engine", {}, 0)
+    assert store.search_state(run.id) is None
+    assert store.run_totals(run.id) == {"evaluations": 0, "forward_tokens": 0}
+    record = EvaluationRecord(schedule=[0.2, 0.4], router="static", metrics=Metrics(kl=0.25),
+                              duration_s=0.1, worker="w:2", stage=1, sequences=[0, 3, 5],
+                              per_sequence={"3": [0.5, 7, 9.25, 8, 10, 12, 64]},
+                              forward_tokens=64)
+    state = {"generation": 1, "random_state": [3, [1, 2, 3], None], "seen": [[1, 2]]}
+    store.record_generation(run.id, 0, [record, scored(0.3, [0.3, 0.3])], 0.25, [0.2, 0.4],
+                            state)
+    store.record_generation(run.id, 1, [record], 0.2, [0.2, 0.4], {**state, "generation": 2})
+    assert store.search_state(run.id) == {**state, "generation": 2}
+    assert store.run_totals(run.id) == {"evaluations": 3, "forward_tokens": 128}
+    first, plain, _ = store.evaluations(run.id)
+    assert (first.stage, first.sequences, first.forward_tokens) == (1, [0, 3, 5], 64)
+    assert first.per_sequence == {"3": [0.5, 7, 9.25, 8, 10, 12, 64]}
+    assert (plain.stage, plain.sequences, plain.per_sequence) == (None, None, None)
