@@ -76,7 +76,9 @@ def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
     assert pool.replaced >= 1
     reference = Store(db_url.replace("ftprune.db", "reference.db"))
     expected = launch(config.model_copy(update={"pool": "local"}), reference, False)
-    assert _rows(store, outcome.run_id) == pytest.approx(_rows(reference, expected.run_id))
+    got, want = _rows(store, outcome.run_id), _rows(reference, expected.run_id)
+    assert [row[:3] for row in got] == [row[:3] for row in want]  # each candidate once
+    assert [row[3] for row in got] == pytest.approx([row[3] for row in want], rel=1e-5)
     assert outcome.search.best_schedule == expected.search.best_schedule
 
 
