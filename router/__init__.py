@@ -4,17 +4,20 @@
 >>> model, tokenizer = load_model("smollm2-135m")
 >>> routing = route(model, [0.3] * 30)          # static position-priority router
 >>> logits = model(input_ids).logits
->>> routing.last_state.realized_sparsity
+>>> routing.last_state.realized_sparsity, routing.last_state.flop_saving
+>>> model.generate(input_ids, max_new_tokens=20)  # per-layer KV cache of the kept tokens
 
 This package knows nothing of search, Ray or SQL.
 """
 
-from router.engine import (ForwardState, RandomRouter, Routing, StaticRouter, TokenRouter,
-                           decoder_layers, keep_count, route, routing_of, unroute)
+from router.engine import (DECODE_POLICIES, Routing, decoder_layers, keep_count, route,
+                           routing_of, unroute)
 from router.loading import (SMOLLM2_ALIAS, ModelSpecError, check_model_spec, load_model)
+from router.routers import RandomRouter, StaticRouter, TokenRouter
+from router.state import FlopModel, ForwardState
 
 __all__ = [
-    "ForwardState", "ModelSpecError", "RandomRouter", "Routing", "SMOLLM2_ALIAS", "StaticRouter",
-    "TokenRouter", "check_model_spec", "decoder_layers", "keep_count", "load_model", "route",
-    "routing_of", "unroute",
+    "DECODE_POLICIES", "FlopModel", "ForwardState", "ModelSpecError", "RandomRouter", "Routing",
+    "SMOLLM2_ALIAS", "StaticRouter", "TokenRouter", "check_model_spec", "decoder_layers",
+    "keep_count", "load_model", "route", "routing_of", "unroute",
 ]

@@ -1,0 +1,221 @@
+"""``ftprune bench routing``: dense against routed prefill on the same model and inputs.
+
+For every (batch, seq_len) the benchmark times, each routed run right next to a dense run
+(the order alternating between repeats, so drift in a shared machine's load hits both sides
+alike):
+
+- the dense model and the routed model (uniform schedule, static router) at each target
+  sparsity S, in two scopes: ``blocks`` (the decoder stack alone: ``model.model`` on
+  precomputed embeddings) and ``end_to_end`` (``model(input_ids)``: embeddings, decoder
+  stack and the LM head over every position);
+- one decoder block at S = 0 without and with the attention features a dynamic router
+  reads (scope ``features``).
+
+Rows (``--json OUT`` writes the list): model, dtype, batch, seq_len, target_sparsity,
+realized_sparsity, dense_ms and routed_ms (medians over the row's repeats), speedup (median
+of the per-repeat dense/routed ratios), ideal_speedup, efficiency (speedup / ideal), scope.
+
+- ``blocks``: ideal = 1 / (1 - S), S the realized sparsity.
+- ``end_to_end``: ideal = 1 / ((1 - c) + c (1 - S)), c = dense blocks time / dense
+  end-to-end time, measured in the same run (at most 1: timing noise can invert the two
+  on tiny models).
+- ``features``: dense_ms is one block, routed_ms the same block measuring the attention
+  received by every token and building the router features; ideal = 1. Extra fields:
+  ``feature_share`` (1 / speedup - 1: the features' cost as a share of the block) and
+  ``feature_ms`` (feature_share * dense_ms).
+
+Every row also records ``clock`` ("wall", or "cpu": the process's CPU time, for shared
+machines) and ``threads``.
+
+S = 0 rows measure the engine's overhead: a block with nothing to skip calls the plain
+layer, so these rows skip one token per block instead (realized sparsity 1/seq_len, in the
+ideal too), which runs the router, top-k, gather and scatter of every block
+(overhead = 1 / efficiency - 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from router import ForwardState, StaticRouter, decoder_layers, load_model, route, unroute
+
+SCOPES = ("blocks", "end_to_end", "features")
+# wall: elapsed time. cpu: this process's CPU time, which other processes on a shared
+# machine do not inflate (meaningful with one torch thread: idle threads spin).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+FEATURE_REPEATS = 5  # the features row times this many times ``repeats`` pairs
+
+
+@dataclass(frozen=True)
+class RoutingBench:
+    """What to time; see the module docstring."""
+
+    model: str = "smollm2-135m"
+    dtype: str = "float32"
+    seq_lens: tuple[int, ...] = (1024, 2048)
+    batches: tuple[int, ...] = (1,)
+    sparsities: tuple[float, ...] = (0.0, 0.25, 0.4)
+    repeats: int = 5
+    warmup: int = 1
+    attention_window: int | None = 64
+    clock: str = "wall"
+    seed: int = 0
+
+
+class _FeatureReader(StaticRouter):
+    """Static decisions, but asks for attention features (what a dynamic router pays)."""
+
+    needs_attention = True
+
+
+def run(bench: RoutingBench, progress: Callable[[str], None] = lambda line: None
+        ) -> list[dict[str, Any]]:
+    """Time every (batch, seq_len) of ``bench``; returns the rows."""
+    model, _ = load_model(bench.model, bench.dtype)
+    rows: list[dict[str, Any]] = []
+    for batch in bench.batches:
+        for seq_len in bench.seq_lens:
+            progress(f"batch {batch}, {seq_len} tokens")
+            rows += _prefill_rows(model, bench, batch, seq_len)
+            rows.append(_feature_row(model, bench, batch, seq_len))
+    return rows
+
+
+def _inputs(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(bench.seed)
+    return torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=generator)
+
+
+def _timed(fn: Callable[[], Any], bench: RoutingBench) -> float:
+    clock = CLOCKS[bench.clock]
+    start = clock()
+    fn()
+    return (clock() - start) * 1000.0
+
+
+def _paired(dense: Callable[[], float], variants: dict[str, Callable[[], float]],
+            bench: RoutingBench) -> dict[str, tuple[list[float], list[float]]]:
+    """Milliseconds (dense, variant) per variant and repeat, warm-up excluded. Each variant
+    runs right next to its own dense run, the order alternating between repeats."""
+    pairs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
+    for repeat in range(bench.warmup + bench.repeats):
+        for name, variant in variants.items():
+            if repeat % 2 == 0:
+                dense_ms, variant_ms = dense(), variant()
+            else:
+                variant_ms, dense_ms = variant(), dense()
+            if repeat >= bench.warmup:
+                pairs[name][0].append(dense_ms)
+                pairs[name][1].append(variant_ms)
+    return pairs
+
+
+@torch.inference_mode()
+def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int
+                  ) -> list[dict[str, Any]]:
+    ids = _inputs(model, bench, batch, seq_len)
+    embeds = model.model.embed_tokens(ids)
+    blocks = len(decoder_layers(model))
+    forwards = {"blocks": lambda: model.model(inputs_embeds=embeds, use_cache=False),
+                "end_to_end": lambda: model(input_ids=ids, use_cache=False)}
+    realized: dict[float, float] = {}
+
+    def routed(sparsity: float, forward: Callable[[], Any]) -> Callable[[], float]:
+        # At S = 0 every block would call the plain layer: skip one token per block instead,
+        # so that the router, top-k, gather and scatter all run.
+        schedule = [sparsity or 1.0 / seq_len] * blocks
+
+        def call() -> float:
+            routing = route(model, schedule)
+            try:
+                elapsed = _timed(forward, bench)
+            finally:
+                unroute(model)
+            realized[sparsity] = routing.last_state.realized_sparsity
+            return elapsed
+        return call
+
+    unroute(model)
+    timings = {scope: _paired(lambda forward=forward: _timed(forward, bench),
+                              {str(s): routed(s, forward) for s in bench.sparsities}, bench)
+               for scope, forward in forwards.items()}
+    dense_median = {scope: statistics.median(t for dense, _ in pairs.values() for t in dense)
+                    for scope, pairs in timings.items()}
+    blocks_share = min(1.0, dense_median["blocks"] / dense_median["end_to_end"])
+    rows = []
+    for scope, pairs in timings.items():
+        for sparsity in bench.sparsities:
+            s = realized[sparsity]
+            ideal = 1.0 / (1.0 - s) if scope == "blocks" else 1.0 / (
+                (1.0 - blocks_share) + blocks_share * (1.0 - s))
+            rows.append(_row(model, bench, batch, seq_len, scope, sparsity, s,
+                             *pairs[str(sparsity)], ideal))
+    return rows
+
+
+@torch.inference_mode()
+def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> dict[str, Any]:
+    """One mid-stack block at S = 0, without and with the attention features."""
+    ids = _inputs(model, bench, batch, seq_len)
+    hidden = model.model.embed_tokens(ids)
+    positions = torch.arange(seq_len)[None]
+    rotary = model.model.rotary_emb(hidden, positions)
+    blocks = len(decoder_layers(model))
+    index = blocks // 2
+
+    def block(router: StaticRouter) -> Callable[[], float]:
+        def call() -> float:
+            routing = route(model, [0.0] * blocks, router,
+                            attention_window=bench.attention_window)
+            state = ForwardState(routing.schedule, routing.flops, batch, seq_len, positions,
+                                 None, track_attention=routing.needs_attention)
+            layer = decoder_layers(model)[index]
+
+            def forward() -> None:
+                layer(hidden, position_embeddings=rotary, ftprune_state=state)
+                if routing.needs_attention:
+                    state.features(index)
+            try:
+                return _timed(forward, bench)
+            finally:
+                unroute(model)
+        return call
+
+    # One block is quick: repeat it more often than whole forwards.
+    pairs = _paired(block(StaticRouter()), {"features": block(_FeatureReader())},
+                    dataclasses.replace(bench, repeats=FEATURE_REPEATS * bench.repeats))
+    row = _row(model, bench, batch, seq_len, "features", 0.0, 0.0, *pairs["features"], 1.0)
+    row["feature_share"] = round(1.0 / row["speedup"] - 1.0, 4)
+    row["feature_ms"] = round(row["feature_share"] * row["dense_ms"], 2)
+    row["attention_window"] = bench.attention_window
+    return row
+
+
+def _row(model: Any, bench: RoutingBench, batch: int, seq_len: int, scope: str,
+         target: float, realized: float, dense: list[float], routed: list[float],
+         ideal: float) -> dict[str, Any]:
+    speedup = statistics.median(d / r for d, r in zip(dense, routed))
+    return {"model": bench.model, "dtype": bench.dtype, "batch": batch, "seq_len": seq_len,
+            "target_sparsity": target, "realized_sparsity": round(realized, 6),
+            "dense_ms": round(statistics.median(dense), 2),
+            "routed_ms": round(statistics.median(routed), 2), "speedup": round(speedup, 4),
+            "ideal_speedup": round(ideal, 4), "efficiency": round(speedup / ideal, 4),
+            "scope": scope, "clock": bench.clock, "threads": torch.get_num_threads()}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
+    header = (f"{'scope':<11}{'batch':>6}{'seq':>6}{'S':>6}{'real S':>8}{'dense ms':>11}"
+              f"{'routed ms':>11}{'speedup':>9}{'ideal':>8}{'eff':>7}")
+    lines = [header]
+    for r in rows:
+        lines.append(f"{r['scope']:<11}{r['batch']:>6}{r['seq_len']:>6}{r['target_sparsity']:>6.2f}"
+                     f"{r['realized_sparsity']:>8.3f}{r['dense_ms']:>11.1f}{r['routed_ms']:>11.1f}"
+                     f"{r['speedup']:>9.3f}{r['ideal_speedup']:>8.3f}{r['efficiency']:>7.3f}")
+    return "\n".join(lines)
