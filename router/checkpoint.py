@@ -1,0 +1,148 @@
+"""Router checkpoints: weights in safetensors, everything else in a small JSON.
+
+A checkpoint directory holds ``router.safetensors`` (the router's state dict) and
+``router.json``: the router kind and shape (factors, hidden units), the schedule, the
+decode policy, the base model spec and dtype, and the library versions that wrote it.
+Loading reads safetensors and JSON only (never pickle). Every problem with a checkpoint
+(missing file, bad JSON, unknown kind, wrong tensor names or shapes, a schedule that does
+not fit the model) raises :class:`CheckpointError` with a one-line message.
+
+>>> save_router("out/router", router, schedule, model_spec="smollm2-135m")
+>>> model, tokenizer, routing = load_routed("out/router")
+>>> model.generate(input_ids, max_new_tokens=20)
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Sequence
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from router.dynamic import DynamicRouter, HiddenStateRouter
+from router.engine import DECODE_POLICIES, Routing, decoder_layers, route
+from router.loading import ModelSpecError, load_model
+
+WEIGHTS = "router.safetensors"
+META = "router.json"
+FORMAT = 1
+KINDS = {"dynamic": DynamicRouter, "hidden_state": HiddenStateRouter}
+
+
+class CheckpointError(ValueError):
+    """A router checkpoint that cannot be used; the message is one line for the user."""
+
+
+def save_router(directory: str | Path, router: nn.Module, schedule: Sequence[float],
+                model_spec: str, dtype: str = "float32", decode: str = "all") -> Path:
+    """Write ``router`` and its metadata into ``directory`` (created); returns it."""
+    kind = next((name for name, cls in KINDS.items() if type(router) is cls), None)
+    if kind is None:
+        raise CheckpointError(f"cannot save a {type(router).__name__}; routers: "
+                              f"{', '.join(cls.__name__ for cls in KINDS.values())}")
+    meta: dict[str, Any] = {
+        "format": FORMAT, "kind": kind, "hidden": router.hidden,
+        "schedule": [float(s) for s in schedule], "decode": decode,
+        "model": model_spec, "dtype": dtype, "versions": _versions()}
+    if kind == "dynamic":
+        meta["factors"] = list(router.factors)
+    else:
+        meta["hidden_size"] = router.hidden_size
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in router.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS))
+    (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_router(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The router (eval mode, on the CPU) and the metadata of a checkpoint directory."""
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    try:
+        if meta["kind"] == "dynamic":
+            router = DynamicRouter(meta["factors"], meta["hidden"])
+        else:
+            router = HiddenStateRouter(meta["hidden_size"], meta["hidden"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{directory / META}: bad router description ({error})") from None
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"router checkpoint has no weights file: {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
+    expected = router.state_dict()
+    if set(tensors) != set(expected):
+        raise CheckpointError(f"{path}: tensors {sorted(tensors)} do not match the "
+                              f"{meta['kind']} router's {sorted(expected)}")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                  f"the router needs {tuple(expected[name].shape)}")
+    router.load_state_dict(tensors)
+    return router.eval(), meta
+
+
+def load_routed(directory: str | Path, device: str = "cpu") -> tuple[Any, Any, Routing]:
+    """``(model, tokenizer, routing)``: the checkpoint's base model, routed with its router
+    and schedule; works with ``model(input_ids)`` and ``generate()``."""
+    router, meta = load_router(directory)
+    try:
+        model, tokenizer = load_model(meta["model"], meta["dtype"], device)
+    except ModelSpecError as error:
+        raise CheckpointError(f"{Path(directory) / META}: {error}") from None
+    blocks = len(decoder_layers(model))
+    if len(meta["schedule"]) != blocks:
+        raise CheckpointError(f"{Path(directory) / META}: schedule has "
+                              f"{len(meta['schedule'])} entries but {meta['model']} has "
+                              f"{blocks} decoder blocks")
+    if meta["kind"] == "hidden_state" and meta["hidden_size"] != model.config.hidden_size:
+        raise CheckpointError(f"{Path(directory) / META}: router reads hidden size "
+                              f"{meta['hidden_size']}, {meta['model']} has "
+                              f"{model.config.hidden_size}")
+    router.to(device)
+    try:
+        routing = route(model, meta["schedule"], router, decode=meta["decode"])
+    except ValueError as error:
+        raise CheckpointError(f"{Path(directory) / META}: {error}") from None
+    return model, tokenizer, routing
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    path = directory / META
+    if not path.is_file():
+        raise CheckpointError(f"not a router checkpoint (no {META}): {directory}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: invalid JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a format-{FORMAT} router checkpoint")
+    required = {"kind": str, "hidden": int, "schedule": list, "decode": str, "model": str,
+                "dtype": str}
+    for key, kind in required.items():
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    if meta["kind"] not in KINDS:
+        raise CheckpointError(f"{path}: unknown router kind {meta['kind']!r}; kinds: "
+                              f"{', '.join(KINDS)}")
+    if meta["decode"] not in DECODE_POLICIES:
+        raise CheckpointError(f"{path}: unknown decode policy {meta['decode']!r}")
+    return meta
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in ("ftprune", "torch", "transformers", "safetensors"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "unknown"
+    return found

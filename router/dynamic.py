@@ -1,0 +1,90 @@
+"""Learned token routers: FTP's dynamic router and a hidden-state baseline.
+
+Both implement the :class:`~router.routers.TokenRouter` seam and are ``nn.Module`` s, so
+they train with ``router.training`` and save with ``router.checkpoint``. Scores are keep
+logits: sigmoid(score) is the router's keep probability. At prefill the engine keeps the
+top k_i scores of each row (plus its first and last token), so a block's budget holds
+exactly whatever the router outputs.
+
+:class:`DynamicRouter` is FTP's router: ONE small MLP shared by all blocks, reading four
+per-token factors from the forward's :class:`~router.state.ForwardState`
+(``state.features(block)``): position j/(L-1), the latest attention the token received,
+its attention rank among the row's tokens in [0, 1], and the block's sparsity s_i. Any
+subset of the factors can be used (the ablation drops one). Block 0 has no earlier
+attention to read, so it is routed by FTP's static position priority (the
+:class:`~router.routers.StaticRouter` scores), never by the MLP.
+
+:class:`HiddenStateRouter` is the baseline: one MLP over the block's input hidden state,
+shared by all blocks; it reads no attention, so its routed model runs on plain SDPA.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from router.routers import StaticRouter
+
+if TYPE_CHECKING:
+    from router.state import ForwardState
+
+FACTORS = ("position", "attention", "rank", "sparsity")
+HIDDEN_UNITS = 64
+
+
+def _mlp(inputs: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+
+class DynamicRouter(nn.Module):
+    """FTP's dynamic router: MLP(factors -> ``hidden`` -> 1 keep logit), shared by blocks.
+
+    Guarantees: the MLP reads only the listed ``factors`` (in :data:`FACTORS` order);
+    its inputs are detached from the language model (gradients reach the router only
+    through its own scores); block 0 gets static position-priority scores.
+    """
+
+    needs_attention = True
+
+    def __init__(self, factors: Sequence[str] = FACTORS, hidden: int = HIDDEN_UNITS) -> None:
+        super().__init__()
+        unknown = sorted(set(factors) - set(FACTORS))
+        if unknown or not factors:
+            raise ValueError(f"router factors must be a non-empty subset of "
+                             f"{', '.join(FACTORS)}; got {list(factors)}")
+        self.factors = tuple(name for name in FACTORS if name in factors)
+        self.hidden = hidden
+        columns = torch.tensor([FACTORS.index(name) for name in self.factors])
+        self.register_buffer("columns", columns, persistent=False)
+        self.mlp = _mlp(len(self.factors), hidden)
+
+    def scores(self, block: int, hidden_states: Tensor, state: "ForwardState") -> Tensor:
+        """(batch, new tokens) keep logits of ``block``; static priority at block 0."""
+        if block == 0:
+            return StaticRouter().scores(block, hidden_states, state)
+        features = state.features(block).detach().index_select(-1, self.columns)
+        weight = self.mlp[0].weight
+        return self.mlp(features.to(weight.device, weight.dtype)).squeeze(-1).float()
+
+
+class HiddenStateRouter(nn.Module):
+    """Baseline router: MLP(LayerNorm(block input hidden state) -> ``hidden`` -> 1),
+    shared by all blocks. Guarantees: reads no attention (``needs_attention = False``);
+    its input is detached from the language model, as for :class:`DynamicRouter`."""
+
+    needs_attention = False
+
+    def __init__(self, hidden_size: int, hidden: int = HIDDEN_UNITS) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.hidden = hidden
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.mlp = _mlp(hidden_size, hidden)
+
+    def scores(self, block: int, hidden_states: Tensor, state: "ForwardState") -> Tensor:
+        """(batch, new tokens) keep logits read from the block's input hidden states."""
+        weight = self.mlp[0].weight
+        inputs = self.norm(hidden_states.detach().to(weight.device, weight.dtype))
+        return self.mlp(inputs).squeeze(-1).float()

@@ -1,0 +1,244 @@
+"""Training a learned router with the language model frozen (straight-through).
+
+The forward computes what inference computes: each block keeps the top k_i router scores
+(hard masks, the engine's own :func:`~router.engine.select_tokens`), kept tokens attend only
+to kept tokens at their original positions, skipped tokens pass through unchanged. The
+decision reaches the router by a straight-through estimator on the block's update
+Δ = layer(h) - h:
+
+    h' = where(hard, layer(h), h) + (p - p.detach()) · Δ,      p = sigmoid(score)
+
+whose value is exactly the routed output (the second term is 0) and whose gradient with
+respect to p is Δ. Skipped tokens need their Δ for that gradient, so :func:`training_forward`
+runs every decoder layer on all L tokens with a mask in which skipped tokens are invisible
+as keys to every other token (each still sees itself and the kept tokens before it). Kept
+tokens therefore get the same values as in the engine's gathered computation (up to float
+rounding of the longer SDPA call). Cost per step: a dense forward (L tokens per block
+instead of k_i) plus a backward through the activations of all blocks; the model's weights
+get no gradients. Attention features are measured on the kept queries exactly as the
+engine measures them. Training batches are unpadded.
+
+:func:`train_router` loops over calibration batches against dense teacher outputs
+computed once, evaluates on held-out sequences through the normal
+``route(model, schedule, router)`` path (window KL / top-1 via
+:class:`~workers.scoring.WindowComparator`), and returns a loss history.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from router.attention import AttentionProbe
+from router.engine import (Routing, causal_mask, decoder_layers, keep_count, route,
+                           select_tokens, unroute)
+from router.losses import (LossWeights, achieved_sparsity, distillation_loss, guide_loss,
+                           guide_weight, hidden_mse, sparsity_loss, total_loss)
+from router.routers import StaticRouter
+from router.state import ForwardState
+from workers.scoring import WindowComparator, merge_stats
+
+
+@dataclass
+class BlockDecision:
+    """One routed block of a training forward: keep probabilities (batch, L) with
+    gradient to the router, and the hard keep mask (batch, L) the forward used."""
+
+    block: int
+    keep_prob: Tensor
+    hard: Tensor
+
+
+@dataclass
+class TrainingOutput:
+    """Final logits and normed hidden states at the last ``window`` positions, and the
+    blocks whose scores carry a gradient to the router."""
+
+    logits: Tensor
+    hidden: Tensor
+    decisions: list[BlockDecision]
+
+
+def training_forward(model: nn.Module, routing: Routing, input_ids: Tensor,
+                     window: int) -> TrainingOutput:
+    """The routed forward of ``input_ids`` (batch, L), differentiable in the router.
+
+    ``routing`` is the model's handle from ``route(model, schedule, router)``. Values equal
+    the routed model's ``model(input_ids)`` for the same router decisions (see the module
+    docstring).
+    """
+    base = model.model
+    batch, length = input_ids.shape
+    cols = torch.arange(length, device=input_ids.device)[None]
+    state = ForwardState(routing.schedule, routing.flops, batch, length, cols, None,
+                         track_attention=routing.needs_attention)
+    hidden = base.embed_tokens(input_ids)
+    rotary = base.rotary_emb(hidden, position_ids=cols)
+    decisions: list[BlockDecision] = []
+    for index, layer in enumerate(decoder_layers(model)):
+        sparsity, sliding = routing.schedule[index], routing.windows[index]
+        hard = scores = None
+        k = keep_count(sparsity, length)
+        if k < length:
+            scores = routing.router.scores(index, hidden, state).float()
+            hard = _keep_mask(select_tokens(scores, k, None, sparsity)[0], length)
+        mask = None
+        if hard is not None or (sliding is not None and length > sliding):
+            mask = causal_mask(cols, cols, hard, sliding)
+        extra: dict[str, Any] = {}
+        probe = None
+        if routing.needs_attention:
+            probe = extra["ftprune_probe"] = AttentionProbe(routing.attention_window, hard)
+        out = type(layer).forward(layer, hidden, attention_mask=mask, position_ids=None,
+                                  past_key_values=None, use_cache=False,
+                                  position_embeddings=rotary, **extra)
+        if probe is not None:
+            state.update_attention(cols, probe.received, hard)
+        if hard is None:
+            hidden = out
+            continue
+        prob = scores.sigmoid()
+        straight = (prob - prob.detach()).to(out.dtype)[..., None]
+        hidden = torch.where(hard[..., None], out, hidden) + straight * (out - hidden)
+        if scores.requires_grad:
+            decisions.append(BlockDecision(index, prob, hard))
+    hidden = base.norm(hidden[:, -window:])
+    return TrainingOutput(model.lm_head(hidden), hidden, decisions)
+
+
+@torch.no_grad()
+def teacher_outputs(model: nn.Module, input_ids: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """Dense (unrouted) window log-probs (batch, window, vocab) and final normed hidden
+    states (batch, window, hidden) of ``input_ids``."""
+    hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state[:, -window:]
+    return model.lm_head(hidden).float().log_softmax(-1), hidden
+
+
+def static_keep_mask(sparsity: float, batch: int, length: int, device: Any = None) -> Tensor:
+    """(batch, length) bool keep mask of the static position-priority router."""
+    scores = StaticRouter().scores(0, torch.empty(batch, length, 0, device=device), None)
+    return _keep_mask(select_tokens(scores, keep_count(sparsity, length), None, sparsity)[0],
+                      length)
+
+
+def _keep_mask(keep: Tensor, length: int) -> Tensor:
+    """(batch, length) bool mask of the sorted kept indices ``keep`` (batch, k)."""
+    mask = torch.zeros(keep.shape[0], length, dtype=torch.bool, device=keep.device)
+    return mask.scatter_(1, keep, True)
+
+
+def router_losses(output: TrainingOutput, teacher_log_probs: Tensor, teacher_hidden: Tensor,
+                  schedule: Sequence[float], distill: str = "kl",
+                  two_sided: bool = False) -> dict[str, Tensor]:
+    """The three losses of one training forward (see :mod:`router.losses`); blocks without
+    a learned decision contribute to none of them."""
+    zero = output.logits.new_zeros(())
+    if distill == "kl":
+        distill_value = distillation_loss(output.logits, teacher_log_probs)
+    else:
+        distill_value = hidden_mse(output.hidden, teacher_hidden)
+    if not output.decisions:
+        return {"guide": zero, "sparse": zero, "distill": distill_value}
+    guides = [guide_loss(d.keep_prob, static_keep_mask(schedule[d.block], *d.hard.shape,
+                                                       device=d.hard.device))
+              for d in output.decisions]
+    achieved = torch.stack([achieved_sparsity(d.keep_prob) for d in output.decisions])
+    targets = [schedule[d.block] for d in output.decisions]
+    return {"guide": torch.stack(guides).mean(),
+            "sparse": sparsity_loss(targets, achieved, two_sided),
+            "distill": distill_value}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Router training settings. ``distill`` is "kl" (window KL) or "mse" (final hidden)."""
+
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 4
+    window: int = 32
+    weights: LossWeights = field(default_factory=LossWeights)
+    distill: str = "kl"
+    two_sided: bool = False
+    eval_every: int = 50
+    seed: int = 0
+    progress: bool = True
+
+
+def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
+                 calibration: list[Tensor], heldout: list[Tensor] | None = None,
+                 config: TrainConfig = TrainConfig()) -> dict[str, list[float]]:
+    """Train ``router`` on ``calibration`` sequences (each L + 1 tokens, as built by
+    ``workers.data.build_sequences``) with ``model`` frozen; returns the history.
+
+    History keys: per step ``loss``, ``guide``, ``sparse``, ``distill``, ``lambda_guide``;
+    per evaluation (steps 0, ``eval_every``, ... and the last) ``eval_step``,
+    ``heldout_kl``, ``heldout_top1``, ``heldout_sparsity``. The model's ``requires_grad``
+    flags are restored and the model is left unrouted.
+    """
+    if config.distill not in ("kl", "mse"):
+        raise ValueError("distill must be 'kl' or 'mse'")
+    torch.manual_seed(config.seed)
+    batches = [batch[:, :-1] for batch in _batches(calibration, config.batch_size)]
+    unroute(model)
+    teachers = [teacher_outputs(model, batch, config.window) for batch in batches]
+    comparator = WindowComparator(model, heldout, config.window, config.batch_size) \
+        if heldout else None
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.requires_grad_(False)
+    router.train()
+    optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr)
+    history: dict[str, list[float]] = {}
+    order = itertools.cycle(range(len(batches)))
+    try:
+        for step in tqdm(range(config.steps), desc="router", disable=not config.progress):
+            if comparator is not None and step % config.eval_every == 0:
+                _evaluate(comparator, router, schedule, step, history)
+            routing = route(model, schedule, router)
+            index = next(order)
+            output = training_forward(model, routing, batches[index], config.window)
+            losses = router_losses(output, *teachers[index], schedule, config.distill,
+                                   config.two_sided)
+            lambda_guide = guide_weight(step, config.weights.guide, config.weights.guide_steps)
+            loss = total_loss(losses["guide"], losses["sparse"], losses["distill"],
+                              lambda_guide, config.weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in {"loss": loss, **losses}.items():
+                history.setdefault(name, []).append(value.item())
+            history.setdefault("lambda_guide", []).append(lambda_guide)
+        if comparator is not None:
+            _evaluate(comparator, router, schedule, config.steps, history)
+    finally:
+        unroute(model)
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+        router.eval()
+    return history
+
+
+def _evaluate(comparator: WindowComparator, router: nn.Module, schedule: Sequence[float],
+              step: int, history: dict[str, list[float]]) -> None:
+    """Held-out window metrics of the routed model (the normal inference path)."""
+    router.eval()
+    metrics = merge_stats(list(comparator.compare(schedule, router).values())).metrics()
+    router.train()
+    for name, value in (("eval_step", step), ("heldout_kl", metrics.kl),
+                        ("heldout_top1", metrics.top1),
+                        ("heldout_sparsity", metrics.realized_sparsity)):
+        history.setdefault(name, []).append(float(value))
+
+
+def _batches(sequences: list[Tensor], batch_size: int) -> list[Tensor]:
+    """Same-length batches of sequences, in order."""
+    by_length: dict[int, list[Tensor]] = {}
+    for sequence in sequences:
+        by_length.setdefault(len(sequence), []).append(sequence)
+    return [torch.stack(group[i:i + batch_size]) for _, group in sorted(by_length.items())
+            for i in range(0, len(group), batch_size)]

@@ -1,0 +1,121 @@
+"""Straight-through router training: exact forward values, gradients, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from router import route, unroute
+from router.dynamic import DynamicRouter, HiddenStateRouter
+from router.losses import LossWeights, distillation_loss
+from router.training import (TrainConfig, router_losses, teacher_outputs, train_router,
+                             training_forward)
+from tests.router_dynamic.conftest import ids
+from workers.data import DataSpec, build_sequences
+
+SCHEDULE = [0.0, 0.5, 0.5, 0.5]
+WINDOW = 16
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_models):
+    _, tokenizer = tiny_models["llama"]
+    spec = DataSpec("builtin:pydoc", "calibration", (64,), 4)
+    return build_sequences(spec, tokenizer)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["dynamic", "hidden_state"])
+def test_training_forward_equals_the_routed_inference_forward(tiny_models, family, kind):
+    model, _ = tiny_models[family]
+    torch.manual_seed(0)
+    router = DynamicRouter() if kind == "dynamic" else HiddenStateRouter(
+        model.config.hidden_size)
+    routing = route(model, [0.3, 0.5, 0.6, 0.7], router)
+    try:
+        batch = ids(2, 29)
+        with torch.no_grad():
+            expected = model(batch).logits[:, -WINDOW:]
+        output = training_forward(model, routing, batch, WINDOW)
+    finally:
+        unroute(model)
+    torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=1e-5)
+    # The dynamic router routes block 0 by static priority: no learned decision there.
+    first = 1 if kind == "dynamic" else 0
+    assert [d.block for d in output.decisions] == list(range(first, 4))
+
+
+def test_gradients_reach_the_router_and_never_the_model(tiny_llama, calibration):
+    model, _ = tiny_llama
+    model.requires_grad_(True)
+    try:
+        torch.manual_seed(0)
+        router = DynamicRouter()
+        train_router(model, router, SCHEDULE, calibration,
+                     config=TrainConfig(steps=2, window=WINDOW, progress=False))
+        assert all(p.grad is None for p in model.parameters())
+        assert all(p.requires_grad for p in model.parameters())  # flags restored
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in router.parameters())
+    finally:
+        model.requires_grad_(False)
+
+
+def test_every_loss_has_a_gradient_path_to_the_router(tiny_llama, calibration):
+    model, _ = tiny_llama
+    torch.manual_seed(0)
+    router = DynamicRouter()
+    batch = torch.stack(calibration)[:, :-1]
+    teacher = teacher_outputs(model, batch, WINDOW)
+    routing = route(model, SCHEDULE, router)
+    try:
+        output = training_forward(model, routing, batch, WINDOW)
+    finally:
+        unroute(model)
+    losses = router_losses(output, *teacher, SCHEDULE, two_sided=True)
+    losses["mse"] = router_losses(output, *teacher, SCHEDULE, distill="mse")["distill"]
+    assert losses["mse"].item() == pytest.approx(
+        torch.nn.functional.mse_loss(output.hidden, teacher[1]).item())
+    for name, loss in losses.items():
+        router.zero_grad()
+        loss.backward(retain_graph=True)
+        assert router.mlp[0].weight.grad.abs().sum() > 0, name
+
+
+def _distillation(model, router, batch, teacher_log_probs):
+    routing = route(model, SCHEDULE, router)
+    try:
+        with torch.no_grad():
+            return distillation_loss(training_forward(model, routing, batch, WINDOW).logits,
+                                     teacher_log_probs).item()
+    finally:
+        unroute(model)
+
+
+def test_training_lowers_the_distillation_loss(tiny_llama, calibration):
+    model, _ = tiny_llama
+    batch = torch.stack(calibration)[:, :-1]
+    teacher_log_probs, _ = teacher_outputs(model, batch, WINDOW)
+    torch.manual_seed(2)
+    router = DynamicRouter()
+    before = _distillation(model, router, batch, teacher_log_probs)
+    config = TrainConfig(steps=40, lr=1e-2, window=WINDOW, progress=False,
+                         weights=LossWeights(guide=0.0, sparse=0.0))
+    history = train_router(model, router, SCHEDULE, calibration, config=config)
+    after = _distillation(model, router, batch, teacher_log_probs)
+    assert after < 0.5 * before
+    assert history["distill"][0] == pytest.approx(before, rel=1e-4)
+
+
+def test_history_records_steps_and_heldout_evaluations(tiny_llama, calibration):
+    model, tokenizer = tiny_llama
+    heldout = build_sequences(DataSpec("builtin:pydoc", "heldout", (48,), 2), tokenizer)
+    torch.manual_seed(0)
+    config = TrainConfig(steps=4, window=WINDOW, eval_every=3, progress=False,
+                         weights=LossWeights(guide=1.0, guide_steps=2))
+    history = train_router(model, DynamicRouter(), SCHEDULE, calibration, heldout, config)
+    assert all(len(history[key]) == 4 for key in ("loss", "guide", "sparse", "distill"))
+    assert history["lambda_guide"] == [1.0, 0.5, 0.0, 0.0]
+    assert history["eval_step"] == [0, 3, 4]
+    assert all(0.0 <= top1 <= 1.0 for top1 in history["heldout_top1"])
+    assert history["heldout_sparsity"][-1] == pytest.approx(3 * 0.5 / 4, abs=0.02)
+    assert not hasattr(model, "_ftprune_routing")  # left unrouted
