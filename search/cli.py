@@ -17,6 +17,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from search.cli_db import db_app
+from search.cli_bench import bench_app
 
 app = typer.Typer(help="Evolutionary search for FTP token-wise pruning of causal LMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,6 +25,7 @@ search_app = typer.Typer(help="Launch and inspect sparsity-schedule searches.",
                          no_args_is_help=True)
 app.add_typer(search_app, name="search")
 app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
 
 Db = Annotated[Optional[str], typer.Option(
     "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]

@@ -83,3 +83,26 @@ def test_tiny_search_end_to_end_then_status_json(db_url):
     again = runner.invoke(app, ["search", "launch", "--config", str(ROOT / "configs/tiny.yaml"),
                                 "--db", db_url, "--run-name", "smoke"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.ray
+def test_bench_coordinator_writes_its_row(tmp_path):
+    out = tmp_path / "coordinator.json"
+    result = runner.invoke(app, ["bench", "coordinator", "--workers", "2", "--candidates", "200",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(out.read_text())[0]
+    assert {"workers", "candidates", "candidates_per_s", "db_rows_written"} <= row.keys()
+    assert row["workers"] == 2 and row["candidates"] >= 200 // 66 * 66
+    assert row["db_rows_written"] == row["candidates"] and row["candidates_per_s"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "search", "--tokens", "0"], "--tokens"),
+    (["bench", "search", "--model", "nope"], "unknown model"),
+    (["bench", "coordinator", "--workers", "0"], "--workers"),
+    (["bench", "coordinator", "--db", "mysql://x/y"], "unsupported"),
+])
+def test_bench_bad_input_is_one_line(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output

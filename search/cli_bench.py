@@ -1,0 +1,194 @@
+"""``ftprune bench``: timing benchmarks that print a table and write JSON rows.
+
+Every command checks its input before loading anything; bad input prints one line
+(``error: ...``) on stderr and exits with status 2. torch and the benchmark libraries are
+imported inside the commands, so ``ftprune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks: time the product, write rows as JSON.",
+                        no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@bench_app.command("routing")
+def routing(
+    model: Annotated[str, typer.Option(
+        help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
+    )] = "smollm2-135m",
+    seq_len: Annotated[Optional[list[int]], typer.Option(
+        "--seq-len", help="Prompt length, repeat for several (default: 1024 and 2048).")] = None,
+    batch: Annotated[Optional[list[int]], typer.Option(
+        "--batch", help="Batch size, repeat for several (default: 1).")] = None,
+    sparsity: Annotated[Optional[list[float]], typer.Option(
+        "--sparsity", help="Uniform block sparsity S, 0 <= S < 1, repeat for several "
+                           "(default: 0, 0.25 and 0.4); S = 0 measures the engine's overhead "
+                           "(one token skipped per block).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    repeats: Annotated[int, typer.Option(help="Timed repeats per variant (median).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed repeats first.")] = 1,
+    attention_window: Annotated[int, typer.Option(
+        help="Last queries that measure attention features (0: all, exact).")] = 64,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    clock: Annotated[str, typer.Option(
+        help="wall (elapsed) or cpu (this process's CPU time: steadier on a shared machine, "
+             "use with --threads 1).")] = "wall",
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the rows to this file (a JSON list).")] = None,
+) -> None:
+    """Time dense against routed prefill (static router, uniform schedule).
+
+    Per batch, length and S: a 'blocks' row (decoder stack, ideal 1/(1-S))
+    and an 'end_to_end' row (with embeddings and LM head).
+
+    Per batch and length: a 'features' row (one block, without and with
+    the attention features a dynamic router reads).
+    """
+    seq_lens = seq_len or [1024, 2048]
+    batches = batch or [1]
+    sparsities = [0.0, 0.25, 0.4] if sparsity is None else sparsity
+    if any(n < 2 for n in seq_lens):
+        _fail("--seq-len must be at least 2")
+    if any(b < 1 for b in batches):
+        _fail("--batch must be at least 1")
+    if any(not 0.0 <= s < 1.0 for s in sparsities):
+        _fail("--sparsity must lie in [0, 1)")
+    if dtype not in ("float32", "bfloat16"):
+        _fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
+    if repeats < 1 or warmup < 0:
+        _fail("--repeats must be at least 1 and --warmup at least 0")
+    if attention_window < 0:
+        _fail("--attention-window must be 0 (all queries) or positive")
+    if threads is not None and threads < 1:
+        _fail("--threads must be at least 1")
+    if clock not in ("wall", "cpu"):
+        _fail(f"--clock must be wall or cpu, not {clock!r}")
+    if json_out is not None and not json_out.parent.is_dir():
+        _fail(f"directory {json_out.parent} does not exist")
+    from router import ModelSpecError, check_model_spec
+
+    try:
+        check_model_spec(model)
+    except ModelSpecError as exc:
+        _fail(str(exc))
+
+    import torch
+
+    from bench.routing import RoutingBench, format_table, run
+
+    if threads:
+        torch.set_num_threads(threads)
+    bench = RoutingBench(model=model, dtype=dtype, seq_lens=tuple(seq_lens),
+                         batches=tuple(batches), sparsities=tuple(sparsities), repeats=repeats,
+                         warmup=warmup, attention_window=attention_window or None,
+                         clock=clock)
+    load_before = os.getloadavg()[0]
+    rows = run(bench, progress=lambda line: typer.echo(f"timing {line} ...", err=True))
+    typer.echo(f"{model}, {dtype}, {torch.get_num_threads()} threads, {clock} clock, median "
+               f"of {repeats} dense/routed pairs; 1-minute load average {load_before:.2f} "
+               f"before, {os.getloadavg()[0]:.2f} after")
+    typer.echo(format_table(rows))
+    for row in rows:
+        if row["scope"] == "features":
+            typer.echo(f"features (batch {row['batch']}, {row['seq_len']} tokens, window "
+                       f"{row['attention_window'] or 'all'}): {row['feature_ms']:.1f} ms "
+                       f"= {100 * row['feature_share']:.1f}% of a block")
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+        typer.echo(f"wrote {len(rows)} rows to {json_out}")
+
+
+def _write_json(rows: list[dict], json_out: Path | None) -> None:
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+        typer.echo(f"wrote {len(rows)} rows to {json_out}")
+
+
+def _check_json_out(json_out: Path | None) -> None:
+    if json_out is not None and not json_out.parent.is_dir():
+        _fail(f"directory {json_out.parent} does not exist")
+
+
+@bench_app.command("search")
+def search(
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Run config (YAML); default: the embedded demo config.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Override the config's model.")] = None,
+    target_sparsity: Annotated[Optional[float], typer.Option(
+        help="Override the config's target sparsity.")] = None,
+    tokens: Annotated[int, typer.Option(
+        help="Forward-token budget per method and seed.")] = 150_000,
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per method.")] = 3,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the rows to this file (a JSON list).")] = None,
+) -> None:
+    """This search engine against a plain DEAP loop at the same forward-token budget.
+
+    The plain loop is DEAP's eaSimple with a budget penalty, every individual scored on
+    every calibration sequence, no cache. Both best schedules are then scored on held-out
+    text at exactly the target sparsity. Rows: method, seed, evaluations, forward_tokens,
+    wall_s, candidates_per_min, best_fitness, heldout_kl (+ tokens_to_match for ftprune).
+    """
+    from router import ModelSpecError
+    from search.config import ConfigError, build_config
+    from workers import DataSpecError
+
+    if tokens < 1 or seeds < 1:
+        _fail("--tokens and --seeds must be at least 1")
+    _check_json_out(json_out)
+    try:
+        cfg = build_config(config, model=model, target_sparsity=target_sparsity)
+        from search.coordinator import check_inputs
+        check_inputs(cfg)
+    except (ConfigError, ModelSpecError, DataSpecError) as exc:
+        _fail(str(exc))
+    from bench.search import format_table, run
+
+    rows = run(cfg, tokens, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))
+    typer.echo(format_table(rows))
+    _write_json(rows, json_out)
+
+
+@bench_app.command("coordinator")
+def coordinator(
+    workers: Annotated[int, typer.Option(help="Ray workers (zero-cost scorers).")] = 4,
+    candidates: Annotated[int, typer.Option(help="Candidates to score in total.")] = 3000,
+    db: Annotated[Optional[str], typer.Option(
+        "--db", help="Database URL (default: a throwaway SQLite file).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the row to this file (a JSON list).")] = None,
+) -> None:
+    """Candidates per second through the whole search loop with a zero-cost scorer.
+
+    Everything but the model runs for real: the evolutionary search, the fitness cache,
+    Ray dispatch to worker actors and the database write of every evaluation.
+    """
+    if workers < 1 or candidates < 1:
+        _fail("--workers and --candidates must be at least 1")
+    _check_json_out(json_out)
+    if db is not None:
+        from storage import StorageError, check_url
+        try:
+            check_url(db)
+        except StorageError as exc:
+            _fail(str(exc))
+    from bench.coordinator import run
+
+    row = run(workers, candidates, db)
+    typer.echo(f"{row['workers']} workers, {row['candidates']} candidates in "
+               f"{row['wall_s']:.1f} s: {row['candidates_per_s']:.0f} candidates/s, "
+               f"{row['db_rows_written']} rows written to {row['database']}")
+    _write_json([row], json_out)
