@@ -118,7 +118,8 @@ class RayPool(EvaluationPool):
         self.task_timeout_s = task_timeout_s
         self.max_retries = max_retries
         self.replaced = 0
-        self._actors = [self._actor_class.remote(self._settings, self._scorer_factory) for _ in range(workers)]
+        self._actors = [self._actor_class.remote(self._settings, self._scorer_factory)
+                        for _ in range(workers)]
         described = ray.get([a.describe.remote() for a in self._actors])
         self.num_blocks, self.num_sequences = described[0]
 

@@ -27,21 +27,6 @@ def _random_keep_sets(schedule, length, seed=0):
     return sets
 
 
-@pytest.fixture
-def model_of(tiny_models):
-    used = []
-
-    def get(family):
-        model, _ = tiny_models[family]
-        unroute(model)
-        used.append(model)
-        return model
-
-    yield get
-    for model in used:
-        unroute(model)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_zero_sparsity_matches_plain_model_with_and_without_padding(model_of, family):
     model = model_of(family)

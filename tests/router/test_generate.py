@@ -51,24 +51,9 @@ def _reference_decode(model, prompt, steps, schedule, keep=lambda block, row, co
     return sequence[:, length:], torch.stack(logits, dim=1)
 
 
-@pytest.fixture
-def fresh(tiny_models):
-    used = []
-
-    def get(family):
-        model, _ = tiny_models[family]
-        unroute(model)
-        used.append(model)
-        return model
-
-    yield get
-    for model in used:
-        unroute(model)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_generate_matches_cache_free_reference(fresh, family):
-    model = fresh(family)
+def test_greedy_generate_matches_cache_free_reference(model_of, family):
+    model = model_of(family)
     prompt, steps = _ids(1, 16, seed=1), 8
     routing = route(model, SCHEDULE)
     with torch.no_grad():
@@ -85,8 +70,8 @@ def test_greedy_generate_matches_cache_free_reference(fresh, family):
     assert sizes == [keep_count(s, 16) + fed for s in SCHEDULE]
 
 
-def test_kv_cache_shrinks_by_the_prefill_skip_fraction(fresh):
-    model = fresh("llama")
+def test_kv_cache_shrinks_by_the_prefill_skip_fraction(model_of):
+    model = model_of("llama")
     routing = route(model, SCHEDULE)
     with torch.no_grad():
         out = model(_ids(2, 50, seed=2), use_cache=True)
@@ -96,8 +81,8 @@ def test_kv_cache_shrinks_by_the_prefill_skip_fraction(fresh):
     assert entries < 0.7 * dense_entries
 
 
-def test_threshold_policy_skips_decode_tokens_and_writes_no_kv(fresh):
-    model = fresh("llama")
+def test_threshold_policy_skips_decode_tokens_and_writes_no_kv(model_of):
+    model = model_of("llama")
     prompt, steps = _ids(1, 14, seed=3), 7
 
     def keep(block, row, col):
@@ -117,8 +102,8 @@ def test_threshold_policy_skips_decode_tokens_and_writes_no_kv(fresh):
     assert sizes == expected and sizes[1] == keep_count(SCHEDULE[1], 14)
 
 
-def test_threshold_policy_with_rows_that_disagree(fresh):
-    model = fresh("qwen2")
+def test_threshold_policy_with_rows_that_disagree(model_of):
+    model = model_of("qwen2")
     prompt, steps = _ids(2, 12, seed=4), 6
 
     def keep(block, row, col):
@@ -134,8 +119,8 @@ def test_threshold_policy_with_rows_that_disagree(fresh):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_left_padded_batch_generate_matches_each_row_alone(fresh, family):
-    model = fresh(family)
+def test_left_padded_batch_generate_matches_each_row_alone(model_of, family):
+    model = model_of(family)
     lengths, steps = [15, 10, 6], 5
     width = max(lengths)
     ids = _ids(len(lengths), width, seed=5)
@@ -149,9 +134,9 @@ def test_left_padded_batch_generate_matches_each_row_alone(fresh, family):
             assert (logits[row] - alone_logits[0]).abs().max().item() <= 1e-4
 
 
-def test_manual_decode_loop_needs_no_positions_or_mask(fresh):
+def test_manual_decode_loop_needs_no_positions_or_mask(model_of):
     """Default positions come from the cache record, not from layer 0's (shorter) cache."""
-    model = fresh("mistral")
+    model = model_of("mistral")
     prompt = _ids(1, 18, seed=6)
     route(model, [0.6, 0.1, 0.3, 0.5])
     with torch.no_grad():
@@ -165,8 +150,8 @@ def test_manual_decode_loop_needs_no_positions_or_mask(fresh):
     assert (step - expected).abs().max().item() <= 1e-4
 
 
-def test_cropped_cache_is_refused(fresh):
-    model = fresh("llama")
+def test_cropped_cache_is_refused(model_of):
+    model = model_of("llama")
     route(model, SCHEDULE)
     with torch.no_grad():
         cache = model(_ids(1, 20), use_cache=True).past_key_values
@@ -202,10 +187,10 @@ def test_sliding_window_model_matches_reference_in_prefill_and_generation():
     assert len(decoder_layers(model)) == 4
 
 
-def test_other_cache_types_are_refused(fresh):
+def test_other_cache_types_are_refused(model_of):
     from transformers import StaticCache
 
-    model = fresh("llama")
+    model = model_of("llama")
     route(model, SCHEDULE)
     cache = StaticCache(config=model.config, max_cache_len=32)
     with pytest.raises(ValueError, match="DynamicCache"):
