@@ -25,12 +25,15 @@ of the per-repeat dense/routed ratios), ideal_speedup, efficiency (speedup / ide
   ``feature_ms`` (feature_share * dense_ms).
 
 Every row also records ``clock`` ("wall", or "cpu": the process's CPU time, for shared
-machines) and ``threads``.
+machines), ``threads`` and ``device``. On a GPU every timed call is bracketed by device
+synchronizations, so the wall clock measures the kernels and not their queueing.
 
-S = 0 rows measure the engine's overhead: a block with nothing to skip calls the plain
-layer, so these rows skip one token per block instead (realized sparsity 1/seq_len, in the
-ideal too), which runs the router, top-k, gather and scatter of every block
-(overhead = 1 / efficiency - 1).
+S = 0 rows measure the engine's overhead with everything a dynamic router costs running:
+they route with FTP's dynamic router (untrained weights: timing does not depend on them),
+so every block measures attention features, builds the four factors, runs the MLP, top-k,
+gather and scatter. A block with nothing to skip would call the plain layer, so these rows
+skip one token per block (realized sparsity 1/seq_len, in the ideal too); overhead =
+1 / efficiency - 1. Rows with S > 0 route with the static router (what the search scores).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from typing import Any, Callable
 import torch
 
 from router import ForwardState, StaticRouter, decoder_layers, load_model, route, unroute
+from router.dynamic import DynamicRouter
 
 SCOPES = ("blocks", "end_to_end", "features")
 # wall: elapsed time. cpu: this process's CPU time, which other processes on a shared
@@ -66,6 +70,7 @@ class RoutingBench:
     attention_window: int | None = 64
     clock: str = "wall"
     seed: int = 0
+    device: str = "cpu"
 
 
 class _FeatureReader(StaticRouter):
@@ -77,7 +82,7 @@ class _FeatureReader(StaticRouter):
 def run(bench: RoutingBench, progress: Callable[[str], None] = lambda line: None
         ) -> list[dict[str, Any]]:
     """Time every (batch, seq_len) of ``bench``; returns the rows."""
-    model, _ = load_model(bench.model, bench.dtype)
+    model, _ = load_model(bench.model, bench.dtype, bench.device)
     rows: list[dict[str, Any]] = []
     for batch in bench.batches:
         for seq_len in bench.seq_lens:
@@ -89,13 +94,17 @@ def run(bench: RoutingBench, progress: Callable[[str], None] = lambda line: None
 
 def _inputs(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(bench.seed)
-    return torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=generator)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=generator)
+    return ids.to(bench.device)
 
 
 def _timed(fn: Callable[[], Any], bench: RoutingBench) -> float:
     clock = CLOCKS[bench.clock]
+    synchronize = torch.cuda.synchronize if bench.device.startswith("cuda") else lambda: None
+    synchronize()
     start = clock()
     fn()
+    synchronize()
     return (clock() - start) * 1000.0
 
 
@@ -128,11 +137,12 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int
 
     def routed(sparsity: float, forward: Callable[[], Any]) -> Callable[[], float]:
         # At S = 0 every block would call the plain layer: skip one token per block instead,
-        # so that the router, top-k, gather and scatter all run.
+        # so that the dynamic router, its features, top-k, gather and scatter all run.
         schedule = [sparsity or 1.0 / seq_len] * blocks
+        router = overhead_router if sparsity == 0 else StaticRouter()
 
         def call() -> float:
-            routing = route(model, schedule)
+            routing = route(model, schedule, router, attention_window=bench.attention_window)
             try:
                 elapsed = _timed(forward, bench)
             finally:
@@ -142,6 +152,7 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int
         return call
 
     unroute(model)
+    overhead_router = DynamicRouter().to(bench.device)
     timings = {scope: _paired(lambda forward=forward: _timed(forward, bench),
                               {str(s): routed(s, forward) for s in bench.sparsities}, bench)
                for scope, forward in forwards.items()}
@@ -164,7 +175,7 @@ def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> d
     """One mid-stack block at S = 0, without and with the attention features."""
     ids = _inputs(model, bench, batch, seq_len)
     hidden = model.model.embed_tokens(ids)
-    positions = torch.arange(seq_len)[None]
+    positions = torch.arange(seq_len, device=bench.device)[None]
     rotary = model.model.rotary_emb(hidden, positions)
     blocks = len(decoder_layers(model))
     index = blocks // 2
@@ -206,7 +217,8 @@ def _row(model: Any, bench: RoutingBench, batch: int, seq_len: int, scope: str,
             "dense_ms": round(statistics.median(dense), 2),
             "routed_ms": round(statistics.median(routed), 2), "speedup": round(speedup, 4),
             "ideal_speedup": round(ideal, 4), "efficiency": round(speedup / ideal, 4),
-            "scope": scope, "clock": bench.clock, "threads": torch.get_num_threads()}
+            "scope": scope, "clock": bench.clock, "threads": torch.get_num_threads(),
+            "device": bench.device}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

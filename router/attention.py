@@ -40,9 +40,11 @@ class AttentionProbe:
         self.chunk = chunk
         self.received: Tensor | None = None
 
+    @torch.no_grad()
     def measure(self, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float) -> None:
         """Fill ``received`` from query (B, H, q, d), key (B, Hkv, kv, d) and the boolean mask
-        (B, 1, q, kv) SDPA used (None: causal, q == kv)."""
+        (B, 1, q, kv) SDPA used (None: causal, q == kv). The measurement is a router input,
+        never differentiated: it holds no autograd graph."""
         batch, heads, length, dim = query.shape
         kv_heads, kv = key.shape[1], key.shape[2]
         groups = heads // kv_heads  # query head h reads key head h // groups

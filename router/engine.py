@@ -266,15 +266,12 @@ def _prefill(routing: Routing, index: int, hidden: Tensor, state: ForwardState, 
         if mask is None and _needs_mask(valid, window, length):
             mask = state.dense_masks[window] = causal_mask(cols, cols, valid, window)
     else:
-        scores = routing.router.scores(index, hidden, state).float()
-        keep, kept = select_tokens(scores, k, valid, routing.schedule[index])
+        keep, kept, key_valid, mask, rotary = _selection(routing, index, hidden, state,
+                                                         rotary, k)
         cols = keep
-        key_valid = None if valid is None else valid.gather(1, keep)
-        mask = causal_mask(cols, cols, key_valid, window) if _needs_mask(
-            valid, window, length) else None
-        rows = torch.arange(batch, device=hidden.device)[:, None]
-        inputs = hidden[rows, keep]
-        rotary = tuple(table.expand(batch, -1, -1)[rows, keep] for table in rotary)
+        # One gather and one scatter kernel: fewer host-side launches than fancy indexing.
+        gather_index = keep[..., None].expand(-1, -1, hidden.shape[-1])
+        inputs = hidden.gather(1, gather_index)
     probe = _probe(routing, key_valid)
     out = run(inputs, mask, rotary, probe)
     if cache is not None:
@@ -287,7 +284,31 @@ def _prefill(routing: Routing, index: int, hidden: Tensor, state: ForwardState, 
     if keep is None:
         return out
     # Out of place: hooks and callers may still hold ``hidden``.
-    return hidden.index_put((rows, keep), out)
+    return hidden.scatter(1, gather_index, out)
+
+
+def _selection(routing: Routing, index: int, hidden: Tensor, state: ForwardState,
+               rotary: tuple[Tensor, Tensor], k: int
+               ) -> tuple[Tensor, Count, Tensor | None, Tensor | None, tuple[Tensor, Tensor]]:
+    """Block ``index``'s kept indices, kept counts, key validity, mask and rotary tables;
+    a position-only router's selection is made once per forward and reused."""
+    sparsity, window = routing.schedule[index], routing.windows[index]
+    key = (sparsity, window)
+    position_only = getattr(routing.router, "position_only", False)
+    if position_only and key in state.selections:
+        return state.selections[key]
+    batch, length = hidden.shape[:2]
+    scores = routing.router.scores(index, hidden, state).float()
+    keep, kept = select_tokens(scores, k, state.valid, sparsity)
+    key_valid = None if state.valid is None else state.valid.gather(1, keep)
+    mask = causal_mask(keep, keep, key_valid, window) if _needs_mask(
+        state.valid, window, length) else None
+    rows = torch.arange(batch, device=hidden.device)[:, None]
+    rotary = tuple(table.expand(batch, -1, -1)[rows, keep] for table in rotary)
+    selection = (keep, kept, key_valid, mask, rotary)
+    if position_only:
+        state.selections[key] = selection
+    return selection
 
 
 def _decode(routing: Routing, index: int, hidden: Tensor, state: ForwardState, cache: Any,
@@ -354,7 +375,9 @@ def select_tokens(scores: Tensor, k: int, valid: Tensor | None,
     """
     batch, length = scores.shape
     if valid is None:
-        ends = torch.tensor([0, length - 1], device=scores.device)
+        # [0, length - 1], made on the device: a tensor built from a list would be a
+        # host-to-device copy, which synchronizes the stream on a GPU.
+        ends = torch.arange(0, length, length - 1, device=scores.device)
         keep = scores.index_fill(1, ends, math.inf).topk(k, dim=1, sorted=False).indices
         return keep.sort(dim=1).values, k
     first = valid.byte().argmax(dim=1)

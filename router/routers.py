@@ -12,6 +12,12 @@ means keep.
 A router that reads attention features (``state.features(block)``) sets
 ``needs_attention = True``; the engine then measures, in the same pass, the attention each
 computed token receives. Routers that leave it False never pay for that measurement.
+
+A router whose prefill scores depend only on the row's length and padding (not on the
+block, the hidden states or the features) may set ``position_only = True``: the engine
+then selects once per forward and block sparsity and reuses that selection (indices,
+rotary tables, mask) in every block with the same sparsity, which matters when the host
+launches kernels for a fast GPU.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class StaticRouter:
     """
 
     needs_attention = False
+    position_only = True
 
     def scores(self, block: int, hidden_states: Tensor, state: "ForwardState") -> Tensor:
         batch, length = hidden_states.shape[:2]

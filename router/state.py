@@ -86,6 +86,8 @@ class ForwardState:
         self.record = record
         self.real: Count = length if valid is None else valid.sum(dim=1)
         self.dense_masks: dict[int | None, Tensor] = {}
+        # Selections of a position-only router, by (block sparsity, sliding window).
+        self.selections: dict[tuple[float, int | None], Any] = {}
         self.attention = self._initial_attention(positions.device) if track_attention else None
         blocks = len(schedule)
         self._kept: list[Count] = [0] * blocks

@@ -95,6 +95,7 @@ class FeatureRecorder(StaticRouter):
     """Static decisions; records ``state.features(block)`` each time it is asked."""
 
     needs_attention = True
+    position_only = False  # must be asked at every block
 
     def __init__(self) -> None:
         self.features: dict[int, Tensor] = {}

@@ -198,3 +198,31 @@ def test_bad_routing_options_are_refused(tiny_llama):
     route(model, [0.1] * 4)
     with pytest.raises(ValueError, match="2D attention_mask"):
         model(_ids(1, 8), attention_mask=torch.ones(1, 1, 8, 8, dtype=torch.bool))
+
+
+class _CountingStaticRouter(StaticRouter):
+    def __init__(self, position_only: bool) -> None:
+        self.position_only = position_only
+        self.calls = 0
+
+    def scores(self, block, hidden_states, state):
+        self.calls += 1
+        return super().scores(block, hidden_states, state)
+
+
+def test_position_only_router_selects_once_per_sparsity(tiny_llama):
+    model, _ = tiny_llama
+    schedule = [0.5, 0.3, 0.5, 0.3]
+    ids = _ids(2, 16)
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0  # a padded row exercises the per-row budgets too
+    logits = {}
+    for position_only in (True, False):
+        router = _CountingStaticRouter(position_only)
+        routing = route(model, schedule, router)
+        with torch.no_grad():
+            logits[position_only] = model(ids, attention_mask=mask, use_cache=False).logits
+        assert router.calls == (2 if position_only else 4)
+        assert routing.last_state.kept == [8 + 6, 11 + 8, 8 + 6, 11 + 8]
+    unroute(model)
+    assert torch.equal(logits[True], logits[False])
