@@ -63,7 +63,7 @@ def save_router(directory: str | Path, router: nn.Module, schedule: Sequence[flo
 def load_router(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The router (eval mode, on the CPU) and the metadata of a checkpoint directory."""
     directory = Path(directory)
-    meta = _read_meta(directory)
+    meta = read_meta(directory)
     try:
         if meta["kind"] == "dynamic":
             router = DynamicRouter(meta["factors"], meta["hidden"])
@@ -115,8 +115,9 @@ def load_routed(directory: str | Path, device: str = "cpu") -> tuple[Any, Any, R
     return model, tokenizer, routing
 
 
-def _read_meta(directory: Path) -> dict[str, Any]:
-    path = directory / META
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The checked metadata of a checkpoint directory (reads no weights)."""
+    path = Path(directory) / META
     if not path.is_file():
         raise CheckpointError(f"not a router checkpoint (no {META}): {directory}")
     try:

@@ -9,7 +9,7 @@ decision reaches the router by a straight-through estimator on the block's updat
     h' = where(hard, layer(h), h) + (p - p.detach()) · Δ,      p = sigmoid(score)
 
 whose value is exactly the routed output (the second term is 0) and whose gradient with
-respect to p is Δ. Skipped tokens need their Δ for that gradient, so :func:`training_forward`
+respect to p is Δ (0 for each row's first and last token, which are always kept). Skipped tokens need their Δ for that gradient, so :func:`training_forward`
 runs every decoder layer on all L tokens with a mask in which skipped tokens are invisible
 as keys to every other token (each still sees itself and the kept tokens before it). Kept
 tokens therefore get the same values as in the engine's gathered computation (up to float
@@ -19,16 +19,16 @@ get no gradients. Attention features are measured on the kept queries exactly as
 engine measures them. Training batches are unpadded.
 
 :func:`train_router` loops over calibration batches against dense teacher outputs
-computed once, evaluates on held-out sequences through the normal
-``route(model, schedule, router)`` path (window KL / top-1 via
-:class:`~workers.scoring.WindowComparator`), and returns a loss history.
+computed once, calls an optional ``evaluate(router)`` every ``eval_every`` steps (the caller's held-out
+measurement through the normal ``route(model, schedule, router)`` path), and returns a loss
+history.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,9 @@ from router.losses import (LossWeights, achieved_sparsity, distillation_loss, gu
                            guide_weight, hidden_mse, sparsity_loss, total_loss)
 from router.routers import StaticRouter
 from router.state import ForwardState
-from workers.scoring import WindowComparator, merge_stats
+
+# Held-out measurement of a router in eval mode: metric name -> value.
+Evaluate = Callable[[nn.Module], dict[str, float]]
 
 
 @dataclass
@@ -80,6 +82,7 @@ def training_forward(model: nn.Module, routing: Routing, input_ids: Tensor,
     hidden = base.embed_tokens(input_ids)
     rotary = base.rotary_emb(hidden, position_ids=cols)
     decisions: list[BlockDecision] = []
+    mandatory = torch.arange(0, length, max(1, length - 1), device=input_ids.device)
     for index, layer in enumerate(decoder_layers(model)):
         sparsity, sliding = routing.schedule[index], routing.windows[index]
         hard = scores = None
@@ -103,7 +106,10 @@ def training_forward(model: nn.Module, routing: Routing, input_ids: Tensor,
             hidden = out
             continue
         prob = scores.sigmoid()
-        straight = (prob - prob.detach()).to(out.dtype)[..., None]
+        # The first and last tokens are always kept: their decision carries no gradient
+        # (token 0's update is huge in most LLMs and would swamp the shared router's).
+        straight = (prob - prob.detach()).index_fill(1, mandatory, 0.0)
+        straight = straight.to(out.dtype)[..., None]
         hidden = torch.where(hard[..., None], out, hidden) + straight * (out - hidden)
         if scores.requires_grad:
             decisions.append(BlockDecision(index, prob, hard))
@@ -171,15 +177,15 @@ class TrainConfig:
 
 
 def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
-                 calibration: list[Tensor], heldout: list[Tensor] | None = None,
+                 calibration: list[Tensor], evaluate: Evaluate | None = None,
                  config: TrainConfig = TrainConfig()) -> dict[str, list[float]]:
     """Train ``router`` on ``calibration`` sequences (each L + 1 tokens, as built by
     ``workers.data.build_sequences``) with ``model`` frozen; returns the history.
 
     History keys: per step ``loss``, ``guide``, ``sparse``, ``distill``, ``lambda_guide``;
-    per evaluation (steps 0, ``eval_every``, ... and the last) ``eval_step``,
-    ``heldout_kl``, ``heldout_top1``, ``heldout_sparsity``. The model's ``requires_grad``
-    flags are restored and the model is left unrouted.
+    per evaluation (steps 0, ``eval_every``, ... and the last) ``eval_step`` and each key
+    ``evaluate`` returns, prefixed ``heldout_``. The model's ``requires_grad`` flags are
+    restored and the model is left unrouted.
     """
     if config.distill not in ("kl", "mse"):
         raise ValueError("distill must be 'kl' or 'mse'")
@@ -187,8 +193,6 @@ def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
     batches = [batch[:, :-1] for batch in _batches(calibration, config.batch_size)]
     unroute(model)
     teachers = [teacher_outputs(model, batch, config.window) for batch in batches]
-    comparator = WindowComparator(model, heldout, config.window, config.batch_size) \
-        if heldout else None
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     router.train()
@@ -197,8 +201,8 @@ def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
     order = itertools.cycle(range(len(batches)))
     try:
         for step in tqdm(range(config.steps), desc="router", disable=not config.progress):
-            if comparator is not None and step % config.eval_every == 0:
-                _evaluate(comparator, router, schedule, step, history)
+            if evaluate is not None and step % config.eval_every == 0:
+                _evaluate(evaluate, router, step, history)
             routing = route(model, schedule, router)
             index = next(order)
             output = training_forward(model, routing, batches[index], config.window)
@@ -213,8 +217,8 @@ def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
             for name, value in {"loss": loss, **losses}.items():
                 history.setdefault(name, []).append(value.item())
             history.setdefault("lambda_guide", []).append(lambda_guide)
-        if comparator is not None:
-            _evaluate(comparator, router, schedule, config.steps, history)
+        if evaluate is not None:
+            _evaluate(evaluate, router, config.steps, history)
     finally:
         unroute(model)
         for name, param in model.named_parameters():
@@ -223,16 +227,15 @@ def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
     return history
 
 
-def _evaluate(comparator: WindowComparator, router: nn.Module, schedule: Sequence[float],
-              step: int, history: dict[str, list[float]]) -> None:
-    """Held-out window metrics of the routed model (the normal inference path)."""
+def _evaluate(evaluate: Evaluate, router: nn.Module, step: int,
+              history: dict[str, list[float]]) -> None:
     router.eval()
-    metrics = merge_stats(list(comparator.compare(schedule, router).values())).metrics()
+    with torch.no_grad():
+        metrics = evaluate(router)
     router.train()
-    for name, value in (("eval_step", step), ("heldout_kl", metrics.kl),
-                        ("heldout_top1", metrics.top1),
-                        ("heldout_sparsity", metrics.realized_sparsity)):
-        history.setdefault(name, []).append(float(value))
+    history.setdefault("eval_step", []).append(float(step))
+    for name, value in metrics.items():
+        history.setdefault(f"heldout_{name}", []).append(float(value))
 
 
 def _batches(sequences: list[Tensor], batch_size: int) -> list[Tensor]:

@@ -7,17 +7,18 @@ touched; bad input prints one line (``error: ...``) and exits with status 2. Hea
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from search.cli_db import db_app
 from search.cli_bench import bench_app
+from search.cli_common import Db, Pool, Quiet, Workers, format_schedule, open_store, user_errors
+from search.cli_db import db_app
+from search.cli_pipeline import export, pipeline, router_app
 
 app = typer.Typer(help="Evolutionary search for FTP token-wise pruning of causal LMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -26,39 +27,15 @@ search_app = typer.Typer(help="Launch and inspect sparsity-schedule searches.",
 app.add_typer(search_app, name="search")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
-
-Db = Annotated[Optional[str], typer.Option(
-    "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]
-Pool = Annotated[Optional[str], typer.Option(
-    "--pool", help="Where candidates are scored: 'ray' (local instance or --ray-address) "
-                   "or 'local' (this process).")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Number of Ray workers.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+app.add_typer(router_app, name="router")
+app.command("pipeline")(pipeline)
+app.command("export")(export)
 
 QUICK_DEMO = dict(seq_lens=[128], sequences_per_length=4, heldout_seq_lens=[256],
                   heldout_sequences_per_length=2, window=16, offspring=6, generations=2,
-                  stages=[{"sequences": 2, "keep": 3}, {"sequences": 4, "keep": 2}])
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the library's input errors into one line on stderr and exit status 2."""
-    from router import ModelSpecError
-    from search.config import ConfigError
-    from storage import StorageError
-    from workers import DataSpecError
-
-    try:
-        yield
-    except (ConfigError, ModelSpecError, DataSpecError, StorageError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _open_store(db: str | None, create: bool = True) -> Any:
-    from storage import Store, default_url
-
-    return Store(db or default_url(), create=create)
+                  stages=[{"sequences": 2, "keep": 3}, {"sequences": 4, "keep": 2}],
+                  finetune_generations=1,
+                  router_training={"steps": 3, "batch_size": 2, "eval_every": 3})
 
 
 @search_app.command("launch")
@@ -86,7 +63,7 @@ def search_launch(
     """Search a sparsity schedule and evaluate it against the uniform one on held-out text."""
     from search.config import build_config
 
-    with _user_errors():
+    with user_errors():
         cfg = build_config(config, model=model, target_sparsity=target_sparsity,
                            calibration=calibration, seq_lens=seq_len, generations=generations,
                            offspring=offspring, seed=seed, run_name=run_name, pool=pool,
@@ -103,8 +80,8 @@ def search_status(
     """Show a run's progress and best schedule."""
     from storage import StorageError
 
-    with _user_errors():
-        store = _open_store(db, create=False)
+    with user_errors():
+        store = open_store(db, create=False)
         if run is None:
             latest = store.latest_run()
             if latest is None:
@@ -116,7 +93,7 @@ def search_status(
         return
     for key, value in status.items():
         if key == "best_schedule" and value:
-            value = _format_schedule(value)
+            value = format_schedule(value)
         typer.echo(f"{key:>20}: {value}")
 
 
@@ -128,14 +105,16 @@ def demo(
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
-    """The FTP search on the embedded defaults: smollm2-135m, builtin:pydoc, sparsity 0.3."""
+    """FTP's pipeline on the embedded defaults (smollm2-135m, builtin:pydoc, sparsity 0.3):
+    search with the static router, train the dynamic router, fine-tune the schedule."""
+    from search.cli_pipeline import run_pipeline_and_report
     from search.config import build_config
 
-    with _user_errors():
+    with user_errors():
         overrides: dict[str, Any] = dict(QUICK_DEMO) if quick else {}
         cfg = build_config(None, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
                            pool=pool, workers=workers, **overrides)
-        _run_and_report(cfg, db, quiet)
+        run_pipeline_and_report(cfg, db, 1, quiet)
 
 
 @search_app.command("resume")
@@ -153,8 +132,8 @@ def search_resume(
     from storage import default_url
 
     url = db or default_url()
-    with _user_errors():
-        store = _open_store(url, create=False)
+    with user_errors():
+        store = open_store(url, create=False)
         cfg = RunConfig(**store.find_run(run).config)
         started = time.perf_counter()
         outcome = resume(run, store, show_progress=not quiet)
@@ -168,7 +147,7 @@ def _run_and_report(cfg: Any, db: str | None, quiet: bool) -> None:
     url = db or default_url()
     check_url(url)
     check_inputs(cfg)
-    store = _open_store(url)
+    store = open_store(url)
     started = time.perf_counter()
     outcome = launch(cfg, store, show_progress=not quiet)
     _report(cfg, outcome, url, time.perf_counter() - started)
@@ -183,7 +162,7 @@ def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
                f"{found.evaluations} evaluations in {cfg.generations} generations, "
                f"{found.forward_tokens} forward tokens, {elapsed:.0f} s")
     typer.echo(f"best calibration window KL: {found.best_fitness:.4f}")
-    typer.echo(f"best schedule: {_format_schedule(found.best_schedule)}")
+    typer.echo(f"best schedule: {format_schedule(found.best_schedule)}")
     heldout = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
     typer.echo(f"\nheld-out text ({heldout} sequences of {'/'.join(map(str, cfg.heldout_seq_lens))}"
                f" tokens, last {cfg.window} positions of each):")
@@ -197,10 +176,6 @@ def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
     typer.echo(f"\nlook at the results:\n  ftprune search status {outcome.run_name} "
                f"--db {redact(url)}\n  ftprune search status {outcome.run_name} --json "
                f"--db {redact(url)}")
-
-
-def _format_schedule(schedule: list[float]) -> str:
-    return "[" + ", ".join(f"{s:.3f}" for s in schedule) + "]"
 
 
 def main() -> None:

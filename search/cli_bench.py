@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -35,9 +35,11 @@ def routing(
     sparsity: Annotated[Optional[list[float]], typer.Option(
         "--sparsity", help="Uniform block sparsity S, 0 <= S < 1, repeat for several "
                            "(default: 0, 0.25 and 0.4); S = 0 measures the engine's overhead "
+                           "with the dynamic router and its features running "
                            "(one token skipped per block).")
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     repeats: Annotated[int, typer.Option(help="Timed repeats per variant (median).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed repeats first.")] = 1,
     attention_window: Annotated[int, typer.Option(
@@ -76,8 +78,11 @@ def routing(
         _fail("--threads must be at least 1")
     if clock not in ("wall", "cpu"):
         _fail(f"--clock must be wall or cpu, not {clock!r}")
-    if json_out is not None and not json_out.parent.is_dir():
-        _fail(f"directory {json_out.parent} does not exist")
+    if device != "cpu" and not device.startswith("cuda"):
+        _fail(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+    if device != "cpu" and clock == "cpu":
+        _fail("--clock cpu measures this process's CPU time: use --clock wall on a GPU")
+    _check_json_out(json_out)
     from router import ModelSpecError, check_model_spec
 
     try:
@@ -89,15 +94,19 @@ def routing(
 
     from bench.routing import RoutingBench, format_table, run
 
+    if device != "cpu" and not torch.cuda.is_available():
+        _fail(f"--device {device}: torch sees no CUDA device")
     if threads:
         torch.set_num_threads(threads)
     bench = RoutingBench(model=model, dtype=dtype, seq_lens=tuple(seq_lens),
                          batches=tuple(batches), sparsities=tuple(sparsities), repeats=repeats,
                          warmup=warmup, attention_window=attention_window or None,
-                         clock=clock)
+                         clock=clock, device=device)
     load_before = os.getloadavg()[0]
     rows = run(bench, progress=lambda line: typer.echo(f"timing {line} ...", err=True))
-    typer.echo(f"{model}, {dtype}, {torch.get_num_threads()} threads, {clock} clock, median "
+    where = (torch.cuda.get_device_name(device) if device != "cpu"
+             else f"cpu, {torch.get_num_threads()} threads")
+    typer.echo(f"{model}, {dtype}, {where}, {clock} clock, median "
                f"of {repeats} dense/routed pairs; 1-minute load average {load_before:.2f} "
                f"before, {os.getloadavg()[0]:.2f} after")
     typer.echo(format_table(rows))
@@ -106,9 +115,7 @@ def routing(
             typer.echo(f"features (batch {row['batch']}, {row['seq_len']} tokens, window "
                        f"{row['attention_window'] or 'all'}): {row['feature_ms']:.1f} ms "
                        f"= {100 * row['feature_share']:.1f}% of a block")
-    if json_out is not None:
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
-        typer.echo(f"wrote {len(rows)} rows to {json_out}")
+    _write_json(rows, json_out)
 
 
 def _write_json(rows: list[dict], json_out: Path | None) -> None:
@@ -192,3 +199,64 @@ def coordinator(
                f"{row['wall_s']:.1f} s: {row['candidates_per_s']:.0f} candidates/s, "
                f"{row['db_rows_written']} rows written to {row['database']}")
     _write_json([row], json_out)
+
+
+def _quality_command(kind: str) -> Any:
+    """``bench quality`` and ``bench ablation`` share their options and checks."""
+
+    def command(
+        config: Annotated[Optional[Path], typer.Option(
+            "--config", help="Run config (YAML); default: the embedded demo config.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="Override the config's model.")] = None,
+        sparsity: Annotated[Optional[float], typer.Option(
+            help="Override the config's target sparsity.")] = None,
+        seeds: Annotated[int, typer.Option(help="Seeds 0..N-1.")] = 3,
+        seq_len: Annotated[Optional[list[int]], typer.Option(
+            "--seq-len", help="Held-out sequence length, repeat for several "
+                              "(default: the config's).")] = None,
+        sequences: Annotated[Optional[int], typer.Option(
+            help="Held-out sequences per length (default: the config's).")] = None,
+        json_out: Annotated[Optional[Path], typer.Option(
+            "--json", help="Write the rows to this file (a JSON list).")] = None,
+    ) -> None:
+        from router import ModelSpecError
+        from search.config import ConfigError, build_config
+        from workers import DataSpecError
+
+        if seeds < 1:
+            _fail("--seeds must be at least 1")
+        if sequences is not None and sequences < 1:
+            _fail("--sequences must be at least 1")
+        _check_json_out(json_out)
+        try:
+            cfg = build_config(config, model=model, target_sparsity=sparsity,
+                               heldout_seq_lens=seq_len,
+                               heldout_sequences_per_length=sequences)
+            from search.coordinator import check_inputs
+            check_inputs(cfg)
+        except (ConfigError, ModelSpecError, DataSpecError) as exc:
+            _fail(str(exc))
+        from bench.quality import format_table, run_ablation, run_quality
+
+        run = run_quality if kind == "quality" else run_ablation
+        rows = run(cfg, list(range(seeds)), cfg.heldout_seq_lens,
+                   cfg.heldout_sequences_per_length,
+                   progress=lambda line: typer.echo(line, err=True))
+        typer.echo(f"{cfg.model}, target sparsity {cfg.target_sparsity}, {seeds} seed(s), "
+                   f"{cfg.heldout_sequences_per_length} held-out sequences per length, last "
+                   f"{cfg.window} positions; held-out window KL mean ± std over seeds")
+        typer.echo(format_table(rows))
+        _write_json(rows, json_out)
+
+    return command
+
+
+bench_app.command("quality", help=(
+    "Held-out quality of allocations and routers: uniform, Block-Influence, searched "
+    "(static and dynamic router) and fine-tuned (dynamic), per seed and sequence length. "
+    "Rows: allocation, router, seed, seq_len, heldout_kl, heldout_top1, heldout_ppl, "
+    "realized_sparsity."))(_quality_command("quality"))
+bench_app.command("ablation", help=(
+    "The dynamic router with each of its four factors removed, and a hidden-state router "
+    "baseline, all trained for the same searched schedule; same rows as bench quality."
+))(_quality_command("ablation"))

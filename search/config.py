@@ -27,6 +27,30 @@ class StageConfig(BaseModel):
     keep: int = Field(ge=1)
 
 
+class RouterTrainingConfig(BaseModel):
+    """Step 2 of the pipeline: training the learned router on the calibration sequences
+    with the model frozen (see router.training). The weights are FTP's λ_g (decaying to 0
+    over ``guide_steps``), λ_s and λ_d."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["dynamic", "hidden_state"] = Field(
+        "dynamic", description="FTP's 4-factor router, or the hidden-state baseline")
+    factors: list[Literal["position", "attention", "rank", "sparsity"]] = Field(
+        ["position", "attention", "rank", "sparsity"], min_length=1,
+        description="inputs of the dynamic router")
+    steps: int = Field(40, ge=1)
+    lr: float = Field(0.001, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    lambda_guide: float = Field(1.0, ge=0.0)
+    guide_steps: int = Field(20, ge=1, description="steps over which λ_g decays to 0")
+    lambda_sparse: float = Field(1.0, ge=0.0)
+    lambda_distill: float = Field(1.0, ge=0.0)
+    distill: Literal["kl", "mse"] = "kl"
+    two_sided: bool = Field(False, description="penalize sparsity above the target too")
+    eval_every: int = Field(20, ge=1, description="held-out evaluation period, in steps")
+
+
 class RunConfig(BaseModel):
     """Everything that defines a search run. Unknown keys are errors."""
 
@@ -56,6 +80,14 @@ class RunConfig(BaseModel):
         True, description="seed the population with a Block-Influence-informed profile")
     teacher_top_k: int | None = Field(None, ge=1, description="keep only top-K dense logits")
     seed: int = 0
+    router: str = Field("static", description="router that scores candidates: static, random "
+                                              "or dynamic:<checkpoint dir>")
+    seed_run: str | None = Field(
+        None, description="start from this run's final parents (the pipeline's step 3)")
+    router_training: RouterTrainingConfig = Field(default_factory=RouterTrainingConfig)
+    finetune_generations: int = Field(4, ge=1, description="step 3 generations per round")
+    artifacts_dir: str = Field("ftprune-artifacts",
+                               description="where router checkpoints are written")
     pool: Literal["local", "ray"] = "ray"
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)

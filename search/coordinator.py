@@ -91,13 +91,19 @@ def scorer_settings(config: RunConfig) -> Any:
 def check_inputs(config: RunConfig, store: Any | None = None) -> None:
     """Everything that can be checked before any work starts; raises ValueError subclasses."""
     from router import check_model_spec
+    from storage import StorageError
     from workers import check_source
+    from workers.scoring import check_router_spec
 
     check_model_spec(config.model)
     check_source(config.calibration)
+    check_router_spec(config.router)
     if store is not None and config.run_name and store.run_name_taken(config.run_name):
-        from storage import StorageError
         raise StorageError(f"a run named {config.run_name!r} already exists")
+    if store is not None and config.seed_run is not None:
+        if store.search_state(store.find_run(config.seed_run).id) is None:
+            raise StorageError(f"run {config.seed_run!r} has no finished generation to "
+                               "start from")
 
 
 def open_pool(config: RunConfig) -> Any:
@@ -136,8 +142,9 @@ def _drive(config: RunConfig, store: Any, run_id: int, run_name: str, pool: Any 
             progress = run_search(config, store, pool, run_id, show_progress)
             uniform = [config.target_sparsity] * pool.num_blocks
             from workers.pool import ScoreRequest
-            results = pool.evaluate([ScoreRequest(progress.best_schedule, "heldout"),
-                                     ScoreRequest(uniform, "heldout")])
+            results = pool.evaluate([ScoreRequest(progress.best_schedule, "heldout",
+                                                  config.router),
+                                     ScoreRequest(uniform, "heldout", config.router)])
         finally:
             if owned:
                 pool.close()
@@ -172,8 +179,6 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
     """
     from tqdm.auto import tqdm
 
-    from storage import EvaluationRecord
-
     num_sequences = pool.num_sequences["calibration"]
     stages = config.resolved_stages()
     stored_state = store.search_state(run_id)
@@ -186,8 +191,13 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
                           offspring=config.offspring, parents=config.parents,
                           crossover_prob=config.crossover_prob, max_moves=config.max_moves,
                           seed=config.seed)
-        influence = pool.block_influence() if config.block_influence_profile else None
-        search = EvolutionarySearch(params, influence)
+        if config.seed_run is not None:
+            seed_state = store.search_state(store.find_run(config.seed_run).id)
+            parents = EvolutionarySearch.from_state(seed_state).parents
+            search = EvolutionarySearch.seeded(params, parents)
+        else:
+            influence = pool.block_influence() if config.block_influence_profile else None
+            search = EvolutionarySearch(params, influence)
     else:
         search = EvolutionarySearch.from_state(stored_state)
     run = store.find_run(run_id)
@@ -201,13 +211,13 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
                    for s in candidates):
             raise RuntimeError("the search produced a schedule that breaks the budget")
         order = minibatch_order(config.seed, generation, num_sequences)
-        records: list[EvaluationRecord] = []
+        records: list[Any] = []
         survivors = candidates
         started = time.perf_counter()
         for index, stage in enumerate(stages):
             data = sorted(order[:stage.sequences])
-            fitness = _score_stage(pool, cache, survivors, data, generation, index, records,
-                                   show_progress)
+            fitness = _score_stage(pool, cache, survivors, config.router, data, generation,
+                                   index, records, show_progress)
             survivors = sorted(survivors, key=lambda s: fitness[tuple(s)])[:stage.keep]
             best_fitness = fitness[tuple(survivors[0])]
         search.tell(survivors)
@@ -229,21 +239,23 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
 
 
 def _score_stage(pool: Any, cache: FitnessCache, candidates: list[list[float]],
-                 data: list[int], generation: int, stage: int, records: list[Any],
-                 show_progress: bool) -> dict[tuple[float, ...], float]:
+                 router_spec: str, data: list[int], generation: int, stage: int,
+                 records: list[Any], show_progress: bool) -> dict[tuple[float, ...], float]:
     """Score ``candidates`` on ``data`` through the cache; append a record per candidate
     that needed new work; return each candidate's fitness on ``data``."""
     from tqdm.auto import tqdm
 
     from storage import EvaluationRecord
     from workers.pool import ScoreRequest
+    from workers.scoring import router_kind
 
-    router = "static"
+    router = router_kind(router_spec)  # one router per run: its kind keys the cache
     requests, owners = [], []
     for schedule in candidates:
         missing = cache.missing(schedule, router, data)
         if missing:
-            requests.append(ScoreRequest(schedule, "calibration", router, tuple(missing)))
+            requests.append(ScoreRequest(schedule, "calibration", router_spec,
+                                         tuple(missing)))
             owners.append(schedule)
     with tqdm(total=len(requests), desc=f"generation {generation + 1} stage {stage + 1}",
               unit="cand", disable=not show_progress, leave=False) as bar:

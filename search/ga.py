@@ -116,6 +116,13 @@ class Grid:
         return levels
 
 
+def influence_profile(target: float, block_influence: Sequence[float]) -> list[float]:
+    """A float profile with mean ``target`` before projection that skips less where
+    ShortGPT's Block Influence is high: s_i ∝ sqrt(mean BI / BI_i)."""
+    mean_bi = sum(block_influence) / len(block_influence)
+    return [target * math.sqrt(mean_bi / max(bi, 1e-6)) for bi in block_influence]
+
+
 def move_levels(levels: list[int], grid: Grid, moves: int) -> list[int]:
     """Move one level from a random block to another, ``moves`` times (sum unchanged)."""
     for _ in range(moves):
@@ -194,6 +201,27 @@ class EvolutionarySearch:
             self._candidates = self._parents + self._offspring()
         self.generation += 1
 
+    @classmethod
+    def seeded(cls, params: GAParams, parents: Sequence[Sequence[float]]) -> "EvolutionarySearch":
+        """A search whose first generation is ``parents`` (schedules on this grid, e.g. the
+        final parents of an earlier search) plus offspring bred from them, with its own
+        random state and no memory of the earlier search's candidates."""
+        search = cls.__new__(cls)
+        search.params = params
+        search.grid = Grid.for_budget(params.num_blocks, params.target, params.s_max,
+                                      params.level_step)
+        search.generation = 0
+        search._random_state = random.Random(params.seed).getstate()
+        search._seen = set()
+        search._parents = []
+        for schedule in parents:
+            levels = [round(s / search.grid.step) for s in schedule]
+            if not search._admit(levels, search._parents):
+                raise ValueError("seed parents must be distinct schedules on the search grid")
+        with search._rng():
+            search._candidates = search._parents + search._offspring()
+        return search
+
     @property
     def parents(self) -> list[list[float]]:
         return [self.grid.schedule(levels) for levels in self._parents]
@@ -249,9 +277,7 @@ class EvolutionarySearch:
         for slope in (0.5, -0.5):
             profiles.append([p.target * (1 + slope * (d - 0.5)) for d in depth])
         if block_influence:
-            mean_bi = sum(block_influence) / n
-            profiles.append([p.target * math.sqrt(mean_bi / max(bi, 1e-6))
-                             for bi in block_influence])
+            profiles.append(influence_profile(p.target, block_influence))
         population: list[list[int]] = []
         for profile in profiles:
             if len(population) < size:

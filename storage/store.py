@@ -269,6 +269,12 @@ class Store:
             return list(session.scalars(select(HeldoutRow).where(
                 HeldoutRow.run_id == run_id).order_by(HeldoutRow.id)))
 
+    def routers(self, run_id: int) -> list[RouterRow]:
+        """The run's trained routers, oldest first."""
+        with self._reader() as session:
+            return list(session.scalars(select(RouterRow).where(
+                RouterRow.run_id == run_id).order_by(RouterRow.id)))
+
     def search_state(self, run_id: int) -> dict[str, Any] | None:
         """The search state stored at the run's last generation boundary, if any."""
         with self._reader() as session:

@@ -31,7 +31,11 @@ import torch
 from router import RandomRouter, StaticRouter, TokenRouter, route, unroute
 from workers.data import DataSpec, Split, build_sequences
 
-ROUTERS = ("static", "random")
+ROUTERS = ("static", "random", "dynamic:<checkpoint dir>")
+
+
+class RouterSpecError(ValueError):
+    """A router spec that names nothing usable; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -120,13 +124,39 @@ class Evaluation:
         return sum(s.tokens for s in self.per_sequence.values())
 
 
-def make_router(name: str) -> TokenRouter:
-    """A router by name (``static`` or ``random``)."""
-    if name == "static":
+def router_kind(spec: str) -> str:
+    """What the database records for a router spec: ``static``, ``random`` or the kind
+    of checkpoint (``dynamic``); the checkpoint path lives in the run's config."""
+    return spec.split(":", 1)[0]
+
+
+def check_router_spec(spec: str) -> None:
+    """Raise :class:`RouterSpecError` unless ``spec`` is ``static``, ``random`` or
+    ``dynamic:<dir>`` with a readable router checkpoint in ``dir``. Reads no weights."""
+    if spec in ("static", "random"):
+        return
+    if spec.startswith("dynamic:"):
+        from router.checkpoint import CheckpointError, read_meta
+
+        try:
+            read_meta(spec.split(":", 1)[1])
+        except CheckpointError as error:
+            raise RouterSpecError(str(error)) from None
+        return
+    raise RouterSpecError(f"unknown router {spec!r}; choose one of {', '.join(ROUTERS)}")
+
+
+def make_router(spec: str) -> TokenRouter:
+    """A router by spec: ``static``, ``random`` (seed 0) or ``dynamic:<checkpoint dir>``
+    (loaded on the CPU, in eval mode)."""
+    check_router_spec(spec)
+    if spec == "static":
         return StaticRouter()
-    if name == "random":
+    if spec == "random":
         return RandomRouter(seed=0)
-    raise ValueError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}")
+    from router.checkpoint import load_router
+
+    return load_router(spec.split(":", 1)[1])[0]
 
 
 class _Teacher:
@@ -245,6 +275,7 @@ class Scorer:
         self.model, self.tokenizer = load_model(settings.model, settings.dtype)
         self.num_blocks = len(self.model.model.layers)
         self._comparators: dict[str, WindowComparator] = {}
+        self._routers: dict[str, TokenRouter] = {}  # checkpoints load once per scorer
 
     def comparator(self, split: Split) -> WindowComparator:
         if split not in self._comparators:
@@ -264,9 +295,14 @@ class Scorer:
         """Score ``schedule`` on the given sequence indices of ``split`` (default: all)."""
         comparator = self.comparator(split)
         start = time.perf_counter()
-        per_sequence = comparator.compare(schedule, make_router(router), sequences)
-        return Evaluation(schedule=[float(s) for s in schedule], split=split, router=router,
-                          per_sequence=per_sequence, duration_s=time.perf_counter() - start)
+        # A random router restarts its seed for every request; checkpoints load once.
+        routing = self._routers.get(router) or make_router(router)
+        if router.startswith("dynamic:"):
+            self._routers[router] = routing
+        per_sequence = comparator.compare(schedule, routing, sequences)
+        return Evaluation(schedule=[float(s) for s in schedule], split=split,
+                          router=router_kind(router), per_sequence=per_sequence,
+                          duration_s=time.perf_counter() - start)
 
     def block_influence(self) -> list[float]:
         """ShortGPT Block Influence per block on the calibration sequences:

@@ -12,6 +12,8 @@ from router.training import (TrainConfig, router_losses, teacher_outputs, train_
                              training_forward)
 from tests.router_dynamic.conftest import ids
 from workers.data import DataSpec, build_sequences
+from workers.scoring import WindowComparator
+from workers.training import HeldoutEvaluator
 
 SCHEDULE = [0.0, 0.5, 0.5, 0.5]
 WINDOW = 16
@@ -112,10 +114,13 @@ def test_history_records_steps_and_heldout_evaluations(tiny_llama, calibration):
     torch.manual_seed(0)
     config = TrainConfig(steps=4, window=WINDOW, eval_every=3, progress=False,
                          weights=LossWeights(guide=1.0, guide_steps=2))
-    history = train_router(model, DynamicRouter(), SCHEDULE, calibration, heldout, config)
+    comparator = WindowComparator(model, heldout, WINDOW)
+    evaluate = HeldoutEvaluator(comparator, SCHEDULE)
+    history = train_router(model, DynamicRouter(), SCHEDULE, calibration, evaluate, config)
     assert all(len(history[key]) == 4 for key in ("loss", "guide", "sparse", "distill"))
     assert history["lambda_guide"] == [1.0, 0.5, 0.0, 0.0]
     assert history["eval_step"] == [0, 3, 4]
     assert all(0.0 <= top1 <= 1.0 for top1 in history["heldout_top1"])
     assert history["heldout_sparsity"][-1] == pytest.approx(3 * 0.5 / 4, abs=0.02)
+    assert evaluate.last.kl == history["heldout_kl"][-1]
     assert not hasattr(model, "_ftprune_routing")  # left unrouted

@@ -1,0 +1,161 @@
+"""``ftprune bench quality`` and ``ftprune bench ablation``: held-out window metrics of
+allocations and routers, per seed and per held-out sequence length.
+
+Quality, per seed (the seed drives the searches and router training): FTP's pipeline (one
+round, in a throwaway SQLite database) gives the searched schedule, the trained dynamic
+router and the fine-tuned schedule; rows are
+
+- ``uniform`` + ``static``: every block at the target sparsity;
+- ``block_influence`` + ``static``: ShortGPT Block Influence allocation (s_i ∝ sqrt(mean BI /
+  BI_i), projected onto the budget grid);
+- ``searched`` + ``static``, ``searched`` + ``dynamic``, ``finetuned`` + ``dynamic``.
+
+Ablation, per seed: the static-router search of the pipeline's step 1, then one router
+trained for its best schedule per variant: ``dynamic`` (all four factors), ``dynamic-no-<f>``
+for each factor f, and ``hidden_state`` (an MLP over the block's input hidden state, the
+design FTP argues against); rows are ``searched`` + each variant, and ``searched`` +
+``static`` for reference.
+
+Rows: allocation, router, seed, seq_len, heldout_kl, heldout_top1, heldout_ppl,
+realized_sparsity (measured, padding excluded). Held-out sequences come from the held-out
+split at each requested length (``heldout_per_length`` of each), scored at the last
+``window`` positions as everywhere else.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from search.config import RunConfig
+
+Progress = Callable[[str], None]
+
+
+def _config(base: RunConfig, seed: int, seq_lens: list[int], per_length: int,
+            workdir: Path) -> RunConfig:
+    return base.model_copy(update={
+        "seed": seed, "run_name": f"bench-{seed}", "heldout_seq_lens": seq_lens,
+        "heldout_sequences_per_length": per_length, "artifacts_dir": str(workdir)})
+
+
+Entry = tuple[str, str, str, list[float]]  # allocation, router label, router spec, schedule
+
+
+def _rows(pool: Any, config: RunConfig, seed: int, entries: list[Entry]
+          ) -> list[dict[str, Any]]:
+    """Score every entry at each held-out length."""
+    from workers.pool import ScoreRequest
+    from workers.scoring import merge_stats
+
+    results = pool.evaluate([ScoreRequest(schedule, "heldout", spec)
+                             for _, _, spec, schedule in entries])
+    rows = []
+    for (allocation, router, _, _), result in zip(entries, results):
+        for seq_len in config.heldout_seq_lens:
+            m = merge_stats([s for s in result.per_sequence.values()
+                             if s.tokens == seq_len]).metrics()  # tokens: the length read
+            rows.append({"allocation": allocation, "router": router, "seed": seed,
+                         "seq_len": seq_len, "heldout_kl": m.kl, "heldout_top1": m.top1,
+                         "heldout_ppl": m.ppl, "realized_sparsity": m.realized_sparsity})
+    return rows
+
+
+def _influence_schedule(pool: Any, config: RunConfig) -> list[float]:
+    from search.ga import Grid, influence_profile
+
+    grid = Grid.for_budget(pool.num_blocks, config.target_sparsity, config.max_block_sparsity,
+                           config.level_step)
+    profile = influence_profile(config.target_sparsity, pool.block_influence())
+    return grid.schedule(grid.from_profile(profile))
+
+
+def run_quality(base: RunConfig, seeds: list[int], seq_lens: list[int], per_length: int,
+                progress: Progress = print) -> list[dict[str, Any]]:
+    """The quality rows (see the module docstring)."""
+    from search.coordinator import open_pool
+    from search.pipeline import run_pipeline
+    from storage import Store
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ftprune-bench-") as tmp, \
+            open_pool(_config(base, seeds[0], seq_lens, per_length, Path(tmp))) as pool:
+        for seed in seeds:
+            config = _config(base, seed, seq_lens, per_length, Path(tmp) / f"seed-{seed}")
+            store = Store(f"sqlite:///{tmp}/seed-{seed}.db")
+            progress(f"seed {seed}: pipeline (search, router training, fine-tuning)")
+            outcome = run_pipeline(config, store, 1, show_progress=False, pool=pool,
+                                   echo=progress)
+            store.close()
+            last = outcome.rounds[-1]
+            searched = outcome.search.search.best_schedule
+            uniform = [config.target_sparsity] * pool.num_blocks
+            dynamic = f"dynamic:{last.checkpoint}"
+            rows += _rows(pool, config, seed, [
+                ("uniform", "static", "static", uniform),
+                ("block_influence", "static", "static", _influence_schedule(pool, config)),
+                ("searched", "static", "static", searched),
+                ("searched", "dynamic", dynamic, searched),
+                ("finetuned", "dynamic", dynamic, last.finetune.search.best_schedule)])
+            progress(format_table([r for r in rows if r["seed"] == seed]))
+    return rows
+
+
+def run_ablation(base: RunConfig, seeds: list[int], seq_lens: list[int], per_length: int,
+                 progress: Progress = print) -> list[dict[str, Any]]:
+    """The ablation rows (see the module docstring)."""
+    from router.checkpoint import save_router
+    from router.dynamic import FACTORS
+    from search.coordinator import launch, open_pool, scorer_settings
+    from search.pipeline import train_config
+    from storage import Store
+    from workers import Scorer
+    from workers.training import train_on_scorer
+
+    variants = [("dynamic", "dynamic", FACTORS)] + [
+        (f"dynamic-no-{factor}", "dynamic", tuple(f for f in FACTORS if f != factor))
+        for factor in FACTORS] + [("hidden_state", "hidden_state", FACTORS)]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ftprune-bench-") as tmp, \
+            open_pool(_config(base, seeds[0], seq_lens, per_length, Path(tmp))) as pool:
+        scorer = Scorer(scorer_settings(_config(base, seeds[0], seq_lens, per_length,
+                                                Path(tmp))))
+        for seed in seeds:
+            config = _config(base, seed, seq_lens, per_length, Path(tmp))
+            store = Store(f"sqlite:///{tmp}/seed-{seed}.db")
+            progress(f"seed {seed}: search with the static router")
+            searched = launch(config, store, False, pool).search.best_schedule
+            store.close()
+            entries: list[Entry] = [("searched", "static", "static", searched)]
+            for name, kind, factors in variants:
+                progress(f"seed {seed}: train router {name}")
+                trained = train_on_scorer(scorer, searched, train_config(config, False),
+                                          kind, factors)
+                checkpoint = save_router(Path(tmp) / f"seed-{seed}-{name}", trained.router,
+                                         searched, config.model, config.dtype)
+                entries.append(("searched", name, f"dynamic:{checkpoint}", searched))
+            seed_rows = _rows(pool, config, seed, entries)
+            rows += seed_rows
+            progress(format_table(seed_rows))
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Mean ± standard deviation over seeds per (allocation, router, seq_len)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["allocation"], row["router"], row["seq_len"]), []).append(row)
+    lines = [f"{'allocation':<17}{'router':<22}{'seq':>6}{'seeds':>6}{'heldout KL':>20}"
+             f"{'top-1':>8}{'ppl':>8}{'real S':>8}"]
+    for (allocation, router, seq_len), group in groups.items():
+        kls = [r["heldout_kl"] for r in group]
+        spread = statistics.stdev(kls) if len(kls) > 1 else 0.0
+        lines.append(
+            f"{allocation:<17}{router:<22}{seq_len:>6}{len(group):>6}"
+            f"{statistics.mean(kls):>12.4f} ± {spread:.4f}"
+            f"{statistics.mean(r['heldout_top1'] for r in group):>8.3f}"
+            f"{statistics.mean(r['heldout_ppl'] for r in group):>8.2f}"
+            f"{statistics.mean(r['realized_sparsity'] for r in group):>8.3f}")
+    return "\n".join(lines)

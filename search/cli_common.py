@@ -1,0 +1,44 @@
+"""Options and helpers shared by the ``ftprune`` command modules."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+Db = Annotated[Optional[str], typer.Option(
+    "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]
+Pool = Annotated[Optional[str], typer.Option(
+    "--pool", help="Where candidates are scored: 'ray' (local instance or --ray-address) "
+                   "or 'local' (this process).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Number of Ray workers.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one line on stderr and exit status 2."""
+    from router import ModelSpecError
+    from router.checkpoint import CheckpointError
+    from search.config import ConfigError
+    from storage import StorageError
+    from workers import DataSpecError
+    from workers.scoring import RouterSpecError
+
+    try:
+        yield
+    except (ConfigError, ModelSpecError, DataSpecError, StorageError, RouterSpecError,
+            CheckpointError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def open_store(db: str | None, create: bool = True) -> Any:
+    from storage import Store, default_url
+
+    return Store(db or default_url(), create=create)
+
+
+def format_schedule(schedule: list[float]) -> str:
+    return "[" + ", ".join(f"{s:.3f}" for s in schedule) + "]"

@@ -1,0 +1,157 @@
+"""``ftprune pipeline``, ``ftprune router train`` and ``ftprune export``: FTP's three steps
+and their product. Input is checked before any work starts (one ``error:`` line, exit 2)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from search.cli_common import Db, Pool, Quiet, Workers, format_schedule, open_store, user_errors
+
+router_app = typer.Typer(help="Train learned routers.", no_args_is_help=True)
+
+# (held-out label on the main run, what the row shows); <r> is the last round
+SUMMARY_ROWS = (("uniform", "uniform + static router"), ("best", "searched + static router"),
+                ("dynamic-<r>", "searched + dynamic router"),
+                ("finetuned-<r>", "fine-tuned + dynamic router"))
+
+
+def pipeline(
+    config: Annotated[Path, typer.Option("--config", help="Run config (YAML).")],
+    rounds: Annotated[int, typer.Option(
+        help="Repeat steps 2 (train the router) and 3 (fine-tune the schedule).")] = 1,
+    run_name: Annotated[Optional[str], typer.Option(help="Unique name for the run.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    pool: Pool = None,
+    workers: Workers = None,
+    db: Db = None,
+    quiet: Quiet = False,
+) -> None:
+    """FTP end to end: search with the static router, train the dynamic router, search
+    again with it; held-out metrics of every step at the end."""
+    from search.config import build_config
+
+    with user_errors():
+        cfg = build_config(config, run_name=run_name, seed=seed, pool=pool, workers=workers)
+        run_pipeline_and_report(cfg, db, rounds, quiet)
+
+
+def run_pipeline_and_report(cfg: Any, db: str | None, rounds: int, quiet: bool) -> None:
+    """Validate, run the pipeline, print the summary (used by ``pipeline`` and ``demo``)."""
+    from search.pipeline import check_pipeline, run_pipeline
+    from storage import check_url, default_url
+
+    url = db or default_url()
+    check_url(url)
+    check_pipeline(cfg, None, rounds)  # before the database is created or touched
+    store = open_store(url)
+    started = time.perf_counter()
+    outcome = run_pipeline(cfg, store, rounds, show_progress=not quiet,
+                           echo=lambda line: typer.echo(f"\n== {line}", err=True))
+    report(cfg, store, outcome, url, rounds, time.perf_counter() - started)
+
+
+@router_app.command("train")
+def router_train(
+    run: Annotated[str, typer.Option("--run", help="Run id or name: its config and data.")],
+    schedule: Annotated[Optional[str], typer.Option(
+        help="Comma-separated block sparsities (default: the run's best schedule).")] = None,
+    label: Annotated[Optional[str], typer.Option(
+        help="Name of the router within the run (default: round-<n>).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Override the training steps.")] = None,
+    db: Db = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a router for a run's schedule and record it (weights, curves, held-out metrics)."""
+    from search.config import ConfigError, RunConfig
+    from search.coordinator import check_inputs, scorer_settings
+    from search.pipeline import train_router_step
+    from storage import default_url
+    from workers import Scorer
+
+    with user_errors():
+        store = open_store(db or default_url(), create=False)
+        row = store.find_run(run)
+        cfg = RunConfig(**row.config)
+        if steps is not None:
+            if steps < 1:
+                raise ConfigError("--steps must be at least 1")
+            cfg = cfg.model_copy(update={"router_training": cfg.router_training.model_copy(
+                update={"steps": steps})})
+        chosen = _parse_schedule(schedule) if schedule else row.best_schedule
+        if not chosen:
+            raise ConfigError(f"run {row.name!r} has no best schedule yet: pass --schedule")
+        if any(not 0.0 <= s < 1.0 for s in chosen):
+            raise ConfigError("every block sparsity must lie in [0, 1)")
+        check_inputs(cfg)
+        label = label or f"round-{len(store.routers(row.id)) + 1}"
+        if any(r.label == label for r in store.routers(row.id)):
+            raise ConfigError(f"run {row.name!r} already has a router labelled {label!r}")
+        scorer = Scorer(scorer_settings(cfg))
+        if len(chosen) != scorer.num_blocks:
+            raise ConfigError(f"--schedule has {len(chosen)} entries; {cfg.model} has "
+                              f"{scorer.num_blocks} decoder blocks")
+        router_id, checkpoint, heldout = train_router_step(
+            cfg, store, row.id, row.name, chosen, label, scorer, not quiet)
+    typer.echo(f"router {label} (id {router_id}) of run {row.name}: held-out window KL "
+               f"{heldout.kl:.4f}, top-1 {heldout.top1:.3f}, realized sparsity "
+               f"{heldout.realized_sparsity:.3f}\ncheckpoint: {checkpoint}")
+
+
+def export(
+    run: Annotated[str, typer.Option("--run", help="Run id or name.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write (created).")],
+    db: Db = None,
+) -> None:
+    """Write the run's routed model (latest router + its fine-tuned schedule) to a directory
+    that ``router.checkpoint.load_routed(DIR)`` loads into a working model."""
+    from search.pipeline import export_run
+    from storage import default_url
+
+    with user_errors():
+        if out.exists() and any(out.iterdir()):
+            from search.config import ConfigError
+            raise ConfigError(f"--out {out} exists and is not empty")
+        store = open_store(db or default_url(), create=False)
+        path, schedule = export_run(store, run, out)
+    typer.echo(f"wrote {path}: schedule mean {sum(schedule) / len(schedule):.3f}\n"
+               f"load it with:\n  from router.checkpoint import load_routed\n"
+               f"  model, tokenizer, routing = load_routed({str(path)!r})")
+
+
+def _parse_schedule(text: str) -> list[float]:
+    from search.config import ConfigError
+
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--schedule must be comma-separated numbers, got {text!r}") from None
+
+
+def report(cfg: Any, store: Any, outcome: Any, url: str, rounds: int, elapsed: float) -> None:
+    """The pipeline's summary: the schedules found and each step's held-out metrics."""
+    from storage import redact
+
+    first = outcome.search
+    final = outcome.rounds[-1].finetune.search
+    typer.echo(f"\nrun {first.run_name} (id {first.run_id}): {cfg.model}, target sparsity "
+               f"{cfg.target_sparsity:.2f}, {rounds} round(s), {elapsed:.0f} s")
+    typer.echo(f"searched schedule:   {format_schedule(first.search.best_schedule)}")
+    typer.echo(f"fine-tuned schedule: {format_schedule(final.best_schedule)}")
+    heldout = {row.label: row for row in store.heldout(first.run_id)}
+    count = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
+    typer.echo(f"\nheld-out text ({count} sequences of "
+               f"{'/'.join(map(str, cfg.heldout_seq_lens))} tokens, last {cfg.window} "
+               f"positions of each):")
+    typer.echo(f"  {'schedule + router':<30}{'window KL':>10}{'top-1':>8}{'window ppl':>12}"
+               f"{'realized S':>12}")
+    for label, text in SUMMARY_ROWS:
+        row = heldout[label.replace("<r>", str(rounds))]
+        typer.echo(f"  {text:<30}{row.kl:>10.4f}{row.top1:>8.3f}{row.ppl:>12.2f}"
+                   f"{row.realized_sparsity:>12.3f}")
+    typer.echo(f"\nlook at the results:\n  ftprune search status {first.run_name} "
+               f"--db {redact(url)}\n  ftprune export --run {first.run_name} --out "
+               f"{first.run_name}-routed --db {redact(url)}")

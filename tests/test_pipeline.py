@@ -1,0 +1,201 @@
+"""FTP's three steps on a tiny model: the pipeline's records, ``router train``, ``export``,
+the seeded fine-tuning search, and input checks that run before the database is touched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from search.cli import app
+from search.config import build_config
+from search.ga import EvolutionarySearch, GAParams
+from storage import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs/tiny.yaml"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    """(database URL, CLI output) of ``ftprune pipeline`` on the tiny config, 2 rounds."""
+    root = tmp_path_factory.mktemp("pipeline")
+    db_url = f"sqlite:///{root / 'ftprune.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        result = runner.invoke(app, ["pipeline", "--config", str(TINY), "--rounds", "2",
+                                     "--run-name", "tiny", "--db", db_url, "--quiet"])
+    assert result.exit_code == 0, result.output
+    return db_url, result.output, root
+
+
+def test_pipeline_records_each_step_and_round(tiny_pipeline):
+    db_url, output, root = tiny_pipeline
+    assert "fine-tuned + dynamic router" in output
+    store = Store(db_url, create=False)
+    main = store.find_run("tiny")
+    first, second = store.find_run("tiny-finetune-1"), store.find_run("tiny-finetune-2")
+    assert first.config["seed_run"] == "tiny" and second.config["seed_run"] == "tiny-finetune-1"
+    assert all(run.status == "finished" for run in (main, first, second))
+    assert first.generations_done == second.generations_done == 2
+    routers = store.routers(main.id)
+    assert [r.label for r in routers] == ["round-1", "round-2"]
+    assert routers[0].schedule == main.best_schedule
+    assert routers[1].schedule == first.best_schedule  # round 2 starts where round 1 ended
+    for router, child in zip(routers, (first, second)):
+        assert child.config["router"] == f"dynamic:{router.checkpoint}"
+        assert Path(router.checkpoint).is_relative_to(root / "ftprune-artifacts" / "tiny")
+        assert (router.lambda_guide, router.lambda_sparse, router.lambda_distill) == (1, 1, 1)
+        assert router.curves["step"] == [0, 1, 2, 3]
+        assert router.curves["lambda_guide"] == [1.0, 0.5, 0.0, 0.0]
+        assert router.config["heldout_curve"]["eval_step"] == [0, 2, 4]
+        assert router.heldout_kl == router.config["heldout_curve"]["heldout_kl"][-1]
+        assert {r.router for r in store.evaluations(child.id)} == {"dynamic"}
+    labels = [h.label for h in store.heldout(main.id)]
+    assert labels == ["best", "uniform", "dynamic-1", "finetuned-1", "dynamic-2",
+                      "finetuned-2"]
+    # Step 3 starts from step 1's parents: they are re-scored with the trained router first.
+    parents = EvolutionarySearch.from_state(store.search_state(main.id)).parents
+    generation0 = [r.schedule for r in store.evaluations(first.id) if r.generation == 0]
+    assert all(parent in generation0 for parent in parents)
+
+
+def test_router_train_and_export_round_trip(tiny_pipeline, tmp_path):
+    from router.checkpoint import load_routed, load_router
+    from router import load_model, route
+
+    db_url, _, root = tiny_pipeline
+    store = Store(db_url, create=False)
+    schedule = ",".join(["0.5"] * 4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        result = runner.invoke(app, ["router", "train", "--run", "tiny", "--schedule", schedule,
+                                     "--label", "manual", "--steps", "2", "--db", db_url,
+                                     "--quiet"])
+    assert result.exit_code == 0, result.output
+    manual = store.routers(store.find_run("tiny").id)[-1]
+    assert manual.label == "manual" and manual.schedule == [0.5] * 4
+    assert manual.curves["step"] == [0, 1]
+
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", "--run", "tiny", "--out", str(out), "--db", db_url])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "router.json").read_text())
+    assert meta["schedule"] == [0.5] * 4  # the latest router, no fine-tuned schedule for it
+    model, _, routing = load_routed(out)
+    reference, _ = load_model("random:llama-tiny")
+    route(reference, [0.5] * 4, load_router(manual.checkpoint)[0])
+    ids = torch.randint(3, 200, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_export_refuses_a_changed_checkpoint(tiny_pipeline, tmp_path):
+    db_url, _, _ = tiny_pipeline
+    store = Store(db_url, create=False)
+    latest = store.routers(store.find_run("tiny").id)[-1]
+    weights = Path(latest.checkpoint) / "router.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-4] + b"\0\0\0\0")
+        result = runner.invoke(app, ["export", "--run", "tiny", "--out",
+                                     str(tmp_path / "out"), "--db", db_url])
+    finally:
+        weights.write_bytes(original)
+    assert result.exit_code == 2 and "changed since it was recorded" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rounds", "0"], "--rounds"),
+    (["--pool", "nowhere"], "pool"),
+])
+def test_pipeline_bad_input_is_one_line_and_touches_no_database(tmp_path, args, message):
+    db = tmp_path / "never.db"
+    result = runner.invoke(app, ["pipeline", "--config", str(TINY), "--db", f"sqlite:///{db}",
+                                 *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not db.exists()
+
+
+def test_pipeline_refuses_a_config_that_is_not_a_step_1(tmp_path):
+    config = tmp_path / "step3.yaml"
+    config.write_text(TINY.read_text() + "router: random\n")
+    db = tmp_path / "never.db"
+    result = runner.invoke(app, ["pipeline", "--config", str(config), "--db", f"sqlite:///{db}"])
+    assert result.exit_code == 2 and "static router" in result.output
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("router,message", [
+    ("dynamic:/no/such/dir", "not a router checkpoint"),
+    ("learned", "unknown router"),
+])
+def test_bad_router_spec_is_refused_before_the_search(tmp_path, router, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(TINY.read_text() + f"router: {router}\n")
+    db = tmp_path / "never.db"
+    result = runner.invoke(app, ["search", "launch", "--config", str(config), "--db",
+                                 f"sqlite:///{db}"])
+    assert result.exit_code == 2 and message in result.output
+    assert not db.exists()
+
+
+def test_seeded_search_starts_from_the_given_parents():
+    params = GAParams(num_blocks=6, target=0.3, s_max=0.8, level_step=0.05, offspring=5,
+                      parents=2, seed=1)
+    parents = [[0.3] * 6, [0.2, 0.4, 0.3, 0.3, 0.2, 0.4]]
+    search = EvolutionarySearch.seeded(params, parents)
+    candidates = search.ask()
+    assert [[round(s, 6) for s in c] for c in candidates[:2]] == parents
+    assert len(candidates) == 7 and len({tuple(c) for c in candidates}) == 7
+    assert all(abs(sum(c) / 6 - 0.3) < 1e-9 for c in candidates)
+    again = EvolutionarySearch.seeded(params, parents).ask()
+    assert again == candidates
+    with pytest.raises(ValueError, match="distinct"):
+        EvolutionarySearch.seeded(params, [parents[0], parents[0]])
+
+
+def test_bench_quality_rows_cover_every_allocation_seed_and_length(tmp_path):
+    out = tmp_path / "quality.json"
+    result = runner.invoke(app, ["bench", "quality", "--config", str(TINY), "--seeds", "2",
+                                 "--seq-len", "48", "--seq-len", "64", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    expected = {("uniform", "static"), ("block_influence", "static"), ("searched", "static"),
+                ("searched", "dynamic"), ("finetuned", "dynamic")}
+    assert {(r["allocation"], r["router"]) for r in rows} == expected
+    assert len(rows) == len(expected) * 2 * 2
+    assert {(r["seed"], r["seq_len"]) for r in rows} == {(0, 48), (0, 64), (1, 48), (1, 64)}
+    for row in rows:
+        assert abs(row["realized_sparsity"] - 0.3) <= 1 / row["seq_len"]
+        assert row["heldout_kl"] >= 0 and 0 <= row["heldout_top1"] <= 1
+    uniform = [r["heldout_kl"] for r in rows if r["allocation"] == "uniform"
+               and r["seq_len"] == 64]
+    assert uniform[0] == uniform[1]  # no seed in it: same schedule, same router, same data
+    assert "finetuned" in result.output and "±" in result.output
+
+
+def test_bench_ablation_trains_every_variant(tmp_path):
+    out = tmp_path / "ablation.json"
+    result = runner.invoke(app, ["bench", "ablation", "--config", str(TINY), "--seeds", "1",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    routers = [r["router"] for r in json.loads(out.read_text())]
+    assert routers == ["static", "dynamic", "dynamic-no-position", "dynamic-no-attention",
+                       "dynamic-no-rank", "dynamic-no-sparsity", "hidden_state"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "quality", "--seeds", "0"], "--seeds"),
+    (["bench", "ablation", "--model", "nope"], "unknown model"),
+    (["bench", "quality", "--seq-len", "4"], "window"),
+])
+def test_bench_quality_bad_input_is_one_line(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output
