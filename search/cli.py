@@ -105,8 +105,10 @@ def demo(
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
-    """FTP's pipeline on the embedded defaults (smollm2-135m, builtin:pydoc, sparsity 0.3):
-    search with the static router, train the dynamic router, fine-tune the schedule."""
+    """FTP's pipeline on the embedded defaults (smollm2-135m, builtin:pydoc, S = 0.3).
+
+    Search with the static router, train the dynamic router, fine-tune the schedule.
+    """
     from search.cli_pipeline import run_pipeline_and_report
     from search.config import build_config
 

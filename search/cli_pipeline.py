@@ -30,8 +30,12 @@ def pipeline(
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
-    """FTP end to end: search with the static router, train the dynamic router, search
-    again with it; held-out metrics of every step at the end."""
+    """FTP end to end: search, train the dynamic router, fine-tune the schedule.
+
+    Step 1 searches with the static router, step 2 trains the dynamic router for the best
+    schedule, step 3 searches again from step 1's parents with the trained router; the
+    held-out metrics of every step are printed at the end.
+    """
     from search.config import build_config
 
     with user_errors():
@@ -65,7 +69,7 @@ def router_train(
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
-    """Train a router for a run's schedule and record it (weights, curves, held-out metrics)."""
+    """Train a router for a run's schedule; record its weights, curves and held-out metrics."""
     from search.config import ConfigError, RunConfig
     from search.coordinator import check_inputs, scorer_settings
     from search.pipeline import train_router_step
@@ -106,8 +110,10 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Directory to write (created).")],
     db: Db = None,
 ) -> None:
-    """Write the run's routed model (latest router + its fine-tuned schedule) to a directory
-    that ``router.checkpoint.load_routed(DIR)`` loads into a working model."""
+    """Write a run's routed model (latest router, fine-tuned schedule) to a directory.
+
+    ``router.checkpoint.load_routed(DIR)`` loads the directory into a working routed model.
+    """
     from search.pipeline import export_run
     from storage import default_url
 

@@ -17,7 +17,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["search"], ["search", "launch"], ["search", "status"],
-                                  ["demo"]])
+                                  ["demo"], ["pipeline"], ["router", "train"], ["export"],
+                                  ["bench", "quality"], ["bench", "ablation"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, args + ["--help"])
     assert result.exit_code == 0
