@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from router.dynamic import FACTORS, DynamicRouter, HiddenStateRouter
@@ -60,8 +61,6 @@ def train_on_scorer(scorer: Scorer, schedule: Sequence[float], config: TrainConf
                     kind: str = "dynamic", factors: Sequence[str] = FACTORS) -> TrainedRouter:
     """Train a new router for ``schedule`` on the scorer's calibration sequences, evaluating
     on its held-out sequences every ``config.eval_every`` steps and at the end."""
-    import torch
-
     torch.manual_seed(config.seed)
     router = new_router(kind, scorer.model.config.hidden_size, factors)
     calibration = scorer.comparator("calibration").sequences
