@@ -269,9 +269,7 @@ def _prefill(routing: Routing, index: int, hidden: Tensor, state: ForwardState, 
         keep, kept, key_valid, mask, rotary = _selection(routing, index, hidden, state,
                                                          rotary, k)
         cols = keep
-        # One gather and one scatter kernel: fewer host-side launches than fancy indexing.
-        gather_index = keep[..., None].expand(-1, -1, hidden.shape[-1])
-        inputs = hidden.gather(1, gather_index)
+        inputs = _gather_rows(hidden, keep)
     probe = _probe(routing, key_valid)
     out = run(inputs, mask, rotary, probe)
     if cache is not None:
@@ -283,8 +281,7 @@ def _prefill(routing: Routing, index: int, hidden: Tensor, state: ForwardState, 
                   kept_pairs=causal_pairs(kept, batch), seen_pairs=causal_pairs(state.real, batch))
     if keep is None:
         return out
-    # Out of place: hooks and callers may still hold ``hidden``.
-    return hidden.scatter(1, gather_index, out)
+    return _scatter_rows(hidden, keep, out)
 
 
 def _selection(routing: Routing, index: int, hidden: Tensor, state: ForwardState,
@@ -309,6 +306,24 @@ def _selection(routing: Routing, index: int, hidden: Tensor, state: ForwardState
     if position_only:
         state.selections[key] = selection
     return selection
+
+
+# One kernel each way (fewer host-side launches than fancy indexing); a single row copies
+# whole hidden vectors (index_select / index_copy), much faster than an element-wise
+# gather/scatter on a CPU.
+def _gather_rows(hidden: Tensor, keep: Tensor) -> Tensor:
+    """hidden[b, keep[b]] for every row b: (batch, k, hidden)."""
+    if hidden.shape[0] == 1:
+        return hidden.index_select(1, keep[0])
+    return hidden.gather(1, keep[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+def _scatter_rows(hidden: Tensor, keep: Tensor, out: Tensor) -> Tensor:
+    """A copy of ``hidden`` with rows ``keep`` replaced by ``out`` (out of place: hooks and
+    callers may still hold ``hidden``)."""
+    if hidden.shape[0] == 1:
+        return hidden.index_copy(1, keep[0], out)
+    return hidden.scatter(1, keep[..., None].expand(-1, -1, hidden.shape[-1]), out)
 
 
 def _decode(routing: Routing, index: int, hidden: Tensor, state: ForwardState, cache: Any,
