@@ -11,7 +11,6 @@ import torch
 from typer.testing import CliRunner
 
 from search.cli import app
-from search.config import build_config
 from search.ga import EvolutionarySearch, GAParams
 from storage import Store
 
