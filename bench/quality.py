@@ -108,10 +108,9 @@ def run_ablation(base: RunConfig, seeds: list[int], seq_lens: list[int], per_len
     """The ablation rows (see the module docstring)."""
     from router.checkpoint import save_router
     from router.dynamic import FACTORS
-    from search.coordinator import launch, open_pool, scorer_settings
-    from search.pipeline import train_config
+    from search.coordinator import launch, open_pool
+    from search.pipeline import train_config, training_scorer
     from storage import Store
-    from workers import Scorer
     from workers.training import train_on_scorer
 
     variants = [("dynamic", "dynamic", FACTORS)] + [
@@ -120,8 +119,8 @@ def run_ablation(base: RunConfig, seeds: list[int], seq_lens: list[int], per_len
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ftprune-bench-") as tmp, \
             open_pool(_config(base, seeds[0], seq_lens, per_length, Path(tmp))) as pool:
-        scorer = Scorer(scorer_settings(_config(base, seeds[0], seq_lens, per_length,
-                                                Path(tmp))))
+        scorer = training_scorer(pool, _config(base, seeds[0], seq_lens, per_length,
+                                               Path(tmp)))
         for seed in seeds:
             config = _config(base, seed, seq_lens, per_length, Path(tmp))
             store = Store(f"sqlite:///{tmp}/seed-{seed}.db")

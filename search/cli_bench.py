@@ -18,6 +18,13 @@ bench_app = typer.Typer(help="Benchmarks: time the product, write rows as JSON."
                         no_args_is_help=True)
 
 
+BenchConfig = Annotated[Optional[Path], typer.Option(
+    "--config", help="Run config (YAML); default: the embedded demo config.")]
+ModelOverride = Annotated[Optional[str], typer.Option(help="Override the config's model.")]
+JsonOut = Annotated[Optional[Path], typer.Option(
+    "--json", help="Write the rows to this file (a JSON list).")]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -48,8 +55,7 @@ def routing(
     clock: Annotated[str, typer.Option(
         help="wall (elapsed) or cpu (this process's CPU time: steadier on a shared machine, "
              "use with --threads 1).")] = "wall",
-    json_out: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write the rows to this file (a JSON list).")] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Time dense against routed prefill (static router, uniform schedule).
 
@@ -129,18 +135,32 @@ def _check_json_out(json_out: Path | None) -> None:
         _fail(f"directory {json_out.parent} does not exist")
 
 
+def _checked_config(path: Path | None, **overrides: Any) -> Any:
+    """The run config with ``overrides``, its model and data checked; exits 2 on bad input."""
+    from router import ModelSpecError
+    from search.config import ConfigError, build_config
+    from search.coordinator import check_inputs
+    from workers import DataSpecError
+    from workers.scoring import RouterSpecError
+
+    try:
+        cfg = build_config(path, **overrides)
+        check_inputs(cfg)
+    except (ConfigError, ModelSpecError, DataSpecError, RouterSpecError) as exc:
+        _fail(str(exc))
+    return cfg
+
+
 @bench_app.command("search")
 def search(
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="Run config (YAML); default: the embedded demo config.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Override the config's model.")] = None,
+    config: BenchConfig = None,
+    model: ModelOverride = None,
     target_sparsity: Annotated[Optional[float], typer.Option(
         help="Override the config's target sparsity.")] = None,
     tokens: Annotated[int, typer.Option(
         help="Forward-token budget per method and seed.")] = 150_000,
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per method.")] = 3,
-    json_out: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write the rows to this file (a JSON list).")] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """This search engine against a plain DEAP loop at the same forward-token budget.
 
@@ -149,19 +169,10 @@ def search(
     text at exactly the target sparsity. Rows: method, seed, evaluations, forward_tokens,
     wall_s, candidates_per_min, best_fitness, heldout_kl (+ tokens_to_match for ftprune).
     """
-    from router import ModelSpecError
-    from search.config import ConfigError, build_config
-    from workers import DataSpecError
-
     if tokens < 1 or seeds < 1:
         _fail("--tokens and --seeds must be at least 1")
     _check_json_out(json_out)
-    try:
-        cfg = build_config(config, model=model, target_sparsity=target_sparsity)
-        from search.coordinator import check_inputs
-        check_inputs(cfg)
-    except (ConfigError, ModelSpecError, DataSpecError) as exc:
-        _fail(str(exc))
+    cfg = _checked_config(config, model=model, target_sparsity=target_sparsity)
     from bench.search import format_table, run
 
     rows = run(cfg, tokens, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))
@@ -175,8 +186,7 @@ def coordinator(
     candidates: Annotated[int, typer.Option(help="Candidates to score in total.")] = 3000,
     db: Annotated[Optional[str], typer.Option(
         "--db", help="Database URL (default: a throwaway SQLite file).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write the row to this file (a JSON list).")] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Candidates per second through the whole search loop with a zero-cost scorer.
 
@@ -205,9 +215,8 @@ def _quality_command(kind: str) -> Any:
     """``bench quality`` and ``bench ablation`` share their options and checks."""
 
     def command(
-        config: Annotated[Optional[Path], typer.Option(
-            "--config", help="Run config (YAML); default: the embedded demo config.")] = None,
-        model: Annotated[Optional[str], typer.Option(help="Override the config's model.")] = None,
+        config: BenchConfig = None,
+        model: ModelOverride = None,
         sparsity: Annotated[Optional[float], typer.Option(
             help="Override the config's target sparsity.")] = None,
         seeds: Annotated[int, typer.Option(help="Seeds 0..N-1.")] = 3,
@@ -216,26 +225,15 @@ def _quality_command(kind: str) -> Any:
                               "(default: the config's).")] = None,
         sequences: Annotated[Optional[int], typer.Option(
             help="Held-out sequences per length (default: the config's).")] = None,
-        json_out: Annotated[Optional[Path], typer.Option(
-            "--json", help="Write the rows to this file (a JSON list).")] = None,
+        json_out: JsonOut = None,
     ) -> None:
-        from router import ModelSpecError
-        from search.config import ConfigError, build_config
-        from workers import DataSpecError
-
         if seeds < 1:
             _fail("--seeds must be at least 1")
         if sequences is not None and sequences < 1:
             _fail("--sequences must be at least 1")
         _check_json_out(json_out)
-        try:
-            cfg = build_config(config, model=model, target_sparsity=sparsity,
-                               heldout_seq_lens=seq_len,
-                               heldout_sequences_per_length=sequences)
-            from search.coordinator import check_inputs
-            check_inputs(cfg)
-        except (ConfigError, ModelSpecError, DataSpecError) as exc:
-            _fail(str(exc))
+        cfg = _checked_config(config, model=model, target_sparsity=sparsity,
+                              heldout_seq_lens=seq_len, heldout_sequences_per_length=sequences)
         from bench.quality import format_table, run_ablation, run_quality
 
         run = run_quality if kind == "quality" else run_ablation

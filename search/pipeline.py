@@ -66,15 +66,13 @@ def run_pipeline(config: RunConfig, store: Any, rounds: int = 1, show_progress: 
                  pool: Any | None = None,
                  echo: Callable[[str], None] = lambda line: None) -> PipelineOutcome:
     """Steps 1-3 (2 and 3 ``rounds`` times); uses ``pool`` if given, else opens one."""
-    from workers import Scorer
-
     check_pipeline(config, store, rounds)
     owned = pool is None
     pool = pool or open_pool(config)
     try:
         echo("step 1: search with the static router")
         first = launch(config, store, show_progress, pool)
-        scorer = Scorer(scorer_settings(config))  # step 2 trains in this process
+        scorer = training_scorer(pool, config)
         outcomes: list[RoundOutcome] = []
         parent, schedule = first.run_name, first.search.best_schedule
         for round_ in range(1, rounds + 1):
@@ -97,6 +95,16 @@ def run_pipeline(config: RunConfig, store: Any, rounds: int = 1, show_progress: 
         if owned:
             pool.close()
     return PipelineOutcome(first, outcomes)
+
+
+def training_scorer(pool: Any, config: RunConfig) -> Any:
+    """The scorer router training runs on, in this process: the local pool's own (its
+    model and teacher outputs are already loaded), else a new one."""
+    from workers import LocalPool, Scorer
+
+    if isinstance(pool, LocalPool):
+        return pool.scorer
+    return Scorer(scorer_settings(config))
 
 
 def train_config(config: RunConfig, show_progress: bool = True) -> Any:

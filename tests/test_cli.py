@@ -103,6 +103,9 @@ def test_bench_coordinator_writes_its_row(tmp_path):
     (["bench", "search", "--model", "nope"], "unknown model"),
     (["bench", "coordinator", "--workers", "0"], "--workers"),
     (["bench", "coordinator", "--db", "mysql://x/y"], "unsupported"),
+    (["bench", "quality", "--seeds", "0"], "--seeds"),
+    (["bench", "ablation", "--model", "nope"], "unknown model"),
+    (["bench", "quality", "--seq-len", "4"], "window"),
 ])
 def test_bench_bad_input_is_one_line(args, message):
     result = runner.invoke(app, args)

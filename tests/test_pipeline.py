@@ -188,13 +188,3 @@ def test_bench_ablation_trains_every_variant(tmp_path):
     routers = [r["router"] for r in json.loads(out.read_text())]
     assert routers == ["static", "dynamic", "dynamic-no-position", "dynamic-no-attention",
                        "dynamic-no-rank", "dynamic-no-sparsity", "hidden_state"]
-
-
-@pytest.mark.parametrize("args,message", [
-    (["bench", "quality", "--seeds", "0"], "--seeds"),
-    (["bench", "ablation", "--model", "nope"], "unknown model"),
-    (["bench", "quality", "--seq-len", "4"], "window"),
-])
-def test_bench_quality_bad_input_is_one_line(args, message):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and message in result.output

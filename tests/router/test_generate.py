@@ -30,8 +30,10 @@ def _generate(model, prompt, steps, **kwargs):
     return out.sequences[:, prompt.shape[1]:], torch.stack(out.logits, dim=1), out.past_key_values
 
 
-def _reference_decode(model, prompt, steps, schedule, keep=lambda block, row, col: True):
-    """Greedy decoding without a cache: prefill keep sets frozen, decoded tokens per ``keep``."""
+def _reference_decode(model, prompt, steps, schedule, keep=None):
+    """Greedy decoding without a cache: prefill keep sets frozen, decoded tokens per ``keep``
+    (None: every decoded token in every block)."""
+    keep = keep or (lambda block, row, col: True)
     batch, length = prompt.shape
     prefill = as_masks(static_keep_sets(schedule, length), length, batch)
     sequence, logits = prompt, []
@@ -51,17 +53,28 @@ def _reference_decode(model, prompt, steps, schedule, keep=lambda block, row, co
     return sequence[:, length:], torch.stack(logits, dim=1)
 
 
+def _generate_matches_reference(model, prompt, steps, keep=None):
+    """Route ``model`` (static at prefill; with ``keep``, the threshold decode policy that
+    follows it), greedy-generate, and check tokens and logits against the cache-free
+    reference. Returns the routing handle and the generated cache."""
+    if keep is None:
+        routing = route(model, SCHEDULE)
+    else:
+        routing = route(model, SCHEDULE, DecodeRouter(keep), decode="threshold")
+    with torch.no_grad():
+        tokens, logits, cache = _generate(model, prompt, steps)
+        unroute(model)
+        ref_tokens, ref_logits = _reference_decode(model, prompt, steps, SCHEDULE, keep)
+    assert torch.equal(tokens, ref_tokens)
+    assert (logits - ref_logits).abs().max().item() <= 1e-4
+    return routing, cache
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generate_matches_cache_free_reference(model_of, family):
     model = model_of(family)
     prompt, steps = _ids(1, 16, seed=1), 8
-    routing = route(model, SCHEDULE)
-    with torch.no_grad():
-        tokens, logits, cache = _generate(model, prompt, steps)
-        unroute(model)
-        ref_tokens, ref_logits = _reference_decode(model, prompt, steps, SCHEDULE)
-    assert torch.equal(tokens, ref_tokens)
-    assert (logits - ref_logits).abs().max().item() <= 1e-4
+    routing, cache = _generate_matches_reference(model, prompt, steps)
     # Decode tokens run in every block; the cache holds only the kept prompt tokens.
     assert routing.last_state.kept == [1] * 4 and routing.last_state.realized_sparsity == 0.0
     assert routing.last_state.flop_saving > 0.0
@@ -88,13 +101,7 @@ def test_threshold_policy_skips_decode_tokens_and_writes_no_kv(model_of):
     def keep(block, row, col):
         return block != 1 and not (block == 3 and col % 2 == 0)
 
-    route(model, SCHEDULE, DecodeRouter(keep), decode="threshold")
-    with torch.no_grad():
-        tokens, logits, cache = _generate(model, prompt, steps)
-        unroute(model)
-        ref_tokens, ref_logits = _reference_decode(model, prompt, steps, SCHEDULE, keep)
-    assert torch.equal(tokens, ref_tokens)
-    assert (logits - ref_logits).abs().max().item() <= 1e-4
+    _, cache = _generate_matches_reference(model, prompt, steps, keep)
     fed = range(14, 14 + steps - 1)
     sizes = [layer.keys.shape[-2] for layer in cache.layers]
     expected = [keep_count(s, 14) + sum(keep(block, 0, col) for col in fed)
@@ -109,13 +116,7 @@ def test_threshold_policy_with_rows_that_disagree(model_of):
     def keep(block, row, col):
         return not (block == 2 and row == 0) and not (block == 0 and row == 1 and col % 3 == 0)
 
-    route(model, SCHEDULE, DecodeRouter(keep), decode="threshold")
-    with torch.no_grad():
-        tokens, logits, _ = _generate(model, prompt, steps)
-        unroute(model)
-        ref_tokens, ref_logits = _reference_decode(model, prompt, steps, SCHEDULE, keep)
-    assert torch.equal(tokens, ref_tokens)
-    assert (logits - ref_logits).abs().max().item() <= 1e-4
+    _generate_matches_reference(model, prompt, steps, keep)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
