@@ -49,19 +49,31 @@ class AttentionProbe:
         kv_heads, kv = key.shape[1], key.shape[2]
         groups = heads // kv_heads  # query head h reads key head h // groups
         rows, weight = self._rows(length, query.device)
+        # Causal and unpadded: the rows are the last ones, so only their own columns need
+        # masking and every weight is 1.
+        causal = mask is None and self.query_valid is None
+        first_row = length - rows.shape[1]
         keys_t = key.float().transpose(-1, -2)  # (B, Hkv, d, kv)
         total = query.new_zeros(batch, kv, dtype=torch.float32)
         count = query.new_zeros(batch, kv, dtype=torch.float32)
         for start in range(0, rows.shape[1], self.chunk):
             chunk_rows = rows[:, start:start + self.chunk]
-            chunk_weight = weight[:, start:start + self.chunk, None]  # (B or 1, c, 1)
             size = chunk_rows.shape[1]
             if chunk_rows.shape[0] == 1:
                 picked = query.index_select(2, chunk_rows[0])
             else:
                 picked = query.gather(2, chunk_rows[:, None, :, None].expand(-1, heads, -1, dim))
-            scores = torch.matmul(picked.float().reshape(batch, kv_heads, groups * size, dim),
-                                  keys_t).view(batch, kv_heads, groups, size, kv) * scaling
+            picked = picked.float() * scaling
+            scores = torch.matmul(picked.reshape(batch, kv_heads, groups * size, dim),
+                                  keys_t).view(batch, kv_heads, groups, size, kv)
+            if causal:
+                # Columns before the chunk's first row are visible to all of its rows.
+                first = first_row + start
+                hidden = torch.arange(first, kv, device=query.device) > chunk_rows[0, :, None]
+                scores[..., first:].masked_fill_(hidden, -math.inf)
+                total += scores.softmax(dim=-1).sum(dim=(1, 2, 3))
+                continue
+            chunk_weight = weight[:, start:start + self.chunk, None]  # (B or 1, c, 1)
             if mask is None:
                 visible = torch.arange(kv, device=query.device) <= chunk_rows[:, :, None]
             else:
@@ -70,6 +82,8 @@ class AttentionProbe:
             probs = scores.masked_fill_(~visible[:, None, None], -math.inf).softmax(dim=-1)
             total += (probs.sum(dim=(1, 2)) * chunk_weight).sum(dim=1)
             count += (visible * chunk_weight).sum(dim=1)
+        if causal:  # key j is seen by the window's rows at or after it
+            count += (length - torch.arange(kv, device=query.device)).clamp(max=rows.shape[1])
         self.received = total / (heads * count.clamp(min=1.0))
 
     def _rows(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:

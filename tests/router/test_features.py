@@ -138,3 +138,20 @@ def test_pretrained_attention_sink_ranks_first():
         rank = recorder.features[block][0, :, 2]
         assert rank[0] == 1.0
     unroute(model)
+
+
+@pytest.mark.parametrize("window,chunk", [(None, 4), (7, 3), (7, 256), (30, 8)])
+def test_causal_probe_matches_the_explicit_mask_path(window, chunk):
+    """Unpadded causal input takes the probe's shortcut (only the window's own columns are
+    masked, counts computed in closed form); it must equal the general masked path."""
+    from router.attention import AttentionProbe
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 6, LENGTH, 8, generator=generator)
+    key = torch.randn(2, 2, LENGTH, 8, generator=generator)
+    causal = torch.ones(LENGTH, LENGTH, dtype=torch.bool).tril().expand(2, 1, -1, -1)
+    shortcut, general = AttentionProbe(window, None, chunk), AttentionProbe(window, None, chunk)
+    shortcut.measure(query, key, None, 0.3)
+    general.measure(query, key, causal, 0.3)
+    assert torch.allclose(shortcut.received, general.received, atol=1e-6)
+    assert general.received.min() > 0  # every key is seen by some query of the window
