@@ -69,8 +69,8 @@ class AttentionProbe:
             if causal:
                 # Columns before the chunk's first row are visible to all of its rows.
                 first = first_row + start
-                hidden = torch.arange(first, kv, device=query.device) > chunk_rows[0, :, None]
-                scores[..., first:].masked_fill_(hidden, -math.inf)
+                unseen = torch.arange(first, kv, device=query.device) > chunk_rows[0, :, None]
+                scores[..., first:].masked_fill_(unseen, -math.inf)
                 total += scores.softmax(dim=-1).sum(dim=(1, 2, 3))
                 continue
             chunk_weight = weight[:, start:start + self.chunk, None]  # (B or 1, c, 1)

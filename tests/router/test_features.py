@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from router import StaticRouter, decoder_layers, route, unroute
-from router.attention import ROUTED_ATTENTION
+from router.attention import ROUTED_ATTENTION, AttentionProbe
 from tests.router.reference import FeatureRecorder, as_masks, reference_logits, static_keep_sets
 
 SCHEDULE = [0.3, 0.5, 0.2, 0.4]
@@ -144,8 +144,6 @@ def test_pretrained_attention_sink_ranks_first():
 def test_causal_probe_matches_the_explicit_mask_path(window, chunk):
     """Unpadded causal input takes the probe's shortcut (only the window's own columns are
     masked, counts computed in closed form); it must equal the general masked path."""
-    from router.attention import AttentionProbe
-
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(2, 6, LENGTH, 8, generator=generator)
     key = torch.randn(2, 2, LENGTH, 8, generator=generator)
