@@ -18,8 +18,8 @@ design FTP argues against); rows are ``searched`` + each variant, and ``searched
 
 Rows: allocation, router, seed, seq_len, heldout_kl, heldout_top1, heldout_ppl,
 realized_sparsity (measured, padding excluded). Held-out sequences come from the held-out
-split at each requested length (``heldout_per_length`` of each), scored at the last
-``window`` positions as everywhere else.
+split at each of the config's ``heldout_seq_lens`` (``heldout_sequences_per_length`` of
+each), scored at the last ``window`` positions as everywhere else.
 """
 
 from __future__ import annotations
@@ -34,11 +34,9 @@ from search.config import RunConfig
 Progress = Callable[[str], None]
 
 
-def _config(base: RunConfig, seed: int, seq_lens: list[int], per_length: int,
-            workdir: Path) -> RunConfig:
-    return base.model_copy(update={
-        "seed": seed, "run_name": f"bench-{seed}", "heldout_seq_lens": seq_lens,
-        "heldout_sequences_per_length": per_length, "artifacts_dir": str(workdir)})
+def _config(base: RunConfig, seed: int, workdir: Path) -> RunConfig:
+    return base.model_copy(update={"seed": seed, "run_name": f"bench-{seed}",
+                                   "artifacts_dir": str(workdir)})
 
 
 Entry = tuple[str, str, str, list[float]]  # allocation, router label, router spec, schedule
@@ -72,7 +70,7 @@ def _influence_schedule(pool: Any, config: RunConfig) -> list[float]:
     return grid.schedule(grid.from_profile(profile))
 
 
-def run_quality(base: RunConfig, seeds: list[int], seq_lens: list[int], per_length: int,
+def run_quality(base: RunConfig, seeds: list[int],
                 progress: Progress = print) -> list[dict[str, Any]]:
     """The quality rows (see the module docstring)."""
     from search.coordinator import open_pool
@@ -81,9 +79,9 @@ def run_quality(base: RunConfig, seeds: list[int], seq_lens: list[int], per_leng
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ftprune-bench-") as tmp, \
-            open_pool(_config(base, seeds[0], seq_lens, per_length, Path(tmp))) as pool:
+            open_pool(_config(base, seeds[0], Path(tmp))) as pool:
         for seed in seeds:
-            config = _config(base, seed, seq_lens, per_length, Path(tmp) / f"seed-{seed}")
+            config = _config(base, seed, Path(tmp) / f"seed-{seed}")
             store = Store(f"sqlite:///{tmp}/seed-{seed}.db")
             progress(f"seed {seed}: pipeline (search, router training, fine-tuning)")
             outcome = run_pipeline(config, store, 1, show_progress=False, pool=pool,
@@ -103,7 +101,7 @@ def run_quality(base: RunConfig, seeds: list[int], seq_lens: list[int], per_leng
     return rows
 
 
-def run_ablation(base: RunConfig, seeds: list[int], seq_lens: list[int], per_length: int,
+def run_ablation(base: RunConfig, seeds: list[int],
                  progress: Progress = print) -> list[dict[str, Any]]:
     """The ablation rows (see the module docstring)."""
     from router.checkpoint import save_router
@@ -118,11 +116,10 @@ def run_ablation(base: RunConfig, seeds: list[int], seq_lens: list[int], per_len
         for factor in FACTORS] + [("hidden_state", "hidden_state", FACTORS)]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ftprune-bench-") as tmp, \
-            open_pool(_config(base, seeds[0], seq_lens, per_length, Path(tmp))) as pool:
-        scorer = training_scorer(pool, _config(base, seeds[0], seq_lens, per_length,
-                                               Path(tmp)))
+            open_pool(_config(base, seeds[0], Path(tmp))) as pool:
+        scorer = training_scorer(pool, _config(base, seeds[0], Path(tmp)))
         for seed in seeds:
-            config = _config(base, seed, seq_lens, per_length, Path(tmp))
+            config = _config(base, seed, Path(tmp))
             store = Store(f"sqlite:///{tmp}/seed-{seed}.db")
             progress(f"seed {seed}: search with the static router")
             searched = launch(config, store, False, pool).search.best_schedule

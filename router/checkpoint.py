@@ -14,6 +14,7 @@ not fit the model) raises :class:`CheckpointError` with a one-line message.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -113,6 +114,12 @@ def load_routed(directory: str | Path, device: str = "cpu") -> tuple[Any, Any, R
     except ValueError as error:
         raise CheckpointError(f"{Path(directory) / META}: {error}") from None
     return model, tokenizer, routing
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """SHA-256 (hex) of a checkpoint directory's weights file, for recording and verifying
+    that the weights on disk are the ones that were measured."""
+    return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

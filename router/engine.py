@@ -379,6 +379,13 @@ def _before(count: Tensor | None, batch: int) -> Tensor | int:
 
 
 # --------------------------------------------------------------------------- selection, masks
+def row_ends(length: int, device: torch.device) -> Tensor:
+    """The first and last column of an unpadded row of ``length`` tokens (the tokens every
+    block keeps), made on the device: a tensor built from a list would be a host-to-device
+    copy, which synchronizes the stream on a GPU."""
+    return torch.arange(0, length, max(1, length - 1), device=device)
+
+
 def select_tokens(scores: Tensor, k: int, valid: Tensor | None,
                   sparsity: float) -> tuple[Tensor, Count]:
     """Per-row top-k of ``scores`` (batch, L): sorted indices (batch, k) and the real
@@ -390,9 +397,7 @@ def select_tokens(scores: Tensor, k: int, valid: Tensor | None,
     """
     batch, length = scores.shape
     if valid is None:
-        # [0, length - 1], made on the device: a tensor built from a list would be a
-        # host-to-device copy, which synchronizes the stream on a GPU.
-        ends = torch.arange(0, length, length - 1, device=scores.device)
+        ends = row_ends(length, scores.device)
         keep = scores.index_fill(1, ends, math.inf).topk(k, dim=1, sorted=False).indices
         return keep.sort(dim=1).values, k
     first = valid.byte().argmax(dim=1)

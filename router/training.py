@@ -9,9 +9,10 @@ decision reaches the router by a straight-through estimator on the block's updat
     h' = where(hard, layer(h), h) + (p - p.detach()) · Δ,      p = sigmoid(score)
 
 whose value is exactly the routed output (the second term is 0) and whose gradient with
-respect to p is Δ (0 for each row's first and last token, which are always kept). Skipped tokens need their Δ for that gradient, so :func:`training_forward`
-runs every decoder layer on all L tokens with a mask in which skipped tokens are invisible
-as keys to every other token (each still sees itself and the kept tokens before it). Kept
+respect to p is Δ (0 for each row's first and last token, which are always kept). Skipped
+tokens need their Δ for that gradient, so :func:`training_forward` runs every decoder layer
+on all L tokens with a mask in which skipped tokens are invisible as keys to every other
+token (each still sees itself and the kept tokens before it). Kept
 tokens therefore get the same values as in the engine's gathered computation (up to float
 rounding of the longer SDPA call). Cost per step: a dense forward (L tokens per block
 instead of k_i) plus a backward through the activations of all blocks; the model's weights
@@ -19,9 +20,9 @@ get no gradients. Attention features are measured on the kept queries exactly as
 engine measures them. Training batches are unpadded.
 
 :func:`train_router` loops over calibration batches against dense teacher outputs
-computed once, calls an optional ``evaluate(router)`` every ``eval_every`` steps (the caller's held-out
-measurement through the normal ``route(model, schedule, router)`` path), and returns a loss
-history.
+computed once, calls an optional ``evaluate(router)`` every ``eval_every`` steps (the
+caller's held-out measurement through the normal ``route(model, schedule, router)`` path),
+and returns a loss history.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from router.attention import AttentionProbe
 from router.engine import (Routing, causal_mask, decoder_layers, keep_count, route,
-                           select_tokens, unroute)
+                           row_ends, select_tokens, unroute)
 from router.losses import (LossWeights, achieved_sparsity, distillation_loss, guide_loss,
                            guide_weight, hidden_mse, sparsity_loss, total_loss)
 from router.routers import StaticRouter
@@ -82,7 +83,7 @@ def training_forward(model: nn.Module, routing: Routing, input_ids: Tensor,
     hidden = base.embed_tokens(input_ids)
     rotary = base.rotary_emb(hidden, position_ids=cols)
     decisions: list[BlockDecision] = []
-    mandatory = torch.arange(0, length, max(1, length - 1), device=input_ids.device)
+    mandatory = row_ends(length, input_ids.device)
     for index, layer in enumerate(decoder_layers(model)):
         sparsity, sliding = routing.schedule[index], routing.windows[index]
         hard = scores = None

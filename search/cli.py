@@ -16,7 +16,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from search.cli_bench import bench_app
-from search.cli_common import Db, Pool, Quiet, Workers, format_schedule, open_store, user_errors
+from search.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
+                               open_store, user_errors)
 from search.cli_db import db_app
 from search.cli_pipeline import export, pipeline, router_app
 
@@ -165,16 +166,8 @@ def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
                f"{found.forward_tokens} forward tokens, {elapsed:.0f} s")
     typer.echo(f"best calibration window KL: {found.best_fitness:.4f}")
     typer.echo(f"best schedule: {format_schedule(found.best_schedule)}")
-    heldout = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
-    typer.echo(f"\nheld-out text ({heldout} sequences of {'/'.join(map(str, cfg.heldout_seq_lens))}"
-               f" tokens, last {cfg.window} positions of each):")
-    typer.echo(f"  {'schedule':<28}{'window KL':>10}{'top-1':>8}{'window ppl':>12}"
-               f"{'realized S':>12}")
-    for label, text in (("uniform", "uniform + static router"),
-                        ("best", "searched + static router")):
-        m = outcome.heldout[label].metrics
-        typer.echo(f"  {text:<28}{m.kl:>10.4f}{m.top1:>8.3f}{m.ppl:>12.2f}"
-                   f"{m.realized_sparsity:>12.3f}")
+    echo_heldout_table(cfg, [("uniform + static router", outcome.heldout["uniform"].metrics),
+                             ("searched + static router", outcome.heldout["best"].metrics)])
     typer.echo(f"\nlook at the results:\n  ftprune search status {outcome.run_name} "
                f"--db {redact(url)}\n  ftprune search status {outcome.run_name} --json "
                f"--db {redact(url)}")

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from search.cli_common import user_errors
+
 bench_app = typer.Typer(help="Benchmarks: time the product, write rows as JSON.",
                         no_args_is_help=True)
 
@@ -89,12 +91,10 @@ def routing(
     if device != "cpu" and clock == "cpu":
         _fail("--clock cpu measures this process's CPU time: use --clock wall on a GPU")
     _check_json_out(json_out)
-    from router import ModelSpecError, check_model_spec
+    from router import check_model_spec
 
-    try:
+    with user_errors():
         check_model_spec(model)
-    except ModelSpecError as exc:
-        _fail(str(exc))
 
     import torch
 
@@ -137,17 +137,12 @@ def _check_json_out(json_out: Path | None) -> None:
 
 def _checked_config(path: Path | None, **overrides: Any) -> Any:
     """The run config with ``overrides``, its model and data checked; exits 2 on bad input."""
-    from router import ModelSpecError
-    from search.config import ConfigError, build_config
+    from search.config import build_config
     from search.coordinator import check_inputs
-    from workers import DataSpecError
-    from workers.scoring import RouterSpecError
 
-    try:
+    with user_errors():
         cfg = build_config(path, **overrides)
         check_inputs(cfg)
-    except (ConfigError, ModelSpecError, DataSpecError, RouterSpecError) as exc:
-        _fail(str(exc))
     return cfg
 
 
@@ -237,9 +232,7 @@ def _quality_command(kind: str) -> Any:
         from bench.quality import format_table, run_ablation, run_quality
 
         run = run_quality if kind == "quality" else run_ablation
-        rows = run(cfg, list(range(seeds)), cfg.heldout_seq_lens,
-                   cfg.heldout_sequences_per_length,
-                   progress=lambda line: typer.echo(line, err=True))
+        rows = run(cfg, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))
         typer.echo(f"{cfg.model}, target sparsity {cfg.target_sparsity}, {seeds} seed(s), "
                    f"{cfg.heldout_sequences_per_length} held-out sequences per length, last "
                    f"{cfg.window} positions; held-out window KL mean ± std over seeds")

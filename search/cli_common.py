@@ -42,3 +42,17 @@ def open_store(db: str | None, create: bool = True) -> Any:
 
 def format_schedule(schedule: list[float]) -> str:
     return "[" + ", ".join(f"{s:.3f}" for s in schedule) + "]"
+
+
+def echo_heldout_table(cfg: Any, rows: list[tuple[str, Any]]) -> None:
+    """The held-out window metrics table: (what the row shows, metrics with ``kl``,
+    ``top1``, ``ppl`` and ``realized_sparsity``) per row."""
+    count = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
+    typer.echo(f"\nheld-out text ({count} sequences of "
+               f"{'/'.join(map(str, cfg.heldout_seq_lens))} tokens, last {cfg.window} "
+               f"positions of each):")
+    typer.echo(f"  {'schedule + router':<30}{'window KL':>10}{'top-1':>8}{'window ppl':>12}"
+               f"{'realized S':>12}")
+    for text, m in rows:
+        typer.echo(f"  {text:<30}{m.kl:>10.4f}{m.top1:>8.3f}{m.ppl:>12.2f}"
+                   f"{m.realized_sparsity:>12.3f}")

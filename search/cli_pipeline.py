@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from search.cli_common import Db, Pool, Quiet, Workers, format_schedule, open_store, user_errors
+from search.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
+                               open_store, user_errors)
 
 router_app = typer.Typer(help="Train learned routers.", no_args_is_help=True)
 
@@ -91,8 +92,9 @@ def router_train(
         if any(not 0.0 <= s < 1.0 for s in chosen):
             raise ConfigError("every block sparsity must lie in [0, 1)")
         check_inputs(cfg)
-        label = label or f"round-{len(store.routers(row.id)) + 1}"
-        if any(r.label == label for r in store.routers(row.id)):
+        existing = store.routers(row.id)
+        label = label or f"round-{len(existing) + 1}"
+        if any(r.label == label for r in existing):
             raise ConfigError(f"run {row.name!r} already has a router labelled {label!r}")
         scorer = Scorer(scorer_settings(cfg))
         if len(chosen) != scorer.num_blocks:
@@ -148,16 +150,8 @@ def report(cfg: Any, store: Any, outcome: Any, url: str, rounds: int, elapsed: f
     typer.echo(f"searched schedule:   {format_schedule(first.search.best_schedule)}")
     typer.echo(f"fine-tuned schedule: {format_schedule(final.best_schedule)}")
     heldout = {row.label: row for row in store.heldout(first.run_id)}
-    count = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
-    typer.echo(f"\nheld-out text ({count} sequences of "
-               f"{'/'.join(map(str, cfg.heldout_seq_lens))} tokens, last {cfg.window} "
-               f"positions of each):")
-    typer.echo(f"  {'schedule + router':<30}{'window KL':>10}{'top-1':>8}{'window ppl':>12}"
-               f"{'realized S':>12}")
-    for label, text in SUMMARY_ROWS:
-        row = heldout[label.replace("<r>", str(rounds))]
-        typer.echo(f"  {text:<30}{row.kl:>10.4f}{row.top1:>8.3f}{row.ppl:>12.2f}"
-                   f"{row.realized_sparsity:>12.3f}")
+    echo_heldout_table(cfg, [(text, heldout[label.replace("<r>", str(rounds))])
+                             for label, text in SUMMARY_ROWS])
     typer.echo(f"\nlook at the results:\n  ftprune search status {first.run_name} "
                f"--db {redact(url)}\n  ftprune export --run {first.run_name} --out "
                f"{first.run_name}-routed --db {redact(url)}")

@@ -22,10 +22,13 @@ import random
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from search.config import RunConfig
 from search.ga import EvolutionarySearch, GAParams, is_feasible
+
+if TYPE_CHECKING:  # storage (SQLAlchemy) is imported lazily: the CLI starts fast
+    from storage import EvaluationRecord
 
 Key = tuple[tuple[float, ...], str, int]  # (schedule, router, sequence index)
 
@@ -194,7 +197,7 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
         if config.seed_run is not None:
             seed_state = store.search_state(store.find_run(config.seed_run).id)
             parents = EvolutionarySearch.from_state(seed_state).parents
-            search = EvolutionarySearch.seeded(params, parents)
+            search = EvolutionarySearch(params, seed_parents=parents)
         else:
             influence = pool.block_influence() if config.block_influence_profile else None
             search = EvolutionarySearch(params, influence)
@@ -211,7 +214,7 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
                    for s in candidates):
             raise RuntimeError("the search produced a schedule that breaks the budget")
         order = minibatch_order(config.seed, generation, num_sequences)
-        records: list[Any] = []
+        records: list[EvaluationRecord] = []
         survivors = candidates
         started = time.perf_counter()
         for index, stage in enumerate(stages):
@@ -240,7 +243,7 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
 
 def _score_stage(pool: Any, cache: FitnessCache, candidates: list[list[float]],
                  router_spec: str, data: list[int], generation: int, stage: int,
-                 records: list[Any], show_progress: bool) -> dict[tuple[float, ...], float]:
+                 records: list[EvaluationRecord], show_progress: bool) -> dict[tuple[float, ...], float]:
     """Score ``candidates`` on ``data`` through the cache; append a record per candidate
     that needed new work; return each candidate's fitness on ``data``."""
     from tqdm.auto import tqdm

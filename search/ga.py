@@ -173,7 +173,12 @@ class EvolutionarySearch:
     depth ramps, an optional Block-Influence-informed profile, then random feasible points.
     """
 
-    def __init__(self, params: GAParams, block_influence: Sequence[float] | None = None) -> None:
+    def __init__(self, params: GAParams, block_influence: Sequence[float] | None = None,
+                 seed_parents: Sequence[Sequence[float]] | None = None) -> None:
+        """A fresh search. With ``seed_parents`` (distinct schedules on this grid, e.g. the
+        final parents of an earlier search) the first generation is those parents plus
+        offspring bred from them, with this search's own random state and no memory of the
+        earlier search's candidates; otherwise it is the initial population."""
         self.params = params
         self.grid = Grid.for_budget(params.num_blocks, params.target, params.s_max,
                                     params.level_step)
@@ -181,8 +186,16 @@ class EvolutionarySearch:
         self._random_state = random.Random(params.seed).getstate()
         self._seen: set[tuple[int, ...]] = set()
         self._parents: list[list[int]] = []
+        if seed_parents is None:
+            with self._rng():
+                self._candidates = self._initial_population(block_influence)
+            return
+        for schedule in seed_parents:
+            levels = [round(s / self.grid.step) for s in schedule]
+            if not self._admit(levels, self._parents):
+                raise ValueError("seed parents must be distinct schedules on the search grid")
         with self._rng():
-            self._candidates = self._initial_population(block_influence)
+            self._candidates = self._parents + self._offspring()
 
     def ask(self) -> list[list[float]]:
         return [self.grid.schedule(levels) for levels in self._candidates]
@@ -200,27 +213,6 @@ class EvolutionarySearch:
         with self._rng():
             self._candidates = self._parents + self._offspring()
         self.generation += 1
-
-    @classmethod
-    def seeded(cls, params: GAParams, parents: Sequence[Sequence[float]]) -> "EvolutionarySearch":
-        """A search whose first generation is ``parents`` (schedules on this grid, e.g. the
-        final parents of an earlier search) plus offspring bred from them, with its own
-        random state and no memory of the earlier search's candidates."""
-        search = cls.__new__(cls)
-        search.params = params
-        search.grid = Grid.for_budget(params.num_blocks, params.target, params.s_max,
-                                      params.level_step)
-        search.generation = 0
-        search._random_state = random.Random(params.seed).getstate()
-        search._seen = set()
-        search._parents = []
-        for schedule in parents:
-            levels = [round(s / search.grid.step) for s in schedule]
-            if not search._admit(levels, search._parents):
-                raise ValueError("seed parents must be distinct schedules on the search grid")
-        with search._rng():
-            search._candidates = search._parents + search._offspring()
-        return search
 
     @property
     def parents(self) -> list[list[float]]:

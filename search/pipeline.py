@@ -17,7 +17,6 @@ last round.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -128,7 +127,7 @@ def train_router_step(config: RunConfig, store: Any, run_id: int, run_name: str,
     """Train a router for ``schedule`` on the run's calibration data, write its checkpoint
     under ``artifacts_dir/<run>/<label>`` and record it; returns (router id, checkpoint
     directory, held-out WindowMetrics)."""
-    from router.checkpoint import WEIGHTS, save_router
+    from router.checkpoint import save_router, weights_sha256
     from workers.training import train_on_scorer
 
     settings = config.router_training
@@ -136,7 +135,7 @@ def train_router_step(config: RunConfig, store: Any, run_id: int, run_name: str,
                               settings.kind, settings.factors)
     checkpoint = (Path(config.artifacts_dir) / run_name / label).resolve()
     save_router(checkpoint, trained.router, schedule, config.model, config.dtype)
-    digest = hashlib.sha256((checkpoint / WEIGHTS).read_bytes()).hexdigest()
+    digest = weights_sha256(checkpoint)
     history = trained.history
     curves = {"step": list(range(settings.steps)),
               **{name: history[name] for name in LOSS_SERIES}}
@@ -157,7 +156,7 @@ def export_run(store: Any, ref: str | int, out: str | Path) -> tuple[Path, list[
     router with the schedule that router was fine-tuned to (``finetuned-<round>``), else
     the schedule it was trained for. ``router.checkpoint.load_routed(out)`` loads it.
     Raises StorageError when the run has no router or its checkpoint changed on disk."""
-    from router.checkpoint import WEIGHTS, load_router, save_router
+    from router.checkpoint import WEIGHTS, load_router, save_router, weights_sha256
     from storage import StorageError
 
     run = store.find_run(ref)
@@ -169,7 +168,7 @@ def export_run(store: Any, ref: str | int, out: str | Path) -> tuple[Path, list[
     weights = Path(row.checkpoint) / WEIGHTS
     if not weights.is_file():
         raise StorageError(f"router checkpoint of run {run.name!r} is missing: {weights}")
-    if hashlib.sha256(weights.read_bytes()).hexdigest() != row.checkpoint_sha256:
+    if weights_sha256(row.checkpoint) != row.checkpoint_sha256:
         raise StorageError(f"router checkpoint {weights} changed since it was recorded")
     round_label = row.label.replace("round-", "finetuned-")
     finetuned = [h for h in store.heldout(run.id) if h.label == round_label]

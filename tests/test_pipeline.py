@@ -149,15 +149,15 @@ def test_seeded_search_starts_from_the_given_parents():
     params = GAParams(num_blocks=6, target=0.3, s_max=0.8, level_step=0.05, offspring=5,
                       parents=2, seed=1)
     parents = [[0.3] * 6, [0.2, 0.4, 0.3, 0.3, 0.2, 0.4]]
-    search = EvolutionarySearch.seeded(params, parents)
+    search = EvolutionarySearch(params, seed_parents=parents)
     candidates = search.ask()
     assert [[round(s, 6) for s in c] for c in candidates[:2]] == parents
     assert len(candidates) == 7 and len({tuple(c) for c in candidates}) == 7
     assert all(abs(sum(c) / 6 - 0.3) < 1e-9 for c in candidates)
-    again = EvolutionarySearch.seeded(params, parents).ask()
+    again = EvolutionarySearch(params, seed_parents=parents).ask()
     assert again == candidates
     with pytest.raises(ValueError, match="distinct"):
-        EvolutionarySearch.seeded(params, [parents[0], parents[0]])
+        EvolutionarySearch(params, seed_parents=[parents[0], parents[0]])
 
 
 def test_bench_quality_rows_cover_every_allocation_seed_and_length(tmp_path):

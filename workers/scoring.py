@@ -296,10 +296,13 @@ class Scorer:
         comparator = self.comparator(split)
         start = time.perf_counter()
         # A random router restarts its seed for every request; checkpoints load once.
-        routing = self._routers.get(router) or make_router(router)
-        if router.startswith("dynamic:"):
-            self._routers[router] = routing
-        per_sequence = comparator.compare(schedule, routing, sequences)
+        if router in self._routers:
+            scorer_router = self._routers[router]
+        else:
+            scorer_router = make_router(router)
+            if router.startswith("dynamic:"):
+                self._routers[router] = scorer_router
+        per_sequence = comparator.compare(schedule, scorer_router, sequences)
         return Evaluation(schedule=[float(s) for s in schedule], split=split,
                           router=router_kind(router), per_sequence=per_sequence,
                           duration_s=time.perf_counter() - start)
