@@ -1,8 +1,8 @@
 """``ftprune bench routing``: dense against routed prefill on the same model and inputs.
 
-For every (batch, seq_len) the benchmark times, each routed run right next to a dense run
-(the order alternating between repeats, so drift in a shared machine's load hits both sides
-alike):
+For every (batch, seq_len) the benchmark times each routed run right next to a dense run,
+the order alternating between repeats and every repeat visiting every (scope, S), so drift
+in a shared machine's load hits all sides alike:
 
 - the dense model and the routed model (uniform schedule, static router) at each target
   sparsity S, in two scopes: ``blocks`` (the decoder stack alone: ``model.model`` on
@@ -108,13 +108,15 @@ def _timed(fn: Callable[[], Any], bench: RoutingBench) -> float:
     return (clock() - start) * 1000.0
 
 
-def _paired(dense: Callable[[], float], variants: dict[str, Callable[[], float]],
+def _paired(variants: dict[str, tuple[Callable[[], float], Callable[[], float]]],
             bench: RoutingBench) -> dict[str, tuple[list[float], list[float]]]:
-    """Milliseconds (dense, variant) per variant and repeat, warm-up excluded. Each variant
-    runs right next to its own dense run, the order alternating between repeats."""
+    """Milliseconds (dense, variant) per variant and repeat, warm-up excluded. ``variants``
+    maps a name to its (dense, variant) calls. Each variant runs right next to its dense
+    run, the order alternating between repeats, and every repeat visits every variant, so
+    a slow stretch of a shared machine falls on all of them alike."""
     pairs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
     for repeat in range(bench.warmup + bench.repeats):
-        for name, variant in variants.items():
+        for name, (dense, variant) in variants.items():
             if repeat % 2 == 0:
                 dense_ms, variant_ms = dense(), variant()
             else:
@@ -153,9 +155,11 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int
 
     unroute(model)
     overhead_router = DynamicRouter().to(bench.device)
-    timings = {scope: _paired(lambda forward=forward: _timed(forward, bench),
-                              {str(s): routed(s, forward) for s in bench.sparsities}, bench)
-               for scope, forward in forwards.items()}
+    pairs = _paired({f"{scope} {s}": (lambda forward=forward: _timed(forward, bench),
+                                      routed(s, forward))
+                     for scope, forward in forwards.items() for s in bench.sparsities}, bench)
+    timings = {scope: {str(s): pairs[f"{scope} {s}"] for s in bench.sparsities}
+               for scope in forwards}
     dense_median = {scope: statistics.median(t for dense, _ in pairs.values() for t in dense)
                     for scope, pairs in timings.items()}
     blocks_share = min(1.0, dense_median["blocks"] / dense_median["end_to_end"])
@@ -199,7 +203,7 @@ def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> d
         return call
 
     # One block is quick: repeat it more often than whole forwards.
-    pairs = _paired(block(StaticRouter()), {"features": block(_FeatureReader())},
+    pairs = _paired({"features": (block(StaticRouter()), block(_FeatureReader()))},
                     dataclasses.replace(bench, repeats=FEATURE_REPEATS * bench.repeats))
     row = _row(model, bench, batch, seq_len, "features", 0.0, 0.0, *pairs["features"], 1.0)
     row["feature_share"] = round(1.0 / row["speedup"] - 1.0, 4)

@@ -3,7 +3,10 @@
 When the router reads attention features, the routed model runs under the attention
 implementation ``ftprune_sdpa``: PyTorch SDPA exactly as transformers' ``sdpa`` calls it,
 plus, for the calls that carry an :class:`AttentionProbe`, a measurement from the query and
-key states SDPA was given (after rotary embedding and the cache update).
+key states SDPA was given (after rotary embedding and the cache update). In unpadded causal
+self-attention (prefill without padding) the probe computes its own rows' attention output
+from the probabilities it measures, and SDPA the rows before them; elsewhere (padding,
+sliding-window masks, decoding) the probe recomputes its rows' scores beside SDPA.
 
 What is measured, per key token j: the attention it receives, summed over the probe's
 queries and averaged over heads, divided by the number of those queries that can see j.
@@ -40,6 +43,61 @@ class AttentionProbe:
         self.chunk = chunk
         self.received: Tensor | None = None
 
+    def fuses(self, module: Any, query: Tensor, key: Tensor, mask: Tensor | None,
+              sdpa_kwargs: dict[str, Any]) -> bool:
+        """Whether :meth:`attend` can serve this call: unpadded causal self-attention (no
+        mask, no cache entries before the queries), no dropout, nothing added to scores."""
+        causal = sdpa_kwargs.get("is_causal")
+        return (mask is None and self.query_valid is None
+                and query.shape[2] == key.shape[2] > 1
+                and not sdpa_kwargs.get("dropout")
+                and sdpa_kwargs.get("position_bias") is None
+                and sdpa_kwargs.get("softcap") is None
+                and (causal if causal is not None else getattr(module, "is_causal", True)))
+
+    def attend(self, module: Any, query: Tensor, key: Tensor, value: Tensor,
+               sdpa_kwargs: dict[str, Any]) -> Tensor:
+        """Causal attention output (B, q, H, d) of a call :meth:`fuses` accepts, measuring
+        ``received`` from the same probabilities.
+
+        The window's rows are computed here, in chunks, as softmax(QK^T)V in float32 (the
+        probabilities the measurement needs are the ones the output uses); the rows before
+        the window go to SDPA. The window's rows therefore cost no second QK^T. Gradients
+        flow to the output as through SDPA; ``received`` holds no autograd graph.
+        """
+        batch, heads, length, dim = query.shape
+        kv_heads = key.shape[1]
+        groups = heads // kv_heads  # query head h reads key head h // groups
+        scaling = _scaling(query, sdpa_kwargs)
+        window = length if self.window is None else min(self.window, length)
+        first = length - window
+        outputs = []
+        if first:
+            before, _ = sdpa_attention_forward(module, query[:, :, :first], key[:, :, :first],
+                                               value[:, :, :first], None, **sdpa_kwargs)
+            outputs.append(before)
+        keys_t = key.float().transpose(-1, -2)  # (B, Hkv, d, kv)
+        values = value.float()
+        total = query.new_zeros(batch, length, dtype=torch.float32)
+        for start in range(first, length, self.chunk):
+            stop = min(start + self.chunk, length)
+            size = stop - start
+            picked = query[:, :, start:stop].float() * scaling
+            scores = torch.matmul(picked.reshape(batch, kv_heads, groups * size, dim),
+                                  keys_t[..., :stop]).view(batch, kv_heads, groups, size, stop)
+            # Columns before the chunk's first row are visible to all of its rows.
+            unseen = torch.arange(start, stop, device=query.device)
+            scores[..., start:].masked_fill_(unseen > unseen[:, None], -math.inf)
+            probs = scores.softmax(dim=-1)
+            total[:, :stop] += probs.detach().sum(dim=(1, 2, 3))
+            rows = torch.matmul(probs.view(batch, kv_heads, groups * size, stop),
+                                values[:, :, :stop])
+            outputs.append(rows.view(batch, heads, size, dim).transpose(1, 2).to(query.dtype))
+        # Key j is seen by the window's rows at or after it.
+        count = (length - torch.arange(length, device=query.device)).clamp(max=window)
+        self.received = total / (heads * count)
+        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0].contiguous()
+
     @torch.no_grad()
     def measure(self, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float) -> None:
         """Fill ``received`` from query (B, H, q, d), key (B, Hkv, kv, d) and the boolean mask
@@ -49,10 +107,6 @@ class AttentionProbe:
         kv_heads, kv = key.shape[1], key.shape[2]
         groups = heads // kv_heads  # query head h reads key head h // groups
         rows, weight = self._rows(length, query.device)
-        # Causal and unpadded: the rows are the last ones, so only their own columns need
-        # masking and every weight is 1.
-        causal = mask is None and self.query_valid is None
-        first_row = length - rows.shape[1]
         keys_t = key.float().transpose(-1, -2)  # (B, Hkv, d, kv)
         total = query.new_zeros(batch, kv, dtype=torch.float32)
         count = query.new_zeros(batch, kv, dtype=torch.float32)
@@ -66,13 +120,6 @@ class AttentionProbe:
             picked = picked.float() * scaling
             scores = torch.matmul(picked.reshape(batch, kv_heads, groups * size, dim),
                                   keys_t).view(batch, kv_heads, groups, size, kv)
-            if causal:
-                # Columns before the chunk's first row are visible to all of its rows.
-                first = first_row + start
-                unseen = torch.arange(first, kv, device=query.device) > chunk_rows[0, :, None]
-                scores[..., first:].masked_fill_(unseen, -math.inf)
-                total += scores.softmax(dim=-1).sum(dim=(1, 2, 3))
-                continue
             chunk_weight = weight[:, start:start + self.chunk, None]  # (B or 1, c, 1)
             if mask is None:
                 visible = torch.arange(kv, device=query.device) <= chunk_rows[:, :, None]
@@ -82,8 +129,6 @@ class AttentionProbe:
             probs = scores.masked_fill_(~visible[:, None, None], -math.inf).softmax(dim=-1)
             total += (probs.sum(dim=(1, 2)) * chunk_weight).sum(dim=1)
             count += (visible * chunk_weight).sum(dim=1)
-        if causal:  # key j is seen by the window's rows at or after it
-            count += (length - torch.arange(kv, device=query.device)).clamp(max=rows.shape[1])
         self.received = total / (heads * count.clamp(min=1.0))
 
     def _rows(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -100,14 +145,21 @@ class AttentionProbe:
         return rows, inside.gather(1, rows).float()
 
 
+def _scaling(query: Tensor, sdpa_kwargs: dict[str, Any]) -> float:
+    return sdpa_kwargs.get("scaling") or query.shape[-1] ** -0.5
+
+
 def routed_sdpa(module: Any, query: Tensor, key: Tensor, value: Tensor,
                 attention_mask: Tensor | None, ftprune_probe: AttentionProbe | None = None,
                 **kwargs: Any) -> tuple[Tensor, None]:
-    """transformers' SDPA attention, plus the probe's measurement when one is attached."""
+    """transformers' SDPA attention, plus the probe's measurement when one is attached
+    (taken from the attention's own probabilities where the probe can compute its rows)."""
+    probe = ftprune_probe
+    if probe is not None and probe.fuses(module, query, key, attention_mask, kwargs):
+        return probe.attend(module, query, key, value, kwargs), None
     output = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if ftprune_probe is not None:
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        ftprune_probe.measure(query, key, attention_mask, scaling)
+    if probe is not None:
+        probe.measure(query, key, attention_mask, _scaling(query, kwargs))
     return output
 
 

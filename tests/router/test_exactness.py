@@ -9,7 +9,8 @@ import torch
 
 from router import decoder_layers, keep_count, load_model, route, unroute
 from tests.conftest import FAMILIES
-from tests.router.reference import FixedRouter, as_masks, reference_logits, static_keep_sets
+from tests.router.reference import (FeatureRecorder, FixedRouter, as_masks, reference_logits,
+                                    static_keep_sets)
 
 SCHEDULE = [0.3, 0.5, 0.15, 0.4]
 
@@ -27,8 +28,12 @@ def _random_keep_sets(schedule, length, seed=0):
     return sets
 
 
+@pytest.mark.parametrize("attention", [False, True], ids=["static", "features"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_zero_sparsity_matches_plain_model_with_and_without_padding(model_of, family):
+def test_zero_sparsity_matches_plain_model_with_and_without_padding(model_of, family,
+                                                                    attention):
+    """With a router reading attention features, the probe computes part of each attention
+    call itself (unpadded) or beside SDPA (padded): the outputs stay the plain model's."""
     model = model_of(family)
     ids = _ids(3, 40)
     mask = torch.ones_like(ids)
@@ -37,7 +42,8 @@ def test_zero_sparsity_matches_plain_model_with_and_without_padding(model_of, fa
     with torch.no_grad():
         plain = model(ids, use_cache=False).logits
         plain_padded = model(ids, attention_mask=mask, use_cache=False).logits
-        routing = route(model, [0.0] * len(decoder_layers(model)))
+        router = FeatureRecorder() if attention else None
+        routing = route(model, [0.0] * len(decoder_layers(model)), router, attention_window=8)
         routed = model(ids, use_cache=False).logits
         routed_padded = model(ids, attention_mask=mask, use_cache=False).logits
     assert (plain - routed).abs().max().item() <= 1e-5
@@ -47,15 +53,18 @@ def test_zero_sparsity_matches_plain_model_with_and_without_padding(model_of, fa
     assert routing.last_state.seen == [int(mask.sum())] * len(SCHEDULE)
 
 
+@pytest.mark.parametrize("attention", [False, True], ids=["static", "features"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fixed_selection_matches_masked_dense_reference(model_of, family):
+def test_fixed_selection_matches_masked_dense_reference(model_of, family, attention):
     model = model_of(family)
     length = 24
     ids = _ids(2, length, seed=1)
     keep_sets = _random_keep_sets(SCHEDULE, length, seed=2)
     with torch.no_grad():
         expected = reference_logits(model, ids, as_masks(keep_sets, length, batch=2))
-        routing = route(model, SCHEDULE, FixedRouter(keep_sets))
+        router = FixedRouter(keep_sets)
+        router.needs_attention = attention
+        routing = route(model, SCHEDULE, router, attention_window=8)
         routed = model(ids, use_cache=False).logits
     assert (routed - expected).abs().max().item() <= 1e-4
     assert routing.last_state.kept == [2 * len(kept) for kept in keep_sets]

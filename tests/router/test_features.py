@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from router import StaticRouter, decoder_layers, route, unroute
-from router.attention import ROUTED_ATTENTION, AttentionProbe
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from router.attention import ROUTED_ATTENTION, AttentionProbe, routed_sdpa
 from tests.router.reference import FeatureRecorder, as_masks, reference_logits, static_keep_sets
 
 SCHEDULE = [0.3, 0.5, 0.2, 0.4]
@@ -140,16 +142,34 @@ def test_pretrained_attention_sink_ranks_first():
     unroute(model)
 
 
-@pytest.mark.parametrize("window,chunk", [(None, 4), (7, 3), (7, 256), (30, 8)])
-def test_causal_probe_matches_the_explicit_mask_path(window, chunk):
-    """Unpadded causal input takes the probe's shortcut (only the window's own columns are
-    masked, counts computed in closed form); it must equal the general masked path."""
+class _Attention(torch.nn.Module):
+    is_causal = True
+    num_key_value_groups = 3
+
+
+@pytest.mark.parametrize("window,chunk", [(None, 4), (7, 3), (7, 256), (30, 8), (19, 5)])
+def test_fused_probe_matches_sdpa_and_the_explicit_mask_path(window, chunk):
+    """Unpadded causal input: the probe computes its window's rows itself. Output and
+    gradients must equal plain SDPA's, the measurement the general masked path's."""
     generator = torch.Generator().manual_seed(0)
-    query = torch.randn(2, 6, LENGTH, 8, generator=generator)
-    key = torch.randn(2, 2, LENGTH, 8, generator=generator)
+    query = torch.randn(2, 6, LENGTH, 8, generator=generator, requires_grad=True)
+    key = torch.randn(2, 2, LENGTH, 8, generator=generator, requires_grad=True)
+    value = torch.randn(2, 2, LENGTH, 8, generator=generator, requires_grad=True)
+    module, kwargs = _Attention(), {"dropout": 0.0, "scaling": 0.3}
     causal = torch.ones(LENGTH, LENGTH, dtype=torch.bool).tril().expand(2, 1, -1, -1)
-    shortcut, general = AttentionProbe(window, None, chunk), AttentionProbe(window, None, chunk)
-    shortcut.measure(query, key, None, 0.3)
+    fused, general = AttentionProbe(window, None, chunk), AttentionProbe(window, None, chunk)
+    assert fused.fuses(module, query, key, None, kwargs)
+    assert not fused.fuses(module, query, key, causal, kwargs)
+    output, _ = routed_sdpa(module, query, key, value, None, ftprune_probe=fused, **kwargs)
+    expected, _ = sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    assert output.shape == expected.shape == (2, LENGTH, 6, 8)
+    assert torch.allclose(output, expected, atol=1e-6)
+    weights = torch.randn(output.shape, generator=generator)
+    fused_grads = torch.autograd.grad((output * weights).sum(), (query, key, value))
+    plain_grads = torch.autograd.grad((expected * weights).sum(), (query, key, value))
+    for got, want in zip(fused_grads, plain_grads):
+        assert torch.allclose(got, want, atol=1e-5)
     general.measure(query, key, causal, 0.3)
-    assert torch.allclose(shortcut.received, general.received, atol=1e-6)
+    assert fused.received.grad_fn is None
+    assert torch.allclose(fused.received, general.received, atol=1e-6)
     assert general.received.min() > 0  # every key is seen by some query of the window
