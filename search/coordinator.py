@@ -4,8 +4,11 @@ everything, and can resume a run exactly.
 Each generation, every candidate (parents and offspring) goes through the configured
 stages: stage s scores the surviving candidates on the first ``sequences`` of a fresh,
 seeded shuffle of the calibration sequences (so later stages extend earlier stages' data,
-always at the real sequence lengths), and the best ``keep`` move on. The final stage's best
-become the next parents.
+always at the real sequence lengths), and the best ``keep`` move on. The current parents
+always move on: a screen on a few sequences never drops them, they compete only on the
+final stage's data. The final stage's best become the next parents, so when the final stage
+reads every calibration sequence the best fitness never gets worse from one generation to
+the next.
 
 Fitness is cached per (schedule, router, sequence): no candidate is ever scored twice on the
 same data, and a candidate moving to a larger slice only computes the sequences it lacks.
@@ -216,12 +219,16 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
         order = minibatch_order(config.seed, generation, num_sequences)
         records: list[EvaluationRecord] = []
         survivors = candidates
+        parents = search.parents
+        incumbents = [s for s in candidates if s in parents]
         started = time.perf_counter()
         for index, stage in enumerate(stages):
             data = sorted(order[:stage.sequences])
             fitness = _score_stage(pool, cache, survivors, config.router, data, generation,
                                    index, records, show_progress)
             survivors = sorted(survivors, key=lambda s: fitness[tuple(s)])[:stage.keep]
+            if index < len(stages) - 1:
+                survivors += [s for s in incumbents if s not in survivors]
             best_fitness = fitness[tuple(survivors[0])]
         search.tell(survivors)
         best_schedule = survivors[0]

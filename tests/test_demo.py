@@ -46,8 +46,9 @@ def test_quick_demo_records_every_step(demo_run):
     best = status["best_schedule"]
     assert len(best) == 30
     assert abs(math.fsum(best) / 30 - 0.3) <= 1e-9
-    final = [r for r in rows if r.generation == status["generations"] - 1 and r.stage == 1]
-    assert status["best_fitness"] == min(r.fitness for r in final)
+    # The last stage reads every calibration sequence and parents always reach it: the best
+    # is the best final-stage score of the whole run (a parent's score is recorded once).
+    assert status["best_fitness"] == min(r.fitness for r in rows if r.stage == 1)
 
     # Step 2: one router row with its curves, held-out metrics and an intact checkpoint.
     (router,) = store.routers(main.id)

@@ -50,6 +50,25 @@ def test_stages_record_fidelity_and_cache_never_changes_a_result(db_url):
     assert len(keys) == len(set(keys))
 
 
+def test_parents_skip_the_screen_so_the_best_never_gets_worse(db_url):
+    """A one-sequence screen keeping two of ten candidates would drop a parent whenever an offspring
+    happens to beat it there; parents compete only on the final stage's data (every
+    sequence), so no generation's best is worse than the previous one's."""
+    config = build_config(TINY, generations=6, offspring=10, run_name="elitism",
+                          stages=[{"sequences": 1, "keep": 2}, {"sequences": 6, "keep": 2}])
+    store = Store(db_url)
+    run = store.create_run("elitism", config.model_dump(), config.seed)
+    settings = scorer_settings(config)
+    bests: list[list[float]] = []
+    with LocalPool(settings) as pool:
+        run_search(config, store, pool, run.id, show_progress=False,
+                   after_generation=lambda generation, best, tokens: bests.append(best))
+    scorer = Scorer(settings)
+    fitness = [scorer.score(best, sequences=list(range(6))).fitness for best in bests]
+    assert len(fitness) == config.generations
+    assert all(later <= earlier + 1e-9 for earlier, later in zip(fitness, fitness[1:]))
+
+
 @pytest.mark.ray
 def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
     config = build_config(TINY, pool="ray", workers=2, run_name="kill-worker", generations=2)
