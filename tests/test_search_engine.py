@@ -51,9 +51,9 @@ def test_stages_record_fidelity_and_cache_never_changes_a_result(db_url):
 
 
 def test_parents_skip_the_screen_so_the_best_never_gets_worse(db_url):
-    """A one-sequence screen keeping two of ten candidates would drop a parent whenever an offspring
-    happens to beat it there; parents compete only on the final stage's data (every
-    sequence), so no generation's best is worse than the previous one's."""
+    """A one-sequence screen keeping two of ten candidates would drop a parent whenever two
+    offspring happen to beat it there; parents compete only on the final stage's data
+    (every sequence), so no generation's best is worse than the previous one's."""
     config = build_config(TINY, generations=6, offspring=10, run_name="elitism",
                           stages=[{"sequences": 1, "keep": 2}, {"sequences": 6, "keep": 2}])
     store = Store(db_url)
