@@ -155,10 +155,10 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int
 
     unroute(model)
     overhead_router = DynamicRouter().to(bench.device)
-    pairs = _paired({f"{scope} {s}": (lambda forward=forward: _timed(forward, bench),
-                                      routed(s, forward))
-                     for scope, forward in forwards.items() for s in bench.sparsities}, bench)
-    timings = {scope: {str(s): pairs[f"{scope} {s}"] for s in bench.sparsities}
+    paired = _paired({f"{scope} {s}": (lambda forward=forward: _timed(forward, bench),
+                                       routed(s, forward))
+                      for scope, forward in forwards.items() for s in bench.sparsities}, bench)
+    timings = {scope: {str(s): paired[f"{scope} {s}"] for s in bench.sparsities}
                for scope in forwards}
     dense_median = {scope: statistics.median(t for dense, _ in pairs.values() for t in dense)
                     for scope, pairs in timings.items()}

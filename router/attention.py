@@ -66,10 +66,8 @@ class AttentionProbe:
         flow to the output as through SDPA; ``received`` holds no autograd graph.
         """
         batch, heads, length, dim = query.shape
-        kv_heads = key.shape[1]
-        groups = heads // kv_heads  # query head h reads key head h // groups
         scaling = _scaling(query, sdpa_kwargs)
-        window = length if self.window is None else min(self.window, length)
+        window = self._window(length)
         first = length - window
         outputs = []
         if first:
@@ -82,16 +80,13 @@ class AttentionProbe:
         for start in range(first, length, self.chunk):
             stop = min(start + self.chunk, length)
             size = stop - start
-            picked = query[:, :, start:stop].float() * scaling
-            scores = torch.matmul(picked.reshape(batch, kv_heads, groups * size, dim),
-                                  keys_t[..., :stop]).view(batch, kv_heads, groups, size, stop)
+            scores = _grouped_scores(query[:, :, start:stop], keys_t[..., :stop], scaling)
             # Columns before the chunk's first row are visible to all of its rows.
             unseen = torch.arange(start, stop, device=query.device)
             scores[..., start:].masked_fill_(unseen > unseen[:, None], -math.inf)
             probs = scores.softmax(dim=-1)
             total[:, :stop] += probs.detach().sum(dim=(1, 2, 3))
-            rows = torch.matmul(probs.view(batch, kv_heads, groups * size, stop),
-                                values[:, :, :stop])
+            rows = torch.matmul(probs.flatten(2, 3), values[:, :, :stop])
             outputs.append(rows.view(batch, heads, size, dim).transpose(1, 2).to(query.dtype))
         # Key j is seen by the window's rows at or after it.
         count = (length - torch.arange(length, device=query.device)).clamp(max=window)
@@ -104,22 +99,18 @@ class AttentionProbe:
         (B, 1, q, kv) SDPA used (None: causal, q == kv). The measurement is a router input,
         never differentiated: it holds no autograd graph."""
         batch, heads, length, dim = query.shape
-        kv_heads, kv = key.shape[1], key.shape[2]
-        groups = heads // kv_heads  # query head h reads key head h // groups
+        kv = key.shape[2]
         rows, weight = self._rows(length, query.device)
         keys_t = key.float().transpose(-1, -2)  # (B, Hkv, d, kv)
         total = query.new_zeros(batch, kv, dtype=torch.float32)
         count = query.new_zeros(batch, kv, dtype=torch.float32)
         for start in range(0, rows.shape[1], self.chunk):
             chunk_rows = rows[:, start:start + self.chunk]
-            size = chunk_rows.shape[1]
             if chunk_rows.shape[0] == 1:
                 picked = query.index_select(2, chunk_rows[0])
             else:
                 picked = query.gather(2, chunk_rows[:, None, :, None].expand(-1, heads, -1, dim))
-            picked = picked.float() * scaling
-            scores = torch.matmul(picked.reshape(batch, kv_heads, groups * size, dim),
-                                  keys_t).view(batch, kv_heads, groups, size, kv)
+            scores = _grouped_scores(picked, keys_t, scaling)
             chunk_weight = weight[:, start:start + self.chunk, None]  # (B or 1, c, 1)
             if mask is None:
                 visible = torch.arange(kv, device=query.device) <= chunk_rows[:, :, None]
@@ -131,9 +122,13 @@ class AttentionProbe:
             count += (visible * chunk_weight).sum(dim=1)
         self.received = total / (heads * count.clamp(min=1.0))
 
+    def _window(self, length: int) -> int:
+        """How many queries of a ``length``-query call the probe reads."""
+        return length if self.window is None else min(self.window, length)
+
     def _rows(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Query rows the probe reads (B or 1, W) and their weights (1 for real queries)."""
-        window = length if self.window is None else min(self.window, length)
+        window = self._window(length)
         if self.query_valid is None:
             rows = torch.arange(length - window, length, device=device)[None]
             return rows, torch.ones(1, window, device=device)
@@ -143,6 +138,17 @@ class AttentionProbe:
         order = (inside * torch.arange(1.0, length + 1, device=device)).topk(window, dim=1)
         rows = order.indices.sort(dim=1).values
         return rows, inside.gather(1, rows).float()
+
+
+def _grouped_scores(picked: Tensor, keys_t: Tensor, scaling: float) -> Tensor:
+    """Scaled float32 scores (B, Hkv, groups, q, kv) of query rows ``picked`` (B, H, q, d)
+    against transposed keys (B, Hkv, d, kv); query head h reads key head h // groups."""
+    batch, heads, size, dim = picked.shape
+    kv_heads = keys_t.shape[1]
+    groups = heads // kv_heads
+    scaled = picked.float() * scaling
+    return torch.matmul(scaled.reshape(batch, kv_heads, groups * size, dim),
+                        keys_t).view(batch, kv_heads, groups, size, keys_t.shape[-1])
 
 
 def _scaling(query: Tensor, sdpa_kwargs: dict[str, Any]) -> float:

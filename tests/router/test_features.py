@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from router import StaticRouter, decoder_layers, route, unroute
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from router import StaticRouter, decoder_layers, route, unroute
 from router.attention import ROUTED_ATTENTION, AttentionProbe, routed_sdpa
 from tests.router.reference import FeatureRecorder, as_masks, reference_logits, static_keep_sets
 
