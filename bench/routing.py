@@ -13,7 +13,9 @@ in a shared machine's load hits all sides alike:
 
 Rows (``--json OUT`` writes the list): model, dtype, batch, seq_len, target_sparsity,
 realized_sparsity, dense_ms and routed_ms (medians over the row's repeats), speedup (median
-of the per-repeat dense/routed ratios), ideal_speedup, efficiency (speedup / ideal), scope.
+of the per-repeat dense/routed ratios), ideal_speedup, efficiency (speedup / ideal), scope,
+and ``speedup_ci95`` / ``efficiency_ci95``: a distribution-free 95% confidence interval of
+that median (order statistics of the ratios; the whole range when fewer than 6 repeats).
 
 - ``blocks``: ideal = 1 / (1 - S), S the realized sparsity.
 - ``end_to_end``: ideal = 1 / ((1 - c) + c (1 - S)), c = dense blocks time / dense
@@ -25,20 +27,27 @@ of the per-repeat dense/routed ratios), ideal_speedup, efficiency (speedup / ide
   ``feature_ms`` (feature_share * dense_ms).
 
 Every row also records ``clock`` ("wall", or "cpu": the process's CPU time, for shared
-machines), ``threads`` and ``device``. On a GPU every timed call is bracketed by device
-synchronizations, so the wall clock measures the kernels and not their queueing.
+machines), ``threads``, ``device`` and ``heap`` (:func:`workers.heap.heap_mode`). On a
+GPU every timed call is bracketed by device synchronizations, so the wall clock measures
+the kernels and not their queueing.
 
 S = 0 rows measure the engine's overhead with everything a dynamic router costs running:
 they route with FTP's dynamic router (untrained weights: timing does not depend on them),
 so every block measures attention features, builds the four factors, runs the MLP, top-k,
 gather and scatter. A block with nothing to skip would call the plain layer, so these rows
-skip one token per block (realized sparsity 1/seq_len, in the ideal too); overhead =
-1 / efficiency - 1. Rows with S > 0 route with the static router (what the search scores).
+skip one token per block, and their dense run is the plain model on the first
+seq_len - 1 tokens (``dense_tokens``): both compute seq_len - 1 tokens in every block, so
+the ideal is 1 and overhead = 1 / efficiency - 1 is what routing adds. (Against the plain
+model on seq_len tokens, ideal 1 / (1 - 1/seq_len), the odd length would count too: on a
+CPU a plain forward of 1023 or 2047 tokens takes 1.1-1.2% longer than one of 1024 or 2048.)
+The end-to-end reference also embeds and projects one token fewer, under 0.03% of its
+time at 1024 tokens. Rows with S > 0 route with the static router (what the search scores).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -48,6 +57,7 @@ import torch
 
 from router import ForwardState, StaticRouter, decoder_layers, load_model, route, unroute
 from router.dynamic import DynamicRouter
+from workers.heap import heap_mode
 
 SCOPES = ("blocks", "end_to_end", "features")
 # wall: elapsed time. cpu: this process's CPU time, which other processes on a shared
@@ -79,16 +89,18 @@ class _FeatureReader(StaticRouter):
     needs_attention = True
 
 
-def run(bench: RoutingBench, progress: Callable[[str], None] = lambda line: None
-        ) -> list[dict[str, Any]]:
-    """Time every (batch, seq_len) of ``bench``; returns the rows."""
+def run(bench: RoutingBench, show_progress: bool = False) -> list[dict[str, Any]]:
+    """Time every (batch, seq_len) of ``bench``; returns the rows. ``show_progress``: a
+    progress bar per (batch, seq_len) and scope group on stderr."""
     model, _ = load_model(bench.model, bench.dtype, bench.device)
     rows: list[dict[str, Any]] = []
     for batch in bench.batches:
         for seq_len in bench.seq_lens:
-            progress(f"batch {batch}, {seq_len} tokens")
-            rows += _prefill_rows(model, bench, batch, seq_len)
-            rows.append(_feature_row(model, bench, batch, seq_len))
+            where = f"batch {batch}, {seq_len} tokens"
+            rows += _prefill_rows(model, bench, batch, seq_len, f"{where}, forwards",
+                                  show_progress)
+            rows.append(_feature_row(model, bench, batch, seq_len, f"{where}, features",
+                                     show_progress))
     return rows
 
 
@@ -109,32 +121,44 @@ def _timed(fn: Callable[[], Any], bench: RoutingBench) -> float:
 
 
 def _paired(variants: dict[str, tuple[Callable[[], float], Callable[[], float]]],
-            bench: RoutingBench) -> dict[str, tuple[list[float], list[float]]]:
+            bench: RoutingBench, desc: str, show_progress: bool
+            ) -> dict[str, tuple[list[float], list[float]]]:
     """Milliseconds (dense, variant) per variant and repeat, warm-up excluded. ``variants``
     maps a name to its (dense, variant) calls. Each variant runs right next to its dense
     run, the order alternating between repeats, and every repeat visits every variant, so
     a slow stretch of a shared machine falls on all of them alike."""
+    from tqdm.auto import tqdm
+
     pairs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
-    for repeat in range(bench.warmup + bench.repeats):
-        for name, (dense, variant) in variants.items():
-            if repeat % 2 == 0:
-                dense_ms, variant_ms = dense(), variant()
-            else:
-                variant_ms, dense_ms = variant(), dense()
-            if repeat >= bench.warmup:
-                pairs[name][0].append(dense_ms)
-                pairs[name][1].append(variant_ms)
+    with tqdm(total=(bench.warmup + bench.repeats) * len(variants), desc=desc, unit="pair",
+              disable=not show_progress) as bar:
+        for repeat in range(bench.warmup + bench.repeats):
+            for name, (dense, variant) in variants.items():
+                if repeat % 2 == 0:
+                    dense_ms, variant_ms = dense(), variant()
+                else:
+                    variant_ms, dense_ms = variant(), dense()
+                if repeat >= bench.warmup:
+                    pairs[name][0].append(dense_ms)
+                    pairs[name][1].append(variant_ms)
+                bar.update()
     return pairs
 
 
 @torch.inference_mode()
-def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int
-                  ) -> list[dict[str, Any]]:
+def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str,
+                  show_progress: bool) -> list[dict[str, Any]]:
     ids = _inputs(model, bench, batch, seq_len)
     embeds = model.model.embed_tokens(ids)
     blocks = len(decoder_layers(model))
-    forwards = {"blocks": lambda: model.model(inputs_embeds=embeds, use_cache=False),
-                "end_to_end": lambda: model(input_ids=ids, use_cache=False)}
+
+    def forwards(tokens: int) -> dict[str, Callable[[], Any]]:
+        """The two scopes' forwards on the first ``tokens`` tokens of every row."""
+        head_ids, head_embeds = ids[:, :tokens].contiguous(), embeds[:, :tokens].contiguous()
+        return {"blocks": lambda: model.model(inputs_embeds=head_embeds, use_cache=False),
+                "end_to_end": lambda: model(input_ids=head_ids, use_cache=False)}
+
+    full, overhead_reference = forwards(seq_len), forwards(seq_len - 1)
     realized: dict[float, float] = {}
 
     def routed(sparsity: float, forward: Callable[[], Any]) -> Callable[[], float]:
@@ -153,29 +177,41 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int
             return elapsed
         return call
 
+    def dense(scope: str, sparsity: float) -> Callable[[], float]:
+        reference = overhead_reference if sparsity == 0 else full
+        return lambda: _timed(reference[scope], bench)
+
     unroute(model)
     overhead_router = DynamicRouter().to(bench.device)
-    paired = _paired({f"{scope} {s}": (lambda forward=forward: _timed(forward, bench),
-                                       routed(s, forward))
-                      for scope, forward in forwards.items() for s in bench.sparsities}, bench)
-    timings = {scope: {str(s): paired[f"{scope} {s}"] for s in bench.sparsities}
-               for scope in forwards}
-    dense_median = {scope: statistics.median(t for dense, _ in pairs.values() for t in dense)
-                    for scope, pairs in timings.items()}
+    paired = _paired({f"{scope} {s}": (dense(scope, s), routed(s, forward))
+                      for scope, forward in full.items() for s in bench.sparsities},
+                     bench, desc, show_progress)
+    # c, the blocks' share of the dense model's time, from the full-length dense runs.
+    full_length = [s for s in bench.sparsities if s != 0] or list(bench.sparsities)
+    dense_median = {scope: statistics.median(t for s in full_length
+                                             for t in paired[f"{scope} {s}"][0])
+                    for scope in full}
     blocks_share = min(1.0, dense_median["blocks"] / dense_median["end_to_end"])
     rows = []
-    for scope, pairs in timings.items():
+    for scope in full:
         for sparsity in bench.sparsities:
             s = realized[sparsity]
-            ideal = 1.0 / (1.0 - s) if scope == "blocks" else 1.0 / (
-                (1.0 - blocks_share) + blocks_share * (1.0 - s))
-            rows.append(_row(model, bench, batch, seq_len, scope, sparsity, s,
-                             *pairs[str(sparsity)], ideal))
+            if sparsity == 0:
+                ideal = 1.0  # the dense run computes as many tokens per block
+            elif scope == "blocks":
+                ideal = 1.0 / (1.0 - s)
+            else:
+                ideal = 1.0 / ((1.0 - blocks_share) + blocks_share * (1.0 - s))
+            row = _row(model, bench, batch, seq_len, scope, sparsity, s,
+                       *paired[f"{scope} {sparsity}"], ideal)
+            row["dense_tokens"] = seq_len - 1 if sparsity == 0 else seq_len
+            rows.append(row)
     return rows
 
 
 @torch.inference_mode()
-def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> dict[str, Any]:
+def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str,
+                 show_progress: bool) -> dict[str, Any]:
     """One mid-stack block at S = 0, without and with the attention features."""
     ids = _inputs(model, bench, batch, seq_len)
     hidden = model.model.embed_tokens(ids)
@@ -204,7 +240,8 @@ def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> d
 
     # One block is quick: repeat it more often than whole forwards.
     pairs = _paired({"features": (block(StaticRouter()), block(_FeatureReader()))},
-                    dataclasses.replace(bench, repeats=FEATURE_REPEATS * bench.repeats))
+                    dataclasses.replace(bench, repeats=FEATURE_REPEATS * bench.repeats),
+                    desc, show_progress)
     row = _row(model, bench, batch, seq_len, "features", 0.0, 0.0, *pairs["features"], 1.0)
     row["feature_share"] = round(1.0 / row["speedup"] - 1.0, 4)
     row["feature_ms"] = round(row["feature_share"] * row["dense_ms"], 2)
@@ -212,26 +249,45 @@ def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> d
     return row
 
 
+def median_ci95(values: list[float]) -> tuple[float, float]:
+    """A distribution-free interval holding the median of what ``values`` sample with at
+    least 95% confidence: the j-th smallest and j-th largest value, j the largest rank with
+    P(Binomial(n, 1/2) < j) <= 2.5% (at least 1: the whole range for n < 6)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    below, j = 0.0, 0
+    while j < n and below + math.comb(n, j) / 2.0 ** n <= 0.025:
+        below += math.comb(n, j) / 2.0 ** n
+        j += 1
+    j = max(j, 1)
+    return ordered[j - 1], ordered[n - j]
+
+
 def _row(model: Any, bench: RoutingBench, batch: int, seq_len: int, scope: str,
          target: float, realized: float, dense: list[float], routed: list[float],
          ideal: float) -> dict[str, Any]:
-    speedup = statistics.median(d / r for d, r in zip(dense, routed))
+    ratios = [d / r for d, r in zip(dense, routed)]
+    speedup = statistics.median(ratios)
+    low, high = median_ci95(ratios)
     return {"model": bench.model, "dtype": bench.dtype, "batch": batch, "seq_len": seq_len,
             "target_sparsity": target, "realized_sparsity": round(realized, 6),
             "dense_ms": round(statistics.median(dense), 2),
             "routed_ms": round(statistics.median(routed), 2), "speedup": round(speedup, 4),
             "ideal_speedup": round(ideal, 4), "efficiency": round(speedup / ideal, 4),
+            "speedup_ci95": [round(low, 4), round(high, 4)],
+            "efficiency_ci95": [round(low / ideal, 4), round(high / ideal, 4)],
             "scope": scope, "clock": bench.clock, "threads": torch.get_num_threads(),
-            "device": bench.device}
+            "device": bench.device, "heap": heap_mode()}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table."""
     header = (f"{'scope':<11}{'batch':>6}{'seq':>6}{'S':>6}{'real S':>8}{'dense ms':>11}"
-              f"{'routed ms':>11}{'speedup':>9}{'ideal':>8}{'eff':>7}")
+              f"{'routed ms':>11}{'speedup':>9}{'ideal':>8}{'eff':>7}{'eff 95% CI':>14}")
     lines = [header]
     for r in rows:
         lines.append(f"{r['scope']:<11}{r['batch']:>6}{r['seq_len']:>6}{r['target_sparsity']:>6.2f}"
                      f"{r['realized_sparsity']:>8.3f}{r['dense_ms']:>11.1f}{r['routed_ms']:>11.1f}"
-                     f"{r['speedup']:>9.3f}{r['ideal_speedup']:>8.3f}{r['efficiency']:>7.3f}")
+                     f"{r['speedup']:>9.3f}{r['ideal_speedup']:>8.3f}{r['efficiency']:>7.3f}"
+                     f"{'%.3f-%.3f' % tuple(r['efficiency_ci95']):>14}")
     return "\n".join(lines)

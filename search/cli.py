@@ -3,6 +3,8 @@
 Every command validates its input before any work starts and before the database is
 touched; bad input prints one line (``error: ...``) and exits with status 2. Heavy imports
 (torch, transformers, Ray) happen inside the commands, so ``--help`` answers at once.
+The process runs with the tuned heap of :mod:`workers.heap` (``FTPRUNE_HEAP=default``
+keeps glibc's defaults).
 """
 
 from __future__ import annotations
@@ -174,6 +176,9 @@ def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
 
 
 def main() -> None:
+    from workers.heap import tune_heap
+
+    tune_heap()
     app(prog_name="ftprune")
 
 

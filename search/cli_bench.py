@@ -66,6 +66,10 @@ def routing(
 
     Per batch and length: a 'features' row (one block, without and with
     the attention features a dynamic router reads).
+
+    Every row carries a 95% confidence interval of its efficiency. Like
+    every ftprune process, the benchmark runs with a heap that keeps freed
+    memory (FTPRUNE_HEAP=default measures with glibc's defaults instead).
     """
     seq_lens = seq_len or [1024, 2048]
     batches = batch or [1]
@@ -109,10 +113,10 @@ def routing(
                          warmup=warmup, attention_window=attention_window or None,
                          clock=clock, device=device)
     load_before = os.getloadavg()[0]
-    rows = run(bench, progress=lambda line: typer.echo(f"timing {line} ...", err=True))
+    rows = run(bench, show_progress=True)
     where = (torch.cuda.get_device_name(device) if device != "cpu"
              else f"cpu, {torch.get_num_threads()} threads")
-    typer.echo(f"{model}, {dtype}, {where}, {clock} clock, median "
+    typer.echo(f"{model}, {dtype}, {where}, {clock} clock, {rows[0]['heap']} heap, median "
                f"of {repeats} dense/routed pairs; 1-minute load average {load_before:.2f} "
                f"before, {os.getloadavg()[0]:.2f} after")
     typer.echo(format_table(rows))

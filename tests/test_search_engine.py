@@ -87,6 +87,8 @@ def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
 
     pool = KillingPool(scorer_settings(config), workers=2)
     pool.worker_pids_at_start = pool.worker_pids()
+    keeps_defaults = os.environ.get("FTPRUNE_HEAP", "").lower() == "default"
+    assert pool.worker_heaps() == ["default" if keeps_defaults else "tuned"] * 2
     store = Store(db_url)
     try:
         outcome = launch(config, store, show_progress=False, pool=pool)

@@ -1,11 +1,33 @@
-"""Scoring: turns a model, data and a schedule into numbers, in process or on Ray actors."""
+"""Scoring: turns a model, data and a schedule into numbers, in process or on Ray actors.
 
-from workers.data import BUILTIN_PYDOC, DataSpec, DataSpecError, build_sequences, check_source
-from workers.pool import EvaluationPool, LocalPool, RayPool, make_pool
-from workers.scoring import Evaluation, Scorer, ScorerSettings, WindowComparator, WindowMetrics
+The names below load their module on first use, so ``workers.heap`` (and ``--help``)
+never pays for torch.
+"""
 
-__all__ = [
-    "BUILTIN_PYDOC", "DataSpec", "DataSpecError", "Evaluation", "EvaluationPool", "LocalPool",
-    "RayPool", "Scorer", "ScorerSettings", "WindowComparator", "WindowMetrics",
-    "build_sequences", "check_source", "make_pool",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_HOMES = {
+    "BUILTIN_PYDOC": "data", "DataSpec": "data", "DataSpecError": "data",
+    "build_sequences": "data", "check_source": "data",
+    "EvaluationPool": "pool", "LocalPool": "pool", "RayPool": "pool", "make_pool": "pool",
+    "Evaluation": "scoring", "Scorer": "scoring", "ScorerSettings": "scoring",
+    "WindowComparator": "scoring", "WindowMetrics": "scoring",
+}
+__all__ = sorted(_HOMES)
+
+if TYPE_CHECKING:
+    from workers.data import (BUILTIN_PYDOC, DataSpec, DataSpecError, build_sequences,
+                              check_source)
+    from workers.pool import EvaluationPool, LocalPool, RayPool, make_pool
+    from workers.scoring import (Evaluation, Scorer, ScorerSettings, WindowComparator,
+                                 WindowMetrics)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'workers' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"workers.{home}"), name)

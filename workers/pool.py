@@ -4,7 +4,8 @@ The search only ever calls :meth:`EvaluationPool.evaluate`; it never imports Ray
 Guarantees of every pool: ``evaluate`` returns exactly one :class:`Evaluation` per request,
 in the order given; each worker loads the model once and keeps it for the pool's lifetime.
 The Ray pool also survives workers that die or hang: their tasks are retried on a fresh
-actor (scoring is idempotent), and a result is never delivered twice.
+actor (scoring is idempotent), and a result is never delivered twice. Its actors run with
+the tuned heap of :mod:`workers.heap`, like the CLI process.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from workers.data import Split
+from workers.heap import heap_mode, tune_heap
 from workers.scoring import Evaluation, Scorer, ScorerSettings
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,12 @@ class RayPool(EvaluationPool):
 
         return ray.get([a.pid.remote() for a in self._actors])
 
+    def worker_heaps(self) -> list[str]:
+        """Each worker's :func:`workers.heap.heap_mode`."""
+        import ray
+
+        return ray.get([a.heap_mode.remote() for a in self._actors])
+
     def close(self) -> None:
         import ray
 
@@ -196,6 +204,7 @@ class _ScorerActor:
     """The Ray actor body: a scorer built once in the actor process."""
 
     def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory) -> None:
+        tune_heap()
         self.scorer = scorer_factory(settings)
 
     def describe(self) -> tuple[int, dict[str, int]]:
@@ -204,6 +213,9 @@ class _ScorerActor:
     def pid(self) -> int:
         import os
         return os.getpid()
+
+    def heap_mode(self) -> str:
+        return heap_mode()
 
     def score(self, request: ScoreRequest) -> Evaluation:
         return self.scorer.score(request.schedule, request.split, request.router,

@@ -8,11 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench.routing import median_ci95
 from search.cli import app
 
 runner = CliRunner()
 ROW_KEYS = {"model", "dtype", "batch", "seq_len", "target_sparsity", "realized_sparsity",
-            "dense_ms", "routed_ms", "speedup", "ideal_speedup", "efficiency", "scope"}
+            "dense_ms", "routed_ms", "speedup", "ideal_speedup", "efficiency", "scope",
+            "speedup_ci95", "efficiency_ci95", "heap"}
 
 
 def test_help_names_the_options():
@@ -52,12 +54,27 @@ def test_tiny_run_writes_rows_of_every_scope(tmp_path):
     for row in rows:
         assert ROW_KEYS <= set(row)
         assert row["clock"] == "cpu" and row["threads"] == torch.get_num_threads()
-        assert row["efficiency"] == pytest.approx(row["speedup"] / row["ideal_speedup"], rel=1e-3)
-    # S = 0 runs the whole routing machinery: one token skipped per block.
+        # Both are rounded to 4 decimals: allow that much, whatever the magnitude.
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["ideal_speedup"],
+                                                  rel=1e-3, abs=1e-4)
+        low, high = row["speedup_ci95"]
+        assert low <= row["speedup"] <= high
+        assert row["heap"] in ("tuned", "default")
+    # S = 0 runs the whole routing machinery: one token skipped per block, against a dense
+    # run on as many tokens.
     assert rows[0]["realized_sparsity"] == pytest.approx(1 / 48, abs=1e-6)
+    assert (rows[0]["dense_tokens"], rows[0]["ideal_speedup"]) == (47, 1.0)
+    assert (rows[1]["dense_tokens"], rows[2]["ideal_speedup"]) == (48, 1.0)
     blocks, end_to_end = rows[1], rows[3]
     assert blocks["realized_sparsity"] == pytest.approx(0.5, abs=0.02)
     assert blocks["ideal_speedup"] == pytest.approx(1 / (1 - blocks["realized_sparsity"]), rel=1e-3)
     # The LM head and embeddings do not shrink: the end-to-end ideal is lower.
     assert 1.0 <= end_to_end["ideal_speedup"] <= blocks["ideal_speedup"]
     assert rows[4]["feature_share"] == pytest.approx(1 / rows[4]["speedup"] - 1, abs=1e-3)
+
+
+@pytest.mark.parametrize("n,ranks", [(20, (6, 15)), (100, (40, 61)), (6, (1, 6)), (5, (1, 5))])
+def test_median_interval_uses_the_binomial_order_statistics(n, ranks):
+    """The textbook ranks for a 95% interval of a median (the whole range below 6)."""
+    values = [float(v) for v in range(n, 0, -1)]  # order of arrival must not matter
+    assert median_ci95(values) == (float(ranks[0]), float(ranks[1]))
