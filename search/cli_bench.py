@@ -74,8 +74,8 @@ def routing(
     seq_lens = seq_len or [1024, 2048]
     batches = batch or [1]
     sparsities = [0.0, 0.25, 0.4] if sparsity is None else sparsity
-    if any(n < 2 for n in seq_lens):
-        _fail("--seq-len must be at least 2")
+    if any(n < 3 for n in seq_lens):
+        _fail("--seq-len must be at least 3 (every block keeps at least 2 tokens)")
     if any(b < 1 for b in batches):
         _fail("--batch must be at least 1")
     if any(not 0.0 <= s < 1.0 for s in sparsities):

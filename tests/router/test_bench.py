@@ -26,7 +26,7 @@ def test_help_names_the_options():
 
 @pytest.mark.parametrize("args,message", [
     (["--sparsity", "1.0"], "--sparsity"),
-    (["--seq-len", "1"], "--seq-len"),
+    (["--seq-len", "2"], "--seq-len"),
     (["--batch", "0"], "--batch"),
     (["--dtype", "int8"], "--dtype"),
     (["--clock", "sundial"], "--clock"),
