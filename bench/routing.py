@@ -186,7 +186,9 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, des
     paired = _paired({f"{scope} {s}": (dense(scope, s), routed(s, forward))
                       for scope, forward in full.items() for s in bench.sparsities},
                      bench, desc, show_progress)
-    # c, the blocks' share of the dense model's time, from the full-length dense runs.
+    # c, the blocks' share of the dense model's time, from the full-length dense runs. The
+    # S = 0 rows (dense runs one token shorter) have ideal 1: with nothing else asked for,
+    # c is computed from them and never used.
     full_length = [s for s in bench.sparsities if s != 0] or list(bench.sparsities)
     dense_median = {scope: statistics.median(t for s in full_length
                                              for t in paired[f"{scope} {s}"][0])

@@ -7,7 +7,8 @@ block faults every page of it in again. On smollm2-135m at 2048 tokens that is 5
 minor page faults per forward. How many depends on what ran before, so two runs of the same
 forward differ by several percent. :func:`tune_heap` tells glibc to keep up to 1 GiB of
 freed memory and to serve allocations below 256 MiB from the heap, so a warm forward takes
-no page faults. Peak memory is unchanged; the process simply keeps what it used.
+no page faults. The process keeps what it used: its peak RSS over 2048-token forwards of
+smollm2-135m measured 1393-1407 MiB tuned against 1341-1375 MiB with glibc's defaults.
 
 Guarantees: :func:`tune_heap` never raises; it changes nothing off glibc or when the
 environment sets ``FTPRUNE_HEAP=default``; calling it again changes nothing more.
