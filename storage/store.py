@@ -24,6 +24,7 @@ import itertools
 import os
 import statistics
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from sqlalchemy import func, select
@@ -34,6 +35,14 @@ from storage.engine import (StorageError, database_errors, default_url, make_eng
 from storage.migrate import upgrade
 from storage.schema import (BenchmarkRow, EvalResultRow, EvaluationRow, GenerationRow,
                             HeldoutRow, RouterRow, RunRow, SearchStateRow, utcnow)
+
+def code_version() -> str:
+    """The installed ``ftprune`` distribution's version, stored with every run and bench row."""
+    try:
+        return version("ftprune")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
 
 BENCHMARK_KINDS = ("routing", "search", "coordinator", "quality")
 BENCHMARK_META = ("id", "kind", "run_id", "code_version", "created_at")  # not row fields
@@ -116,13 +125,11 @@ class Store:
 
     def create_run(self, name: str | None, config: dict[str, Any], seed: int) -> RunRow:
         """Insert a run in status ``running``; raises :class:`StorageError` on a taken name."""
-        from search import __version__
-
         with self._session.begin() as session:
             if name and session.scalar(select(RunRow.id).where(RunRow.name == name)):
                 raise StorageError(f"a run named {name!r} already exists")
             run = RunRow(name=name or f"pending-{os.getpid()}-{utcnow().timestamp()}",
-                         status="running", config=config, seed=seed, code_version=__version__)
+                         status="running", config=config, seed=seed, code_version=code_version())
             session.add(run)
             session.flush()
             if not name:
@@ -242,8 +249,6 @@ class Store:
         """Store benchmark rows of one kind (``routing``, ``search``, ``coordinator`` or
         ``quality``), each a flat mapping as ``ftprune bench ... --json`` writes it, with no
         field named like a column of :data:`BENCHMARK_META`."""
-        from search import __version__
-
         if kind not in BENCHMARK_KINDS:
             raise StorageError(f"unknown benchmark kind {kind!r}; choose one of "
                                f"{', '.join(BENCHMARK_KINDS)}")
@@ -253,7 +258,7 @@ class Store:
             if reserved:
                 raise StorageError(f"benchmark row fields {reserved} are reserved: {row!r}")
             records.append(BenchmarkRow(kind=kind, run_id=run_id, row=dict(row),
-                                        code_version=__version__))
+                                        code_version=code_version()))
         with self._session.begin() as session:
             session.add_all(records)
 

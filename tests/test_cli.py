@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from search.cli import app
+from ftprune.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -26,7 +26,7 @@ def test_every_command_has_help(args):
 
 
 def test_help_starts_without_heavy_imports():
-    code = ("import sys; from search.cli import main; sys.argv = ['ftprune', '--help']\n"
+    code = ("import sys; from ftprune.cli import main; sys.argv = ['ftprune', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print(any(m in sys.modules for m in ('torch', 'ray', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

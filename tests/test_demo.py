@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from search.cli import app
+from ftprune.cli import app
 from storage import Store
 
 pytestmark = [pytest.mark.model, pytest.mark.ray]

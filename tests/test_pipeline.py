@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from search.cli import app
+from ftprune.cli import app
 from search.ga import EvolutionarySearch, GAParams
 from storage import Store
 

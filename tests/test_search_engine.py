@@ -105,7 +105,7 @@ def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
 
 def test_coordinator_killed_mid_run_resumes_to_the_identical_result(tmp_path):
     killed_db = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [sys.executable, "-m", "search.cli", "search", "launch", "--config", str(TINY),
+    command = [sys.executable, "-m", "ftprune.cli", "search", "launch", "--config", str(TINY),
                "--generations", "6", "--run-name", "crash", "--db", killed_db, "--quiet"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -124,7 +124,7 @@ def test_coordinator_killed_mid_run_resumes_to_the_identical_result(tmp_path):
     process.wait()
     status = store.run_status("crash")
     assert status["status"] == "running" and 2 <= status["generations"] < 6
-    resumed = subprocess.run([sys.executable, "-m", "search.cli", "search", "resume", "crash",
+    resumed = subprocess.run([sys.executable, "-m", "ftprune.cli", "search", "resume", "crash",
                               "--db", killed_db, "--quiet"], cwd=ROOT, capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr

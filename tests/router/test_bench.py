@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench.routing import median_ci95
-from search.cli import app
+from ftprune.bench.routing import median_ci95
+from ftprune.cli import app
 
 runner = CliRunner()
 ROW_KEYS = {"model", "dtype", "batch", "seq_len", "target_sparsity", "realized_sparsity",

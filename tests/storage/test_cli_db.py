@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 from typer.testing import CliRunner
 
-from search.cli import app
+from ftprune.cli import app
 
 runner = CliRunner()
 PASSWORD = "pw-Zq81x%secret"
@@ -49,7 +49,7 @@ def test_check_never_creates_a_database(tmp_path, monkeypatch):
 
 
 def test_cli_starts_without_database_libraries():
-    code = ("import sys; from search.cli import app; print(sorted(m for m in ('sqlalchemy', "
+    code = ("import sys; from ftprune.cli import app; print(sorted(m for m in ('sqlalchemy', "
             "'alembic', 'pandas', 'psycopg') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ from alembic import command
 from sqlalchemy import MetaData, text
 from typer.testing import CliRunner
 
-from search.cli import app
+from ftprune.cli import app
 from storage import Store, StorageError, queries
 from storage.engine import make_engine
 from storage.migrate import SKELETON_TABLES, TABLE_PREFIX, VERSION_TABLE, alembic_config

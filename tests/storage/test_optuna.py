@@ -10,7 +10,7 @@ import optuna
 from sqlalchemy import MetaData, func, select
 from typer.testing import CliRunner
 
-from search.cli import app
+from ftprune.cli import app
 from storage import Store
 from storage.engine import make_engine
 from storage.migrate import TABLE_PREFIX

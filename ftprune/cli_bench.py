@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from search.cli_common import user_errors
+from ftprune.cli_common import user_errors
 
 bench_app = typer.Typer(help="Benchmarks: time the product, write rows as JSON.",
                         no_args_is_help=True)
@@ -102,7 +102,7 @@ def routing(
 
     import torch
 
-    from bench.routing import RoutingBench, format_table, run
+    from ftprune.bench.routing import RoutingBench, format_table, run
 
     if device != "cpu" and not torch.cuda.is_available():
         _fail(f"--device {device}: torch sees no CUDA device")
@@ -172,7 +172,7 @@ def search(
         _fail("--tokens and --seeds must be at least 1")
     _check_json_out(json_out)
     cfg = _checked_config(config, model=model, target_sparsity=target_sparsity)
-    from bench.search import format_table, run
+    from ftprune.bench.search import format_table, run
 
     rows = run(cfg, tokens, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))
     typer.echo(format_table(rows))
@@ -201,7 +201,7 @@ def coordinator(
             check_url(db)
         except StorageError as exc:
             _fail(str(exc))
-    from bench.coordinator import run
+    from ftprune.bench.coordinator import run
 
     row = run(workers, candidates, db)
     typer.echo(f"{row['workers']} workers, {row['candidates']} candidates in "
@@ -233,7 +233,7 @@ def _quality_command(kind: str) -> Any:
         _check_json_out(json_out)
         cfg = _checked_config(config, model=model, target_sparsity=sparsity,
                               heldout_seq_lens=seq_len, heldout_sequences_per_length=sequences)
-        from bench.quality import format_table, run_ablation, run_quality
+        from ftprune.bench.quality import format_table, run_ablation, run_quality
 
         run = run_quality if kind == "quality" else run_ablation
         rows = run(cfg, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))

@@ -17,11 +17,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from search.cli_bench import bench_app
-from search.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
+from ftprune.cli_bench import bench_app
+from ftprune.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
                                open_store, user_errors)
-from search.cli_db import db_app
-from search.cli_pipeline import export, pipeline, router_app
+from ftprune.cli_db import db_app
+from ftprune.cli_pipeline import export, pipeline, router_app
 
 app = typer.Typer(help="Evolutionary search for FTP token-wise pruning of causal LMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -112,7 +112,7 @@ def demo(
 
     Search with the static router, train the dynamic router, fine-tune the schedule.
     """
-    from search.cli_pipeline import run_pipeline_and_report
+    from ftprune.cli_pipeline import run_pipeline_and_report
     from search.config import build_config
 
     with user_errors():

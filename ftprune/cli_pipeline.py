@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from search.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
+from ftprune.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
                                open_store, user_errors)
 
 router_app = typer.Typer(help="Train learned routers.", no_args_is_help=True)
@@ -46,7 +46,7 @@ def pipeline(
 
 def run_pipeline_and_report(cfg: Any, db: str | None, rounds: int, quiet: bool) -> None:
     """Validate, run the pipeline, print the summary (used by ``pipeline`` and ``demo``)."""
-    from search.pipeline import check_pipeline, run_pipeline
+    from ftprune.pipeline import check_pipeline, run_pipeline
     from storage import check_url, default_url
 
     url = db or default_url()
@@ -73,7 +73,7 @@ def router_train(
     """Train a router for a run's schedule; record its weights, curves and held-out metrics."""
     from search.config import ConfigError, RunConfig
     from search.coordinator import check_inputs, scorer_settings
-    from search.pipeline import train_router_step
+    from ftprune.pipeline import train_router_step
     from storage import default_url
     from workers import Scorer
 
@@ -116,7 +116,7 @@ def export(
 
     ``router.checkpoint.load_routed(DIR)`` loads the directory into a working routed model.
     """
-    from search.pipeline import export_run
+    from ftprune.pipeline import export_run
     from storage import default_url
 
     with user_errors():

@@ -74,7 +74,7 @@ def run_quality(base: RunConfig, seeds: list[int],
                 progress: Progress = print) -> list[dict[str, Any]]:
     """The quality rows (see the module docstring)."""
     from search.coordinator import open_pool
-    from search.pipeline import run_pipeline
+    from ftprune.pipeline import run_pipeline
     from storage import Store
 
     rows: list[dict[str, Any]] = []
@@ -107,7 +107,7 @@ def run_ablation(base: RunConfig, seeds: list[int],
     from router.checkpoint import save_router
     from router.dynamic import FACTORS
     from search.coordinator import launch, open_pool
-    from search.pipeline import train_config, training_scorer
+    from ftprune.pipeline import train_config, training_scorer
     from storage import Store
     from workers.training import train_on_scorer
 
