@@ -43,6 +43,12 @@ class AttentionProbe:
         self.chunk = chunk
         self.received: Tensor | None = None
 
+    def measurement(self) -> Tensor:
+        """``received``, once the attention call it was passed to has filled it."""
+        if self.received is None:
+            raise RuntimeError("the probe's attention call has not run")
+        return self.received
+
     def fuses(self, module: Any, query: Tensor, key: Tensor, mask: Tensor | None,
               sdpa_kwargs: dict[str, Any]) -> bool:
         """Whether :meth:`attend` can serve this call: unpadded causal self-attention (no

@@ -43,10 +43,10 @@ class CacheRecord:
     def keys(self, layer: int, cols: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Columns and validity (batch, entries) of the keys ``layer`` attends to when it
         adds entries for ``cols`` / ``valid`` (batch, new) to what it holds."""
-        if self.cols[layer] is None:
+        held_cols, held_valid = self.cols[layer], self.valid[layer]
+        if held_cols is None or held_valid is None:
             return cols, valid
-        return (torch.cat([self.cols[layer], cols], dim=1),
-                torch.cat([self.valid[layer], valid], dim=1))
+        return torch.cat([held_cols, cols], dim=1), torch.cat([held_valid, valid], dim=1)
 
     def append(self, layer: int, cols: Tensor, valid: Tensor, stored: int) -> None:
         """Record the entries just written for ``layer``, keeping the last ``stored`` ones
@@ -61,7 +61,8 @@ class CacheRecord:
     def check(self, layer: int, stored: int) -> None:
         """Raise if the cache holds a different number of entries than the record (the cache
         was cropped, or written by another model)."""
-        held = 0 if self.cols[layer] is None else self.cols[layer].shape[1]
+        held_cols = self.cols[layer]
+        held = 0 if held_cols is None else held_cols.shape[1]
         if held != stored:
             raise RuntimeError(
                 f"KV cache layer {layer} holds {stored} entries but the routed model wrote "

@@ -20,7 +20,7 @@ shared by all blocks; it reads no attention, so its routed model runs on plain S
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,11 @@ def _mlp(inputs: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
 
+def _input_weight(mlp: nn.Sequential) -> Tensor:
+    """The MLP's first weight: its device and dtype are the router's."""
+    return cast(nn.Linear, mlp[0]).weight
+
+
 class DynamicRouter(nn.Module):
     """FTP's dynamic router: MLP(factors -> ``hidden`` -> 1 keep logit), shared by blocks.
 
@@ -47,6 +52,7 @@ class DynamicRouter(nn.Module):
     """
 
     needs_attention = True
+    columns: Tensor  # buffer: the indices of the chosen factors among FACTORS
 
     def __init__(self, factors: Sequence[str] = FACTORS, hidden: int = HIDDEN_UNITS) -> None:
         super().__init__()
@@ -65,7 +71,7 @@ class DynamicRouter(nn.Module):
         if block == 0:
             return StaticRouter().scores(block, hidden_states, state)
         features = state.features(block).detach().index_select(-1, self.columns)
-        weight = self.mlp[0].weight
+        weight = _input_weight(self.mlp)
         return self.mlp(features.to(weight.device, weight.dtype)).squeeze(-1).float()
 
 
@@ -85,6 +91,6 @@ class HiddenStateRouter(nn.Module):
 
     def scores(self, block: int, hidden_states: Tensor, state: "ForwardState") -> Tensor:
         """(batch, new tokens) keep logits read from the block's input hidden states."""
-        weight = self.mlp[0].weight
+        weight = _input_weight(self.mlp)
         inputs = self.norm(hidden_states.detach().to(weight.device, weight.dtype))
         return self.mlp(inputs).squeeze(-1).float()

@@ -42,19 +42,20 @@ import functools
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
 
 from router.attention import ROUTED_ATTENTION, AttentionProbe
 from router.cache import CacheRecord, stored_entries
-from router.loading import SUPPORTED_FAMILIES
+from router.loading import SUPPORTED_FAMILIES, CausalLM
 from router.routers import StaticRouter, TokenRouter
 from router.state import Count, FlopModel, ForwardState, causal_pairs, total
 
 DECODE_POLICIES = ("all", "threshold")
+ROUTING_ATTRIBUTE = "_ftprune_routing"  # where a routed model keeps its Routing handle
 # Runs the unchanged layer: (hidden states, mask, rotary cos/sin, probe) -> hidden states.
 LayerRun = Callable[[Tensor, Tensor | None, tuple[Tensor, Tensor], AttentionProbe | None], Tensor]
 _MODEL_ARGS = ("input_ids", "attention_mask", "position_ids", "past_key_values",
@@ -78,10 +79,10 @@ class Routing:
 
     schedule: list[float]
     router: TokenRouter
+    flops: FlopModel
     decode: str = "all"
     attention_window: int | None = 64
     last_state: ForwardState | None = None
-    flops: FlopModel | None = None
     windows: list[int | None] = field(default_factory=list)
     records: "weakref.WeakKeyDictionary[Any, CacheRecord]" = field(
         default_factory=weakref.WeakKeyDictionary, repr=False)
@@ -94,7 +95,7 @@ class Routing:
         return bool(getattr(self.router, "needs_attention", False))
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: CausalLM) -> nn.ModuleList:
     """The decoder block list of a supported causal LM (``model.model.layers``)."""
     family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     layers = getattr(getattr(model, "model", None), "layers", None)
@@ -104,7 +105,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def route(model: nn.Module, schedule: Sequence[float], router: TokenRouter | None = None,
+def route(model: CausalLM, schedule: Sequence[float], router: TokenRouter | None = None,
           decode: str = "all", attention_window: int | None = 64) -> Routing:
     """Route ``model`` in place with one sparsity per decoder block; returns the handle.
 
@@ -125,7 +126,7 @@ def route(model: nn.Module, schedule: Sequence[float], router: TokenRouter | Non
     if attention_window is not None and attention_window < 1:
         raise ValueError("attention_window must be a positive number of queries or None")
     unroute(model)
-    config = model.config
+    config = cast(PretrainedConfig, model.config)
     if config._attn_implementation != "sdpa":
         raise ValueError(f"routing needs SDPA attention, the model uses "
                          f"{config._attn_implementation!r} (load it with "
@@ -136,7 +137,7 @@ def route(model: nn.Module, schedule: Sequence[float], router: TokenRouter | Non
                       _attention=config._attn_implementation)
     for index, layer in enumerate(layers):
         layer.forward = functools.partial(_routed_forward, layer, routing, index)
-    base = model.model
+    base = cast(nn.Module, model.model)
     routing._handles = [
         base.register_forward_pre_hook(functools.partial(_begin_forward, routing),
                                        with_kwargs=True),
@@ -145,26 +146,26 @@ def route(model: nn.Module, schedule: Sequence[float], router: TokenRouter | Non
     ]
     if routing.needs_attention:
         config._attn_implementation = ROUTED_ATTENTION
-    model._ftprune_routing = routing
+    setattr(model, ROUTING_ATTRIBUTE, routing)
     return routing
 
 
-def unroute(model: nn.Module) -> None:
+def unroute(model: CausalLM) -> None:
     """Restore the plain model (no-op when it is not routed)."""
-    routing: Routing | None = getattr(model, "_ftprune_routing", None)
+    routing = routing_of(model)
     if routing is None:
         return
-    for layer in model.model.layers:
+    for layer in decoder_layers(model):
         layer.__dict__.pop("forward", None)
     for handle in routing._handles:
         handle.remove()
-    model.config._attn_implementation = routing._attention
-    del model._ftprune_routing
+    cast(PretrainedConfig, model.config)._attn_implementation = routing._attention
+    delattr(model, ROUTING_ATTRIBUTE)
 
 
-def routing_of(model: nn.Module) -> Routing | None:
+def routing_of(model: CausalLM) -> Routing | None:
     """The :class:`Routing` handle of a routed model, or None."""
-    return getattr(model, "_ftprune_routing", None)
+    return getattr(model, ROUTING_ATTRIBUTE, None)
 
 
 def _sliding_windows(config: Any, blocks: int) -> list[int | None]:
@@ -179,7 +180,7 @@ def _sliding_windows(config: Any, blocks: int) -> list[int | None]:
 def _begin_forward(routing: Routing, module: nn.Module, args: tuple,
                    kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
     """Create the forward's state; take over the padding mask and default positions."""
-    kwargs = {**dict(zip(_MODEL_ARGS, args)), **kwargs}
+    kwargs = {**dict(zip(_MODEL_ARGS, args, strict=False)), **kwargs}
     source = kwargs.get("input_ids")
     if source is None:
         source = kwargs.get("inputs_embeds")
@@ -235,6 +236,8 @@ def _routed_forward(layer: nn.Module, routing: Routing, index: int, hidden_state
     cache = past_key_values
     if cache is not None and state.record is None:
         state.record = routing.records.setdefault(cache, CacheRecord(len(routing.schedule)))
+    if position_embeddings is None:
+        raise RuntimeError("a routed decoder layer needs the model's rotary position_embeddings")
     run = functools.partial(_run_layer, layer, cache, use_cache, kwargs)
     if state.past:
         return _decode(routing, index, hidden_states, state, cache, position_embeddings, run)
@@ -273,10 +276,11 @@ def _prefill(routing: Routing, index: int, hidden: Tensor, state: ForwardState, 
     probe = _probe(routing, key_valid)
     out = run(inputs, mask, rotary, probe)
     if cache is not None:
-        state.record.append(index, cols.expand(batch, -1), _all_if_none(key_valid, cols, batch),
-                            stored_entries(cache, index))
+        state.cache_record().append(index, cols.expand(batch, -1),
+                                    _all_if_none(key_valid, cols, batch),
+                                    stored_entries(cache, index))
     if probe is not None:
-        state.update_attention(cols, probe.received, key_valid)
+        state.update_attention(cols, probe.measurement(), key_valid)
     state.account(index, kept=total(kept, batch), seen=total(state.real, batch),
                   kept_pairs=causal_pairs(kept, batch), seen_pairs=causal_pairs(state.real, batch))
     if keep is None:
@@ -301,7 +305,8 @@ def _selection(routing: Routing, index: int, hidden: Tensor, state: ForwardState
     mask = causal_mask(keep, keep, key_valid, window) if _needs_mask(
         state.valid, window, length) else None
     rows = torch.arange(batch, device=hidden.device)[:, None]
-    rotary = tuple(table.expand(batch, -1, -1)[rows, keep] for table in rotary)
+    cos, sin = (table.expand(batch, -1, -1)[rows, keep] for table in rotary)
+    rotary = (cos, sin)
     selection = (keep, kept, key_valid, mask, rotary)
     if position_only:
         state.selections[key] = selection
@@ -330,7 +335,7 @@ def _decode(routing: Routing, index: int, hidden: Tensor, state: ForwardState, c
             rotary: tuple[Tensor, Tensor], run: LayerRun) -> Tensor:
     """Block ``index`` on tokens fed after prefill, attending to what the block cached."""
     batch, length, _ = hidden.shape
-    record = state.record
+    record = state.cache_record()
     record.check(index, stored_entries(cache, index))
     cols = (torch.arange(length, device=hidden.device) + state.past)[None].expand(batch, length)
     computed = state.valid
@@ -345,7 +350,7 @@ def _decode(routing: Routing, index: int, hidden: Tensor, state: ForwardState, c
     state.account(index, kept=new_valid.sum(), seen=real.sum(),
                   kept_pairs=(new_valid * (written + new_valid.cumsum(1))).sum(),
                   seen_pairs=(real * (before + real.cumsum(1))).sum())
-    if routing.decode == "threshold" and not bool(computed.any()):
+    if routing.decode == "threshold" and not bool(new_valid.any()):
         return hidden
     key_cols, key_valid = record.keys(index, cols, new_valid)
     mask = causal_mask(cols, key_cols, key_valid, routing.windows[index])
@@ -353,7 +358,7 @@ def _decode(routing: Routing, index: int, hidden: Tensor, state: ForwardState, c
     out = run(hidden, mask, rotary, probe)
     record.append(index, cols, new_valid, stored_entries(cache, index))
     if probe is not None:
-        state.update_attention(cols, probe.received, new_valid)
+        state.update_attention(cols, probe.measurement(), new_valid)
     return out if computed is None else torch.where(computed[..., None], out, hidden)
 
 

@@ -30,6 +30,10 @@ from typing import Any
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
+# A Hugging Face causal LM of a supported family: ``config``, ``model.embed_tokens``,
+# ``model.layers``, ``model.rotary_emb``, ``model.norm``, ``lm_head``. Its submodules are
+# reached by attribute, which static types cannot follow.
+CausalLM = Any
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Decoder shapes of the random presets: (hidden, layers, heads, kv_heads, intermediate, vocab).
@@ -82,7 +86,8 @@ def check_model_spec(spec: str) -> None:
             "directory, a hub id like 'org/name', or 'random:llama-tiny'")
 
 
-def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu"
+               ) -> tuple[CausalLM, Any]:
     """Load ``(model, tokenizer)`` for ``spec`` in eval mode with SDPA attention.
 
     Raises :class:`ModelSpecError` for unknown specs, dtypes or unsupported families.
@@ -140,7 +145,7 @@ def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                  dtype=torch.float32)
     # The dequantized weights are plain tensors; drop the GGUF quantizer so they serialize.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (a Module attribute, not a weight)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))

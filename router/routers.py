@@ -42,6 +42,12 @@ class TokenRouter(Protocol):
         ...
 
 
+def position_priority(batch: int, length: int, device: torch.device | str | None = None) -> Tensor:
+    """(batch, length) scores of FTP's token position priority: each token's index."""
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    return positions.expand(batch, length)
+
+
 class StaticRouter:
     """FTP's token position priority: token 0, the last token, then backwards by position.
 
@@ -54,8 +60,7 @@ class StaticRouter:
 
     def scores(self, block: int, hidden_states: Tensor, state: "ForwardState") -> Tensor:
         batch, length = hidden_states.shape[:2]
-        positions = torch.arange(length, device=hidden_states.device, dtype=torch.float32)
-        return positions.expand(batch, length)
+        return position_priority(batch, length, hidden_states.device)
 
 
 class RandomRouter:

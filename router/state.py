@@ -95,6 +95,18 @@ class ForwardState:
         self._kept_pairs: list[Count] = [0] * blocks
         self._seen_pairs: list[Count] = [0] * blocks
 
+    def cache_record(self) -> CacheRecord:
+        """The record of the KV cache this forward reads and writes."""
+        if self.record is None:
+            raise RuntimeError("this forward runs without a KV cache record")
+        return self.record
+
+    def attention_table(self) -> Tensor:
+        """The latest-attention table (see the class docstring)."""
+        if self.attention is None:
+            raise RuntimeError("attention features need a router with needs_attention = True")
+        return self.attention
+
     # ----------------------------------------------------------------- router inputs
     def features(self, block: int) -> Tensor:
         """(batch, length, 4) float32 router inputs of this forward's tokens at ``block``:
@@ -102,8 +114,7 @@ class ForwardState:
         attention received (from the most recent block that computed the token; 0 before
         any), its rank among the row's real tokens in [0, 1] (1 = most attention), and
         the block's sparsity. Values at padding are meaningless."""
-        if self.attention is None:
-            raise RuntimeError("attention features need a router with needs_attention = True")
+        attention = self.attention_table()
         positions = self.positions.float()
         if self.valid is None:
             last = positions[:, -1:]
@@ -111,7 +122,7 @@ class ForwardState:
             last = positions.masked_fill(~self.valid, 0.0).amax(dim=1, keepdim=True)
         shape = (self.batch, self.length)
         position = (positions / last.clamp(min=1.0)).expand(shape)
-        table = self.attention[:, self.past:]
+        table = attention[:, self.past:]
         received = table.masked_fill(table.isinf(), 0.0)
         rank = self.attention_rank()[:, self.past:]
         sparsity = torch.full(shape, self.schedule[block], device=table.device)
@@ -120,7 +131,7 @@ class ForwardState:
     def attention_rank(self) -> Tensor:
         """(batch, columns) rank of each token's latest attention among its row's real
         tokens, 0 (least) to 1 (most); ties rank by position."""
-        table = self.attention
+        table = self.attention_table()
         columns = table.shape[1]
         order = table.argsort(dim=1, stable=True)
         ranks = torch.arange(columns, device=table.device, dtype=table.dtype).expand_as(table)
@@ -133,7 +144,7 @@ class ForwardState:
         measured over keys whose last n entries are those tokens, where ``computed``."""
         fresh = received[:, -cols.shape[1]:]
         cols = cols - self.past if self.past else cols
-        table = self.attention[:, self.past:]
+        table = self.attention_table()[:, self.past:]
         if computed is not None:
             fresh = torch.where(computed, fresh, table.gather(1, cols.expand(self.batch, -1)))
         table.scatter_(1, cols.expand(self.batch, -1), fresh)
@@ -144,7 +155,7 @@ class ForwardState:
             fresh = fresh.masked_fill(~self.valid, -math.inf)
         if not self.past:
             return fresh
-        before = self.record.attention
+        before = self.cache_record().attention
         if before is None:
             before = torch.zeros(self.batch, self.past, device=device)
         return torch.cat([before, fresh], dim=1)
@@ -187,13 +198,15 @@ class ForwardState:
 
     @property
     def block_sparsity(self) -> list[float]:
-        return [0.0 if s == 0 else 1.0 - k / s for k, s in zip(self.kept, self.seen)]
+        return [0.0 if s == 0 else 1.0 - k / s for k, s in zip(self.kept, self.seen, strict=True)]
 
     @property
     def flop_saving(self) -> float:
         """Fraction of the dense decoder-block FLOPs (projections, MLP and the quadratic
         attention term, causal pairs among real tokens) this forward did not spend."""
         token, pair = self.flops.token, self.flops.pair
-        done = sum(token * int(k) + pair * int(p) for k, p in zip(self._kept, self._kept_pairs))
-        dense = sum(token * int(s) + pair * int(p) for s, p in zip(self._seen, self._seen_pairs))
+        done = sum(token * int(k) + pair * int(p)
+                   for k, p in zip(self._kept, self._kept_pairs, strict=True))
+        dense = sum(token * int(s) + pair * int(p)
+                    for s, p in zip(self._seen, self._seen_pairs, strict=True))
         return 0.0 if dense == 0 else 1.0 - done / dense

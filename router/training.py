@@ -29,18 +29,35 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from router.attention import AttentionProbe
-from router.engine import (Routing, causal_mask, decoder_layers, keep_count, route,
-                           row_ends, select_tokens, unroute)
-from router.losses import (LossWeights, achieved_sparsity, distillation_loss, guide_loss,
-                           guide_weight, hidden_mse, sparsity_loss, total_loss)
-from router.routers import StaticRouter
+from router.engine import (
+    Routing,
+    causal_mask,
+    decoder_layers,
+    keep_count,
+    route,
+    row_ends,
+    select_tokens,
+    unroute,
+)
+from router.loading import CausalLM
+from router.losses import (
+    LossWeights,
+    achieved_sparsity,
+    distillation_loss,
+    guide_loss,
+    guide_weight,
+    hidden_mse,
+    sparsity_loss,
+    total_loss,
+)
+from router.routers import TokenRouter, position_priority
 from router.state import ForwardState
 
 # Held-out measurement of a router in eval mode: metric name -> value.
@@ -67,7 +84,7 @@ class TrainingOutput:
     decisions: list[BlockDecision]
 
 
-def training_forward(model: nn.Module, routing: Routing, input_ids: Tensor,
+def training_forward(model: CausalLM, routing: Routing, input_ids: Tensor,
                      window: int) -> TrainingOutput:
     """The routed forward of ``input_ids`` (batch, L), differentiable in the router.
 
@@ -102,8 +119,8 @@ def training_forward(model: nn.Module, routing: Routing, input_ids: Tensor,
                                   past_key_values=None, use_cache=False,
                                   position_embeddings=rotary, **extra)
         if probe is not None:
-            state.update_attention(cols, probe.received, hard)
-        if hard is None:
+            state.update_attention(cols, probe.measurement(), hard)
+        if scores is None or hard is None:
             hidden = out
             continue
         prob = scores.sigmoid()
@@ -119,7 +136,7 @@ def training_forward(model: nn.Module, routing: Routing, input_ids: Tensor,
 
 
 @torch.no_grad()
-def teacher_outputs(model: nn.Module, input_ids: Tensor, window: int) -> tuple[Tensor, Tensor]:
+def teacher_outputs(model: CausalLM, input_ids: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """Dense (unrouted) window log-probs (batch, window, vocab) and final normed hidden
     states (batch, window, hidden) of ``input_ids``."""
     hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state[:, -window:]
@@ -128,7 +145,7 @@ def teacher_outputs(model: nn.Module, input_ids: Tensor, window: int) -> tuple[T
 
 def static_keep_mask(sparsity: float, batch: int, length: int, device: Any = None) -> Tensor:
     """(batch, length) bool keep mask of the static position-priority router."""
-    scores = StaticRouter().scores(0, torch.empty(batch, length, 0, device=device), None)
+    scores = position_priority(batch, length, device)
     return _keep_mask(select_tokens(scores, keep_count(sparsity, length), None, sparsity)[0],
                       length)
 
@@ -151,8 +168,8 @@ def router_losses(output: TrainingOutput, teacher_log_probs: Tensor, teacher_hid
         distill_value = hidden_mse(output.hidden, teacher_hidden)
     if not output.decisions:
         return {"guide": zero, "sparse": zero, "distill": distill_value}
-    guides = [guide_loss(d.keep_prob, static_keep_mask(schedule[d.block], *d.hard.shape,
-                                                       device=d.hard.device))
+    guides = [guide_loss(d.keep_prob, static_keep_mask(schedule[d.block], d.hard.shape[0],
+                                                       d.hard.shape[1], d.hard.device))
               for d in output.decisions]
     achieved = torch.stack([achieved_sparsity(d.keep_prob) for d in output.decisions])
     targets = [schedule[d.block] for d in output.decisions]
@@ -177,7 +194,7 @@ class TrainConfig:
     progress: bool = True
 
 
-def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
+def train_router(model: CausalLM, router: nn.Module, schedule: Sequence[float],
                  calibration: list[Tensor], evaluate: Evaluate | None = None,
                  config: TrainConfig = TrainConfig()) -> dict[str, list[float]]:
     """Train ``router`` on ``calibration`` sequences (each L + 1 tokens, as built by
@@ -204,7 +221,7 @@ def train_router(model: nn.Module, router: nn.Module, schedule: Sequence[float],
         for step in tqdm(range(config.steps), desc="router", disable=not config.progress):
             if evaluate is not None and step % config.eval_every == 0:
                 _evaluate(evaluate, router, step, history)
-            routing = route(model, schedule, router)
+            routing = route(model, schedule, cast(TokenRouter, router))
             index = next(order)
             output = training_forward(model, routing, batches[index], config.window)
             losses = router_losses(output, *teachers[index], schedule, config.distill,
