@@ -1,8 +1,9 @@
 """Router checkpoints: weights in safetensors, everything else in a small JSON.
 
 A checkpoint directory holds ``router.safetensors`` (the router's state dict) and
-``router.json``: the router kind and shape (factors, hidden units), the schedule, the
-decode policy, the base model spec and dtype, and the library versions that wrote it.
+``router.json``: the router's checkpoint kind and shape (hidden units and the fields its
+:data:`router.registry.TRAINED` entry lists), the schedule, the decode policy, the base
+model spec and dtype, and the library versions that wrote it.
 Loading reads safetensors and JSON only (never pickle). Every problem with a checkpoint
 (missing file, bad JSON, unknown kind, wrong tensor names or shapes, a schedule that does
 not fit the model) raises :class:`CheckpointError` with a one-line message.
@@ -24,14 +25,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from router.dynamic import DynamicRouter, HiddenStateRouter
 from router.engine import DECODE_POLICIES, Routing, decoder_layers, route
 from router.loading import ModelSpecError, load_model
+from router.registry import TRAINED, LearnedRouter, kind_of
 
 WEIGHTS = "router.safetensors"
 META = "router.json"
 FORMAT = 1
-KINDS = {"dynamic": DynamicRouter, "hidden_state": HiddenStateRouter}
 
 
 class CheckpointError(ValueError):
@@ -41,18 +41,15 @@ class CheckpointError(ValueError):
 def save_router(directory: str | Path, router: nn.Module, schedule: Sequence[float],
                 model_spec: str, dtype: str = "float32", decode: str = "all") -> Path:
     """Write ``router`` and its metadata into ``directory`` (created); returns it."""
-    kind = next((name for name, cls in KINDS.items() if type(router) is cls), None)
+    kind = kind_of(router)
     if kind is None:
         raise CheckpointError(f"cannot save a {type(router).__name__}; routers: "
-                              f"{', '.join(cls.__name__ for cls in KINDS.values())}")
+                              f"{', '.join(k.cls.__name__ for k in TRAINED.values())}")
     meta: dict[str, Any] = {
         "format": FORMAT, "kind": kind, "hidden": router.hidden,
         "schedule": [float(s) for s in schedule], "decode": decode,
-        "model": model_spec, "dtype": dtype, "versions": _versions()}
-    if kind == "dynamic":
-        meta["factors"] = list(router.factors)
-    else:
-        meta["hidden_size"] = router.hidden_size
+        "model": model_spec, "dtype": dtype, "versions": _versions(),
+        **TRAINED[kind].shape(router)}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in router.state_dict().items()}
@@ -61,15 +58,12 @@ def save_router(directory: str | Path, router: nn.Module, schedule: Sequence[flo
     return directory
 
 
-def load_router(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_router(directory: str | Path) -> tuple[LearnedRouter, dict[str, Any]]:
     """The router (eval mode, on the CPU) and the metadata of a checkpoint directory."""
     directory = Path(directory)
     meta = read_meta(directory)
     try:
-        if meta["kind"] == "dynamic":
-            router = DynamicRouter(meta["factors"], meta["hidden"])
-        else:
-            router = HiddenStateRouter(meta["hidden_size"], meta["hidden"])
+        router = TRAINED[meta["kind"]].restore(meta)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{directory / META}: bad router description ({error})") from None
     path = directory / WEIGHTS
@@ -104,7 +98,7 @@ def load_routed(directory: str | Path, device: str = "cpu") -> tuple[Any, Any, R
         raise CheckpointError(f"{Path(directory) / META}: schedule has "
                               f"{len(meta['schedule'])} entries but {meta['model']} has "
                               f"{blocks} decoder blocks")
-    if meta["kind"] == "hidden_state" and meta["hidden_size"] != model.config.hidden_size:
+    if meta.get("hidden_size", model.config.hidden_size) != model.config.hidden_size:
         raise CheckpointError(f"{Path(directory) / META}: router reads hidden size "
                               f"{meta['hidden_size']}, {meta['model']} has "
                               f"{model.config.hidden_size}")
@@ -138,9 +132,9 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     for key, kind in required.items():
         if not isinstance(meta.get(key), kind):
             raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
-    if meta["kind"] not in KINDS:
+    if meta["kind"] not in TRAINED:
         raise CheckpointError(f"{path}: unknown router kind {meta['kind']!r}; kinds: "
-                              f"{', '.join(KINDS)}")
+                              f"{', '.join(TRAINED)}")
     if meta["decode"] not in DECODE_POLICIES:
         raise CheckpointError(f"{path}: unknown decode policy {meta['decode']!r}")
     return meta

@@ -1,0 +1,133 @@
+"""The one registry of routers: the kinds that exist, the spec strings that name them, and
+the checkpoint kinds of those that train.
+
+A router *spec* names the router that scores a schedule: a fixed router by name
+(``static``: FTP's position priority; ``random``: the seeded baseline) or
+``dynamic:<checkpoint dir>``, a trained router of any checkpoint kind. A *checkpoint
+kind* is a router that trains and lives in a :mod:`router.checkpoint` directory:
+``dynamic`` (FTP's router over per-token factors) and ``hidden_state`` (the baseline over
+the block's input hidden state).
+
+Guarantees:
+
+- Specs and kinds are listed here only: the scorer, router training, the run config and
+  checkpoints ask this module, so adding a router means writing its class in its own
+  module and adding one entry below.
+- A trained kind's entry says how to make an untrained router for a model, which fields
+  (besides ``hidden``, the MLP width every trained router has) describe its shape in a
+  checkpoint, and how to rebuild it from them: saving and loading gives back the same
+  router.
+- A spec or kind that names nothing raises :class:`RouterSpecError` with one line that
+  lists the choices; :func:`check_router_spec` reads no weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from router.dynamic import DynamicRouter, HiddenStateRouter
+from router.routers import RandomRouter, StaticRouter, TokenRouter
+
+CHECKPOINT_SPEC = "dynamic"  # the spec prefix of a trained router: dynamic:<checkpoint dir>
+LearnedRouter = DynamicRouter | HiddenStateRouter  # the classes of the TRAINED kinds
+
+
+class RouterSpecError(ValueError):
+    """A router spec or kind that names nothing usable; the message is one line."""
+
+
+@dataclass(frozen=True)
+class TrainedKind:
+    """A router that trains and is saved as a checkpoint.
+
+    ``new(model_hidden_size, factors)`` is an untrained router for a model (each kind
+    reads what it needs); ``shape(router)`` the checkpoint fields that describe it beyond
+    ``hidden``; ``restore(fields)`` the router those fields (``hidden`` included) describe.
+    A ``hidden_size`` field is the model hidden size the router reads: a checkpoint
+    holding one loads only onto a model of that size.
+    """
+
+    cls: type[LearnedRouter]
+    new: Callable[[int, Sequence[str]], LearnedRouter]
+    shape: Callable[[Any], dict[str, Any]]
+    restore: Callable[[dict[str, Any]], LearnedRouter]
+
+
+FIXED: dict[str, Callable[[], TokenRouter]] = {
+    "static": StaticRouter,
+    "random": lambda: RandomRouter(seed=0),
+}
+
+TRAINED: dict[str, TrainedKind] = {
+    "dynamic": TrainedKind(
+        DynamicRouter, new=lambda _size, factors: DynamicRouter(factors),
+        shape=lambda router: {"factors": list(router.factors)},
+        restore=lambda fields: DynamicRouter(fields["factors"], fields["hidden"])),
+    "hidden_state": TrainedKind(
+        HiddenStateRouter, new=lambda size, _factors: HiddenStateRouter(size),
+        shape=lambda router: {"hidden_size": router.hidden_size},
+        restore=lambda fields: HiddenStateRouter(fields["hidden_size"], fields["hidden"])),
+}
+
+ROUTER_SPECS = (*FIXED, f"{CHECKPOINT_SPEC}:<checkpoint dir>")
+
+
+def checkpoint_dir(spec: str) -> str | None:
+    """The checkpoint directory a spec names; None for a fixed router. Raises
+    :class:`RouterSpecError` for a spec that is neither."""
+    if spec in FIXED:
+        return None
+    prefix, _, directory = spec.partition(":")
+    if prefix == CHECKPOINT_SPEC and directory:
+        return directory
+    raise RouterSpecError(f"unknown router {spec!r}; choose one of {', '.join(ROUTER_SPECS)}")
+
+
+def router_kind(spec: str) -> str:
+    """What the database records for a spec: the fixed router's name, or ``dynamic`` for any
+    checkpoint (its path lives in the run's config)."""
+    return spec if checkpoint_dir(spec) is None else CHECKPOINT_SPEC
+
+
+def check_router_spec(spec: str) -> None:
+    """Raise :class:`RouterSpecError` unless ``spec`` names a fixed router or a directory
+    holding a readable router checkpoint. Reads no weights."""
+    directory = checkpoint_dir(spec)
+    if directory is not None:
+        from router.checkpoint import CheckpointError, read_meta  # it imports this module
+
+        try:
+            read_meta(directory)
+        except CheckpointError as error:
+            raise RouterSpecError(str(error)) from None
+
+
+def make_router(spec: str) -> TokenRouter:
+    """The router a spec names; a checkpoint loads on the CPU, in eval mode."""
+    check_router_spec(spec)
+    directory = checkpoint_dir(spec)
+    if directory is None:
+        return FIXED[spec]()
+    from router.checkpoint import load_router  # it imports this module
+
+    return load_router(directory)[0]
+
+
+def trained_kind(name: str) -> TrainedKind:
+    """The entry of a checkpoint kind; :class:`RouterSpecError` if there is none."""
+    if name not in TRAINED:
+        raise RouterSpecError(f"unknown router kind {name!r}; choose one of "
+                              f"{', '.join(TRAINED)}")
+    return TRAINED[name]
+
+
+def kind_of(router: object) -> str | None:
+    """The checkpoint kind of a router (exact class match); None if it is no trained kind."""
+    return next((name for name, kind in TRAINED.items() if type(router) is kind.cls), None)
+
+
+def new_router(kind: str, hidden_size: int, factors: Sequence[str]) -> LearnedRouter:
+    """An untrained router of checkpoint kind ``kind`` for a model of ``hidden_size``
+    (``factors``: the inputs of a ``dynamic`` router; other kinds ignore them)."""
+    return trained_kind(kind).new(hidden_size, factors)
