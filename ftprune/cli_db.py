@@ -68,13 +68,16 @@ def check(db: Db = None) -> None:
     Never changes the database.
     """
     from storage import default_url, redact
-    from storage.engine import database_errors, make_engine, require_existing
+    from storage.engine import database_errors, make_reader_engine
     from storage.migrate import check as check_database, head_revision
 
     url = db or default_url()
     with _storage_errors(), database_errors(url):
-        require_existing(url)
-        problems = check_database(make_engine(url))
+        engine = make_reader_engine(url)
+        try:
+            problems = check_database(engine)
+        finally:
+            engine.dispose()
     if problems:
         typer.echo(f"error: {redact(url)} differs from the models: {'; '.join(problems)}",
                    err=True)

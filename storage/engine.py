@@ -9,6 +9,10 @@ Guarantees:
   connection. Write transactions start with ``BEGIN IMMEDIATE``, so concurrent writers queue
   instead of failing; connections from :func:`read_only` start a deferred ``BEGIN`` and never
   block writers.
+- An engine from :func:`make_reader_engine` cannot create, convert or write the database: a
+  SQLite file is opened without the create flag and with ``query_only``, read-only
+  (``mode=ro``) whenever a ``-wal`` file exists, its journal mode untouched; PostgreSQL
+  sessions run with ``default_transaction_read_only``.
 - Passwords never appear in messages: :func:`redact` hides them in URLs and
   :func:`database_errors` turns driver errors into one-line :class:`StorageError` messages
   with the password removed.
@@ -101,12 +105,7 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=60000")
-        _enable_wal(cursor)
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        _configure_sqlite(dbapi_connection, writer=True)
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
@@ -114,6 +113,63 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def make_reader_engine(url: str) -> Engine:
+    """An engine for ``url`` that only reads; raises :class:`StorageError` (one line) if
+    ``url`` names a SQLite file that does not exist or an in-memory database.
+
+    A SQLite file in WAL mode whose ``-wal`` file exists (a writer has it open, or crashed)
+    is opened ``mode=ro``, so the reader never checkpoints another process's log. Otherwise
+    it is opened ``mode=rw`` (never creating the file) with ``PRAGMA query_only``: the
+    ``-wal``/``-shm`` files SQLite makes for the read are removed again when the last
+    connection closes (:meth:`Engine.dispose`), leaving the directory and the file's bytes
+    as they were. (If a writer opened the file meanwhile and closed first, the reader,
+    closing last, checkpoints that writer's log as any SQLite connection does.)
+    """
+    check_url(url)
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True, connect_args={
+            "connect_timeout": 15, "options": "-c default_transaction_read_only=on"})
+    path = _sqlite_file(parsed)
+    if path is None:
+        raise StorageError("an in-memory SQLite database holds nothing to read")
+    if not path.is_file():
+        raise StorageError(f"no database at {redact(url)}: run `ftprune db upgrade` to create it")
+    mode = "ro" if path.with_name(path.name + "-wal").exists() else "rw"
+    uri = f"{path.resolve().as_uri()}?mode={mode}"
+    engine = create_engine(parsed, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "do_connect")
+    def _open(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        cargs[:] = [uri]
+        cparams["uri"] = True
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        _configure_sqlite(dbapi_connection, writer=False)
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _configure_sqlite(dbapi_connection: Any, writer: bool) -> None:
+    """Settings of every SQLite connection: ftprune issues ``BEGIN`` itself and waits for
+    locks; a writer's connection puts the file in WAL mode and enforces foreign keys, a
+    reader's refuses every statement that would write."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=60000")
+    if writer:
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
+    else:
+        cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
 
 
 def _enable_wal(cursor: Any, patience_s: float = 60.0) -> None:

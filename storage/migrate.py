@@ -12,6 +12,8 @@ Guarantees:
 - A database made by ftprune before migrations existed (the skeleton's three tables, no
   version table) is recognized, stamped at revision ``0001`` and upgraded in place, rows
   kept.
+- :func:`require_head` only reads: it refuses a database at any revision but the head (an
+  older one, none, or one this code does not know) with one line saying what to do.
 - :func:`check` lists every difference between the models in :mod:`storage.schema` and a
   database built by the migrations; an empty list means they agree.
 """
@@ -79,6 +81,35 @@ def head_revision() -> str:
     return head
 
 
+@functools.lru_cache(maxsize=1)
+def known_revisions() -> frozenset[str]:
+    """Every revision shipped in ``storage/migrations/versions``."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
+def revision_problem(current: str | None) -> str | None:
+    """Why code at :func:`head_revision` cannot use a database at revision ``current`` (None:
+    no revision), as one phrase ending in what to do; None when ``current`` is the head."""
+    head = head_revision()
+    if current == head:
+        return None
+    if current is None or current in known_revisions():
+        return (f"at revision {current or 'none'}, this ftprune needs {head}: "
+                "run `ftprune db upgrade`")
+    return (f"at revision {current}, which this ftprune does not know (its migrations end "
+            f"at {head}): it was written by a newer ftprune, upgrade ftprune")
+
+
+def require_head(engine: Engine, name: str) -> None:
+    """Raise :class:`StorageError` (``database NAME`` and :func:`revision_problem`'s phrase)
+    unless the database is at the head revision; only reads."""
+    with read_only(engine).connect() as connection:
+        problem = revision_problem(current_revision(connection))
+    if problem is not None:
+        raise StorageError(f"database {name} {problem}")
+
+
 def current_revision(connection: Connection) -> str | None:
     """The database's revision; None when ftprune's version table is absent or empty."""
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
@@ -131,12 +162,10 @@ def upgrade(engine: Engine) -> Upgrade:
 def check(engine: Engine) -> list[str]:
     """Differences between the models and the database (which must be at the head revision),
     one short line each; empty when they agree."""
-    head = head_revision()
     with read_only(engine).connect() as connection:
-        current = current_revision(connection)
-        if current != head:
-            return [f"database at revision {current or 'none'}, migrations end at {head} "
-                    "(run ftprune db upgrade)"]
+        problem = revision_problem(current_revision(connection))
+        if problem is not None:
+            return [f"database {problem}"]
         context = MigrationContext.configure(connection, opts=context_options())
         return [_describe(diff) for diff in compare_metadata(context, Base.metadata)]
 
