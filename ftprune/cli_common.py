@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from search.config import RunConfig
 
 Db = Annotated[Optional[str], typer.Option(
     "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]
@@ -14,6 +17,11 @@ Pool = Annotated[Optional[str], typer.Option(
                    "or 'local' (this process).")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Number of Ray workers.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help="Where workers put the model: auto (CUDA if the worker sees it, else "
+                     "the CPU), cpu, cuda or cuda:N (default: the config's).")]
+Dtype = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Model dtype: float32, bfloat16 or float16 (default: the config's).")]
 
 
 @contextlib.contextmanager
@@ -24,14 +32,26 @@ def user_errors() -> Iterator[None]:
     from search.config import ConfigError
     from storage import StorageError
     from workers import DataSpecError
+    from workers.devices import DeviceError
     from workers.scoring import RouterSpecError
 
     try:
         yield
     except (ConfigError, ModelSpecError, DataSpecError, StorageError, RouterSpecError,
-            CheckpointError) as exc:
+            CheckpointError, DeviceError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def on_device(cfg: RunConfig, device: str | None) -> RunConfig:
+    """``cfg`` with ``--device`` if given (a stored run's config, which build_config does not
+    see); raises DeviceError for a malformed spec."""
+    if device is None:
+        return cfg
+    from workers.devices import check_device_spec
+
+    check_device_spec(device)
+    return cfg.model_copy(update={"device": device})
 
 
 def open_store(db: str | None, create: bool = True) -> Any:

@@ -9,15 +9,25 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
-                               open_store, user_errors)
+from ftprune.cli_common import (
+    Db,
+    Device,
+    Dtype,
+    Pool,
+    Quiet,
+    Workers,
+    echo_heldout_table,
+    format_schedule,
+    on_device,
+    open_store,
+    user_errors,
+)
 
 router_app = typer.Typer(help="Train learned routers.", no_args_is_help=True)
+Weights = Annotated[str, typer.Option(
+    "--weights", help="Router training's loss weights, guide decay and lr: 'config' or "
+                      "'best' (stored by `ftprune tune` for the run, else the model and S).")]
 
-# (held-out label on the main run, what the row shows); <r> is the last round
-SUMMARY_ROWS = (("uniform", "uniform + static router"), ("best", "searched + static router"),
-                ("dynamic-<r>", "searched + dynamic router"),
-                ("finetuned-<r>", "fine-tuned + dynamic router"))
 
 
 def pipeline(
@@ -28,7 +38,10 @@ def pipeline(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     pool: Pool = None,
     workers: Workers = None,
+    device: Device = None,
+    dtype: Dtype = None,
     db: Db = None,
+    weights: Weights = "config",
     quiet: Quiet = False,
 ) -> None:
     """FTP end to end: search, train the dynamic router, fine-tune the schedule.
@@ -40,7 +53,11 @@ def pipeline(
     from search.config import build_config
 
     with user_errors():
-        cfg = build_config(config, run_name=run_name, seed=seed, pool=pool, workers=workers)
+        cfg = build_config(config, run_name=run_name, seed=seed, pool=pool, workers=workers,
+                           device=device, dtype=dtype)
+        if _tuned(weights):
+            from ftprune.tune import tuned_config
+            cfg = tuned_config(cfg, open_store(db, create=False))
         run_pipeline_and_report(cfg, db, rounds, quiet)
 
 
@@ -67,25 +84,34 @@ def router_train(
     label: Annotated[Optional[str], typer.Option(
         help="Name of the router within the run (default: round-<n>).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Override the training steps.")] = None,
+    weights: Weights = "config",
+    device: Device = None,
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
-    """Train a router for a run's schedule; record its weights, curves and held-out metrics."""
-    from search.config import ConfigError, RunConfig
-    from search.coordinator import check_inputs, scorer_settings
+    """Train a router for a run's schedule; record its weights, curves and held-out metrics.
+
+    Training runs on a worker of the run's pool (one Ray actor, or this process for a local
+    pool), on ``--device`` if given, else the run's device.
+    """
     from ftprune.pipeline import train_router_step
+    from search.config import ConfigError, RunConfig
+    from search.coordinator import check_inputs
+    from search.settings import open_pool
     from storage import default_url
-    from workers import Scorer
 
     with user_errors():
         store = open_store(db or default_url(), create=False)
         row = store.find_run(run)
-        cfg = RunConfig(**row.config)
+        cfg = on_device(RunConfig(**row.config), device)
         if steps is not None:
             if steps < 1:
                 raise ConfigError("--steps must be at least 1")
             cfg = cfg.model_copy(update={"router_training": cfg.router_training.model_copy(
                 update={"steps": steps})})
+        if _tuned(weights):
+            from ftprune.tune import tuned_config
+            cfg = tuned_config(cfg, store, row.id)
         chosen = _parse_schedule(schedule) if schedule else row.best_schedule
         if not chosen:
             raise ConfigError(f"run {row.name!r} has no best schedule yet: pass --schedule")
@@ -93,18 +119,21 @@ def router_train(
             raise ConfigError("every block sparsity must lie in [0, 1)")
         check_inputs(cfg)
         existing = store.routers(row.id)
-        label = label or f"round-{len(existing) + 1}"
-        if any(r.label == label for r in existing):
-            raise ConfigError(f"run {row.name!r} already has a router labelled {label!r}")
-        scorer = Scorer(scorer_settings(cfg))
-        if len(chosen) != scorer.num_blocks:
-            raise ConfigError(f"--schedule has {len(chosen)} entries; {cfg.model} has "
-                              f"{scorer.num_blocks} decoder blocks")
-        router_id, checkpoint, heldout = train_router_step(
-            cfg, store, row.id, row.name, chosen, label, scorer, not quiet)
-    typer.echo(f"router {label} (id {router_id}) of run {row.name}: held-out window KL "
+        chosen_label = _router_label(label, len(existing))
+        if any(r.label == chosen_label.to_json() for r in existing):
+            raise ConfigError(f"run {row.name!r} already has a router labelled "
+                              f"{chosen_label.to_json()!r}")
+        with open_pool(cfg, workers=1) as pool:
+            if len(chosen) != pool.num_blocks:
+                raise ConfigError(f"--schedule has {len(chosen)} entries; {cfg.model} has "
+                                  f"{pool.num_blocks} decoder blocks")
+            stored = train_router_step(cfg, store, row.id, row.name, chosen, chosen_label,
+                                       pool, not quiet)
+    heldout = stored.heldout
+    typer.echo(f"router {chosen_label.to_json()} (id {stored.router_id}) of run {row.name}, "
+               f"trained on {stored.device} ({stored.worker}): held-out window KL "
                f"{heldout.kl:.4f}, top-1 {heldout.top1:.3f}, realized sparsity "
-               f"{heldout.realized_sparsity:.3f}\ncheckpoint: {checkpoint}")
+               f"{heldout.realized_sparsity:.3f}\ncheckpoint: {stored.checkpoint}")
 
 
 def export(
@@ -117,17 +146,39 @@ def export(
     ``router.checkpoint.load_routed(DIR)`` loads the directory into a working routed model.
     """
     from ftprune.pipeline import export_run
-    from storage import default_url
+    from storage import open_reader
 
     with user_errors():
         if out.exists() and any(out.iterdir()):
             from search.config import ConfigError
             raise ConfigError(f"--out {out} exists and is not empty")
-        store = open_store(db or default_url(), create=False)
-        path, schedule = export_run(store, run, out)
+        with open_reader(db) as store:
+            path, schedule = export_run(store, run, out)
     typer.echo(f"wrote {path}: schedule mean {sum(schedule) / len(schedule):.3f}\n"
                f"load it with:\n  from router.checkpoint import load_routed\n"
                f"  model, tokenizer, routing = load_routed({str(path)!r})")
+
+
+def _tuned(weights: str) -> bool:
+    """Whether ``--weights`` asks for tuned settings; ConfigError if it names neither."""
+    from ftprune.tune import check_weights
+
+    check_weights(weights)
+    return weights == "best"
+
+
+def _router_label(text: str | None, existing: int) -> Any:
+    """``--label`` as a RouterLabel (default: the next round); ConfigError if it reads as a
+    held-out label."""
+    from search.config import ConfigError
+    from search.records import RouterLabel
+
+    if text is None:
+        return RouterLabel(round=existing + 1)
+    try:
+        return RouterLabel.from_json(text)
+    except ValueError as error:
+        raise ConfigError(f"--label: {error}") from None
 
 
 def _parse_schedule(text: str) -> list[float]:
@@ -137,6 +188,15 @@ def _parse_schedule(text: str) -> list[float]:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--schedule must be comma-separated numbers, got {text!r}") from None
+
+
+def summary_rows(rounds: int) -> list[tuple[Any, str]]:
+    """(held-out label on the main run, what the row shows) of the pipeline's summary."""
+    from search.records import BEST, UNIFORM, HeldoutLabel
+
+    return [(UNIFORM, "uniform + static router"), (BEST, "searched + static router"),
+            (HeldoutLabel("dynamic", rounds), "searched + dynamic router"),
+            (HeldoutLabel("finetuned", rounds), "fine-tuned + dynamic router")]
 
 
 def report(cfg: Any, store: Any, outcome: Any, url: str, rounds: int, elapsed: float) -> None:
@@ -150,8 +210,9 @@ def report(cfg: Any, store: Any, outcome: Any, url: str, rounds: int, elapsed: f
     typer.echo(f"searched schedule:   {format_schedule(first.search.best_schedule)}")
     typer.echo(f"fine-tuned schedule: {format_schedule(final.best_schedule)}")
     heldout = {row.label: row for row in store.heldout(first.run_id)}
-    echo_heldout_table(cfg, [(text, heldout[label.replace("<r>", str(rounds))])
-                             for label, text in SUMMARY_ROWS])
+    echo_heldout_table(cfg, [(text, heldout[label.to_json()])
+                             for label, text in summary_rows(rounds)])
     typer.echo(f"\nlook at the results:\n  ftprune search status {first.run_name} "
                f"--db {redact(url)}\n  ftprune export --run {first.run_name} --out "
-               f"{first.run_name}-routed --db {redact(url)}")
+               f"{first.run_name}-routed --db {redact(url)}\n  ftprune dashboard --db "
+               f"{redact(url)}")

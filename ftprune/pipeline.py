@@ -8,21 +8,32 @@
 
 With ``rounds > 1`` steps 2 and 3 repeat: each round trains a router for the previous
 round's best schedule and fine-tunes from that round's parents. The main run also gets
-held-out rows ``dynamic-<round>`` (step 1's best schedule with the round's router) and
+held-out rows ``dynamic-<round>`` (the round's start schedule with the round's router) and
 ``finetuned-<round>`` (the round's best schedule with its router), next to ``best`` and
-``uniform`` (static router) from step 1. Every step is an ordinary run or row, so
-``search status`` and ``search resume`` work on each search, and ``export`` packages the
-last round.
+``uniform`` (static router) from step 1 (labels: :mod:`search.records`). Every step is an
+ordinary run or row, so ``search status`` and ``search resume`` work on each search, and
+``export`` packages the last round.
+
+All three steps run on one pool: searches score on its workers and router training runs on
+one of them (the local pool's in-process scorer, or a Ray actor and its GPU), so this
+process never loads a model of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.config import ConfigError, RunConfig
-from search.coordinator import SearchOutcome, check_inputs, launch, open_pool, scorer_settings
+from search.coordinator import SearchOutcome, check_inputs, launch
+from search.records import BEST, HeldoutLabel, RouterLabel
+from search.settings import open_pool, training_request
+
+if TYPE_CHECKING:
+    from storage import Store
+    from workers.pool import EvaluationPool
+    from workers.scoring import WindowMetrics
 
 LOSS_SERIES = ("loss", "guide", "sparse", "distill", "lambda_guide")
 
@@ -34,15 +45,32 @@ class HeldoutResult:
 
     schedule: list[float]
     router: str
-    metrics: Any  # workers.WindowMetrics
+    metrics: WindowMetrics
+    worker: str  # host:pid that measured it
+    duration_s: float  # the router training that ended with this measurement
+
+
+@dataclass(frozen=True)
+class StoredRouter:
+    """A router trained on a pool worker and recorded: its row id, checkpoint directory,
+    final held-out metrics, and the worker (host:pid) and device it trained on."""
+
+    router_id: int
+    checkpoint: Path
+    heldout: WindowMetrics
+    worker: str
+    device: str
+    train_s: float
 
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    router_id: int
-    checkpoint: Path
-    trained_heldout: Any  # WindowMetrics of the round's start schedule with its router
+    router: StoredRouter  # trained for the round's start schedule
     finetune: SearchOutcome
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.router.checkpoint
 
 
 @dataclass(frozen=True)
@@ -51,7 +79,7 @@ class PipelineOutcome:
     rounds: list[RoundOutcome]
 
 
-def check_pipeline(config: RunConfig, store: Any | None, rounds: int) -> None:
+def check_pipeline(config: RunConfig, store: Store | None, rounds: int) -> None:
     """Raise a ValueError subclass for anything the pipeline would trip over later."""
     if rounds < 1:
         raise ConfigError("--rounds must be at least 1")
@@ -61,97 +89,72 @@ def check_pipeline(config: RunConfig, store: Any | None, rounds: int) -> None:
     check_inputs(config, store)
 
 
-def run_pipeline(config: RunConfig, store: Any, rounds: int = 1, show_progress: bool = True,
-                 pool: Any | None = None,
+def run_pipeline(config: RunConfig, store: Store, rounds: int = 1, show_progress: bool = True,
+                 pool: EvaluationPool | None = None,
                  echo: Callable[[str], None] = lambda line: None) -> PipelineOutcome:
-    """Steps 1-3 (2 and 3 ``rounds`` times); uses ``pool`` if given, else opens one."""
+    """Steps 1-3 (2 and 3 ``rounds`` times) on one pool: ``pool`` if given (left open),
+    else one opened from the config. Every search and every router training runs on the
+    pool's workers."""
     check_pipeline(config, store, rounds)
-    owned = pool is None
-    pool = pool or open_pool(config)
+    workers = pool or open_pool(config)
     try:
         echo("step 1: search with the static router")
-        first = launch(config, store, show_progress, pool)
-        scorer = training_scorer(pool, config)
+        first = launch(config, store, show_progress, workers)
         outcomes: list[RoundOutcome] = []
         parent, schedule = first.run_name, first.search.best_schedule
         for round_ in range(1, rounds + 1):
             echo(f"round {round_}, step 2: train the {config.router_training.kind} router")
-            router_id, checkpoint, trained = train_router_step(
-                config, store, first.run_id, first.run_name, schedule, f"round-{round_}",
-                scorer, show_progress)
-            store.add_heldout(first.run_id, f"dynamic-{round_}",
-                              HeldoutResult(schedule, "dynamic", trained))
+            trained = train_router_step(config, store, first.run_id, first.run_name, schedule,
+                                        RouterLabel(round=round_), workers, show_progress)
+            store.add_heldout(first.run_id, HeldoutLabel("dynamic", round_).to_json(),
+                              HeldoutResult(schedule, "dynamic", trained.heldout,
+                                            trained.worker, trained.train_s))
             echo(f"round {round_}, step 3: search again with the trained router")
             child = config.model_copy(update={
                 "run_name": f"{first.run_name}-finetune-{round_}",
-                "router": f"dynamic:{checkpoint}", "seed_run": parent,
+                "router": f"dynamic:{trained.checkpoint}", "seed_run": parent,
                 "generations": config.finetune_generations})
-            finetune = launch(child, store, show_progress, pool)
-            store.add_heldout(first.run_id, f"finetuned-{round_}", finetune.heldout["best"])
-            outcomes.append(RoundOutcome(router_id, checkpoint, trained, finetune))
+            finetune = launch(child, store, show_progress, workers)
+            store.add_heldout(first.run_id, HeldoutLabel("finetuned", round_).to_json(),
+                              finetune.heldout[BEST])
+            outcomes.append(RoundOutcome(trained, finetune))
             parent, schedule = finetune.run_name, finetune.search.best_schedule
     finally:
-        if owned:
-            pool.close()
+        if pool is None:
+            workers.close()
     return PipelineOutcome(first, outcomes)
 
 
-def training_scorer(pool: Any, config: RunConfig) -> Any:
-    """The scorer router training runs on, in this process: the local pool's own (its
-    model and teacher outputs are already loaded), else a new one."""
-    from workers import LocalPool, Scorer
-
-    if isinstance(pool, LocalPool):
-        return pool.scorer
-    return Scorer(scorer_settings(config))
-
-
-def train_config(config: RunConfig, show_progress: bool = True) -> Any:
-    """The library's ``TrainConfig`` for a run config's ``router_training`` section."""
-    from router.losses import LossWeights
-    from router.training import TrainConfig
-
-    settings = config.router_training
-    weights = LossWeights(guide=settings.lambda_guide, guide_steps=settings.guide_steps,
-                          sparse=settings.lambda_sparse, distill=settings.lambda_distill)
-    return TrainConfig(
-        steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
-        window=config.window, weights=weights, distill=settings.distill,
-        two_sided=settings.two_sided, eval_every=settings.eval_every, seed=config.seed,
-        progress=show_progress)
-
-
-def train_router_step(config: RunConfig, store: Any, run_id: int, run_name: str,
-                      schedule: list[float], label: str, scorer: Any,
-                      show_progress: bool = True) -> tuple[int, Path, Any]:
-    """Train a router for ``schedule`` on the run's calibration data, write its checkpoint
-    under ``artifacts_dir/<run>/<label>`` and record it; returns (router id, checkpoint
-    directory, held-out WindowMetrics)."""
+def train_router_step(config: RunConfig, store: Store, run_id: int, run_name: str,
+                      schedule: list[float], label: RouterLabel, pool: EvaluationPool,
+                      show_progress: bool = True) -> StoredRouter:
+    """Train a router for ``schedule`` on a worker of ``pool`` (the run's calibration data,
+    measured on its held-out data), write its checkpoint under
+    ``artifacts_dir/<run>/<label>`` and record it with its curves and provenance."""
     from router.checkpoint import save_router, weights_sha256
-    from workers.training import train_on_scorer
 
     settings = config.router_training
-    trained = train_on_scorer(scorer, schedule, train_config(config, show_progress),
-                              settings.kind, settings.factors)
-    checkpoint = (Path(config.artifacts_dir) / run_name / label).resolve()
-    save_router(checkpoint, trained.router, schedule, config.model, config.dtype)
-    digest = weights_sha256(checkpoint)
+    trained = pool.train(training_request(config, schedule, show_progress))
+    checkpoint = (Path(config.artifacts_dir) / run_name / label.to_json()).resolve()
+    save_router(checkpoint, trained.router(), schedule, config.model, config.dtype)
     history = trained.history
-    curves = {"step": list(range(settings.steps)),
-              **{name: history[name] for name in LOSS_SERIES}}
+    curves: dict[str, Sequence[float]] = {"step": list(range(settings.steps)),
+                                          **{name: history[name] for name in LOSS_SERIES}}
     heldout_curve = {name: values for name, values in history.items()
                      if name not in LOSS_SERIES}
     router_id = store.add_router(
-        run_id, label, schedule,
+        run_id, label.to_json(), schedule,
         {"guide": settings.lambda_guide, "sparse": settings.lambda_sparse,
          "distill": settings.lambda_distill},
-        str(checkpoint), digest, curves,
-        {"training": settings.model_dump(), "heldout_curve": heldout_curve},
+        str(checkpoint), weights_sha256(checkpoint), curves,
+        {"training": settings.model_dump(), "heldout_curve": heldout_curve,
+         "worker": trained.worker, "device": trained.device},
         trained.heldout, trained.train_s)
-    return router_id, checkpoint, trained.heldout
+    return StoredRouter(router_id, checkpoint, trained.heldout, trained.worker, trained.device,
+                        trained.train_s)
 
 
-def export_run(store: Any, ref: str | int, out: str | Path) -> tuple[Path, list[float]]:
+def export_run(store: Store, ref: str | int, out: str | Path) -> tuple[Path, list[float]]:
     """Write the run's deployable routed model description into ``out``: its latest
     router with the schedule that router was fine-tuned to (``finetuned-<round>``), else
     the schedule it was trained for. ``router.checkpoint.load_routed(out)`` loads it.
@@ -170,8 +173,9 @@ def export_run(store: Any, ref: str | int, out: str | Path) -> tuple[Path, list[
         raise StorageError(f"router checkpoint of run {run.name!r} is missing: {weights}")
     if weights_sha256(row.checkpoint) != row.checkpoint_sha256:
         raise StorageError(f"router checkpoint {weights} changed since it was recorded")
-    round_label = row.label.replace("round-", "finetuned-")
-    finetuned = [h for h in store.heldout(run.id) if h.label == round_label]
+    wanted = RouterLabel.from_json(row.label).finetuned
+    finetuned = [h for h in store.heldout(run.id)
+                 if wanted is not None and h.label == wanted.to_json()]
     schedule = finetuned[-1].schedule if finetuned else row.schedule
     router, meta = load_router(row.checkpoint)
     save_router(out, router, schedule, meta["model"], meta["dtype"], meta["decode"])

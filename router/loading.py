@@ -118,11 +118,43 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"
     return model, tokenizer
 
 
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of ``spec`` without its weights: the one :func:`load_model` returns
+    (a GGUF's comes from its converted copy if there is one, else from the file itself, so
+    nothing is dequantized).
+
+    Raises :class:`ModelSpecError` for unknown specs.
+    """
+    from transformers import AutoTokenizer
+
+    check_model_spec(spec)
+    if spec.startswith("random:"):
+        return byte_tokenizer()
+    gguf = smollm2_gguf_path() if spec == SMOLLM2_ALIAS else Path(spec)
+    if gguf.suffix == ".gguf":
+        copy = _conversion_target(gguf, SMOLLM2_ALIAS if spec == SMOLLM2_ALIAS else None)
+        tokenizer = (AutoTokenizer.from_pretrained(copy) if (copy / "config.json").is_file()
+                     else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _check_family(model: Any) -> None:
     family = getattr(model.config, "model_type", "?")
     if family not in SUPPORTED_FAMILIES:
         raise ModelSpecError(
             f"model family {family!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}")
+
+
+def _conversion_target(gguf: Path, name: str | None) -> Path:
+    """Where the safetensors copy of ``gguf`` lives (it may not exist yet)."""
+    stat = gguf.stat()
+    key = name or "gguf-" + hashlib.sha256(
+        f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / key
 
 
 def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
@@ -131,10 +163,7 @@ def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
     The copy is written to a temporary directory beside its final place and renamed in one
     step, so concurrent workers never read a half-written copy.
     """
-    stat = gguf.stat()
-    key = name or "gguf-" + hashlib.sha256(
-        f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "models" / key
+    target = _conversion_target(gguf, name)
     if (target / "config.json").is_file():
         return target
     import torch
@@ -148,7 +177,7 @@ def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
     setattr(model, "hf_quantizer", None)  # noqa: B010 (a Module attribute, not a weight)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -34,7 +34,7 @@ class RouterTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["dynamic", "hidden_state"] = Field(
+    kind: str = Field(
         "dynamic", description="FTP's 4-factor router, or the hidden-state baseline")
     factors: list[Literal["position", "attention", "rank", "sparsity"]] = Field(
         ["position", "attention", "rank", "sparsity"], min_length=1,
@@ -50,6 +50,52 @@ class RouterTrainingConfig(BaseModel):
     two_sided: bool = Field(False, description="penalize sparsity above the target too")
     eval_every: int = Field(20, ge=1, description="held-out evaluation period, in steps")
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from router.registry import trained_kind
+
+        trained_kind(kind)  # the checkpoint kinds of router.registry
+        return kind
+
+
+class TuningConfig(BaseModel):
+    """``ftprune tune``: the ranges Optuna samples router training's settings from (the λs
+    and the learning rate on log scales) and how trials are judged and supervised. The first
+    trial always uses ``router_training``'s own values (the paper's equal weights)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lambda_guide: list[float] = Field([0.1, 10.0], min_length=2, max_length=2)
+    lambda_sparse: list[float] = Field([0.1, 10.0], min_length=2, max_length=2)
+    lambda_distill: list[float] = Field([0.1, 10.0], min_length=2, max_length=2)
+    lr: list[float] = Field([0.0001, 0.01], min_length=2, max_length=2)
+    guide_steps: list[int] | None = Field(
+        None, min_length=2, max_length=2, description="default: 1 to router_training.steps")
+    sparsity: list[float] | None = Field(
+        None, min_length=2, max_length=2,
+        description="two-objective studies: target sparsity range; default target ± 0.1")
+    tolerance: float = Field(0.05, gt=0.0, description="largest |achieved - target| sparsity "
+                                                         "of a feasible trial")
+    pruner_startup_trials: int = Field(2, ge=0, description="trials before pruning starts")
+    pruner_warmup_steps: int = Field(1, ge=0, description="steps before a trial can be pruned")
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
+    grace_period: int = Field(30, ge=1, description="seconds without one: the trial failed")
+    max_retry: int = Field(2, ge=0, description="retries of a trial whose worker died")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "TuningConfig":
+        for name in ("lambda_guide", "lambda_sparse", "lambda_distill", "lr", "guide_steps",
+                     "sparsity"):
+            bounds = getattr(self, name)
+            if bounds is not None and not 0 < bounds[0] <= bounds[1]:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
+        if self.sparsity is not None and self.sparsity[1] >= 1.0:
+            raise ValueError("sparsity must stay below 1")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError("grace_period must exceed heartbeat_interval")
+        return self
+
 
 class RunConfig(BaseModel):
     """Everything that defines a search run. Unknown keys are errors."""
@@ -59,6 +105,8 @@ class RunConfig(BaseModel):
     run_name: str | None = Field(None, description="unique name; defaults to run-<id>")
     model: str = Field("smollm2-135m", description="alias, .gguf file, directory, hub id or random:<preset>")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="where workers put the model: auto (CUDA if the "
+                                            "worker sees it, else CPU), cpu, cuda or cuda:N")
     calibration: str = Field("builtin:pydoc", description="builtin:pydoc, a .txt or a .jsonl file")
     seq_lens: list[int] = Field([256, 512], min_length=1, description="calibration sequence lengths")
     sequences_per_length: int = Field(4, ge=1)
@@ -85,6 +133,7 @@ class RunConfig(BaseModel):
     seed_run: str | None = Field(
         None, description="start from this run's final parents (the pipeline's step 3)")
     router_training: RouterTrainingConfig = Field(default_factory=RouterTrainingConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
     finetune_generations: int = Field(4, ge=1, description="step 3 generations per round")
     artifacts_dir: str = Field("ftprune-artifacts",
                                description="where router checkpoints are written")
@@ -95,6 +144,22 @@ class RunConfig(BaseModel):
     ray_address: str | None = None
     task_timeout_s: float | None = Field(None, gt=0.0, description="replace a worker after this")
     max_retries: int = Field(3, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, device: str) -> str:
+        from workers.devices import check_device_spec
+
+        check_device_spec(device)  # whether this machine has it: search.settings.check_device
+        return device
+
+    @field_validator("calibration")
+    @classmethod
+    def _not_reserved(cls, calibration: str) -> str:
+        from workers.tasks import check_not_reserved
+
+        check_not_reserved(calibration)  # calibration feeds fitness, training and tuning
+        return calibration
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":

@@ -21,17 +21,22 @@ the last stored state, reaching the same result as an uninterrupted run with the
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.config import RunConfig
-from search.ga import EvolutionarySearch, GAParams, is_feasible
+from search.ga import EvolutionarySearch, is_feasible
+from search.records import BEST, UNIFORM, HeldoutLabel
+from search.settings import check_device, ga_params, open_pool
 
-if TYPE_CHECKING:  # storage (SQLAlchemy) is imported lazily: the CLI starts fast
-    from storage import EvaluationRecord
+if TYPE_CHECKING:  # storage (SQLAlchemy) and workers (torch) load lazily: the CLI starts fast
+    from storage import EvaluationRecord, Store
+    from workers.pool import EvaluationPool
+    from workers.scoring import Evaluation, WindowStats
 
 Key = tuple[tuple[float, ...], str, int]  # (schedule, router, sequence index)
 
@@ -41,7 +46,7 @@ class SearchProgress:
     """Where a run's search stands after :func:`run_search`."""
 
     best_schedule: list[float]
-    best_fitness: float  # on the last generation's final-stage sequences
+    best_fitness: float  # on the last generation's final-stage sequences (inf: none yet)
     evaluations: int  # stored evaluation records of the run
     forward_tokens: int  # calibration tokens the routed model read for the run
     cache_hits: int  # (schedule, sequence) scores served from the cache in this call
@@ -52,14 +57,14 @@ class SearchOutcome:
     run_id: int
     run_name: str
     search: SearchProgress
-    heldout: dict[str, Any]  # label -> workers.Evaluation on the held-out split
+    heldout: dict[HeldoutLabel, Evaluation]  # BEST and UNIFORM, on the held-out split
 
 
 @dataclass
 class FitnessCache:
     """Per-sequence window statistics keyed by (schedule, router, sequence); counts hits."""
 
-    stats: dict[Key, Any] = field(default_factory=dict)
+    stats: dict[Key, WindowStats] = field(default_factory=dict)
     hits: int = 0
 
     def missing(self, schedule: Sequence[float], router: str, data: Sequence[int]) -> list[int]:
@@ -68,42 +73,31 @@ class FitnessCache:
         self.hits += len(data) - len(missing)
         return missing
 
-    def add(self, schedule: Sequence[float], router: str, per_sequence: dict[int, Any]) -> None:
+    def add(self, schedule: Sequence[float], router: str,
+            per_sequence: dict[int, WindowStats]) -> None:
         key = tuple(schedule)
         for index, stats in per_sequence.items():
             self.stats[(key, router, index)] = stats
 
-    def merged(self, schedule: Sequence[float], router: str, data: Sequence[int]) -> Any:
+    def merged(self, schedule: Sequence[float], router: str,
+               data: Sequence[int]) -> WindowStats:
         from workers.scoring import merge_stats
 
         key = tuple(schedule)
         return merge_stats([self.stats[(key, router, i)] for i in data])
 
 
-def scorer_settings(config: RunConfig) -> Any:
-    """The workers' settings derived from a run config."""
-    from workers import ScorerSettings
-
-    return ScorerSettings(
-        model=config.model, dtype=config.dtype, source=config.calibration,
-        calibration_lens=tuple(config.seq_lens),
-        calibration_per_length=config.sequences_per_length,
-        heldout_lens=tuple(config.heldout_seq_lens),
-        heldout_per_length=config.heldout_sequences_per_length,
-        window=config.window, batch_size=config.batch_size,
-        teacher_top_k=config.teacher_top_k)
-
-
-def check_inputs(config: RunConfig, store: Any | None = None) -> None:
-    """Everything that can be checked before any work starts; raises ValueError subclasses."""
-    from router import check_model_spec
+def check_inputs(config: RunConfig, store: Store | None = None) -> None:
+    """Everything that can be checked before any work starts (model, data, router, device,
+    and with a store the run name and seed run); raises ValueError subclasses."""
+    from router import check_model_spec, check_router_spec
     from storage import StorageError
     from workers import check_source
-    from workers.scoring import check_router_spec
 
     check_model_spec(config.model)
     check_source(config.calibration)
     check_router_spec(config.router)
+    check_device(config)
     if store is not None and config.run_name and store.run_name_taken(config.run_name):
         raise StorageError(f"a run named {config.run_name!r} already exists")
     if store is not None and config.seed_run is not None:
@@ -112,16 +106,8 @@ def check_inputs(config: RunConfig, store: Any | None = None) -> None:
                                "start from")
 
 
-def open_pool(config: RunConfig) -> Any:
-    from workers import make_pool
-
-    return make_pool(scorer_settings(config), config.pool, config.workers, config.ray_address,
-                     config.cpus_per_worker, config.gpus_per_worker, config.task_timeout_s,
-                     config.max_retries)
-
-
-def launch(config: RunConfig, store: Any, show_progress: bool = True,
-           pool: Any | None = None) -> SearchOutcome:
+def launch(config: RunConfig, store: Store, show_progress: bool = True,
+           pool: EvaluationPool | None = None) -> SearchOutcome:
     """Create a run, search, then evaluate the best and the uniform schedule on held-out
     text. Uses ``pool`` if given (left open), else opens and closes one from the config."""
     check_inputs(config, store)
@@ -129,34 +115,41 @@ def launch(config: RunConfig, store: Any, show_progress: bool = True,
     return _drive(config, store, run.id, run.name, pool, show_progress)
 
 
-def resume(ref: str | int, store: Any, show_progress: bool = True,
-           pool: Any | None = None) -> SearchOutcome:
-    """Continue a stored run from its last generation boundary."""
+def resume(ref: str | int, store: Store, show_progress: bool = True,
+           pool: EvaluationPool | None = None, device: str | None = None) -> SearchOutcome:
+    """Continue a stored run from its last generation boundary (``device`` overrides the
+    stored config's for this process's workers; the stored config is left as it was)."""
+    from workers.devices import check_device_spec
+
     run = store.find_run(ref)
     config = RunConfig(**run.config)
+    if device is not None:
+        check_device_spec(device)
+        config = config.model_copy(update={"device": device})
     check_inputs(config)
     store.set_status(run.id, "running")
     return _drive(config, store, run.id, run.name, pool, show_progress)
 
 
-def _drive(config: RunConfig, store: Any, run_id: int, run_name: str, pool: Any | None,
-           show_progress: bool) -> SearchOutcome:
+def _drive(config: RunConfig, store: Store, run_id: int, run_name: str,
+           pool: EvaluationPool | None, show_progress: bool) -> SearchOutcome:
+    from workers.pool import ScoreRequest
+
     owned = pool is None
     try:
-        pool = pool or open_pool(config)
+        workers = pool or open_pool(config)
         try:
-            progress = run_search(config, store, pool, run_id, show_progress)
-            uniform = [config.target_sparsity] * pool.num_blocks
-            from workers.pool import ScoreRequest
-            results = pool.evaluate([ScoreRequest(progress.best_schedule, "heldout",
-                                                  config.router),
-                                     ScoreRequest(uniform, "heldout", config.router)])
+            progress = run_search(config, store, workers, run_id, show_progress)
+            uniform = [config.target_sparsity] * workers.num_blocks
+            results = workers.evaluate([
+                ScoreRequest(progress.best_schedule, "heldout", config.router),
+                ScoreRequest(uniform, "heldout", config.router)])
         finally:
             if owned:
-                pool.close()
-        heldout = {"best": results[0], "uniform": results[1]}
+                workers.close()
+        heldout = {BEST: results[0], UNIFORM: results[1]}
         for label, evaluation in heldout.items():
-            store.add_heldout(run_id, label, evaluation)
+            store.add_heldout(run_id, label.to_json(), evaluation)
         store.set_status(run_id, "finished")
     except BaseException as exc:
         store.set_status(run_id, "failed", "".join(
@@ -172,7 +165,7 @@ def minibatch_order(seed: int, generation: int, num_sequences: int) -> list[int]
     return order
 
 
-def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
+def run_search(config: RunConfig, store: Store, pool: EvaluationPool, run_id: int,
                show_progress: bool = True, token_budget: int | None = None,
                after_generation: Callable[[int, list[float], int], None] | None = None
                ) -> SearchProgress:
@@ -190,15 +183,13 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
     stored_state = store.search_state(run_id)
     cache = FitnessCache()
     for row in store.evaluations(run_id):
-        cache.add(row.schedule, row.router, _stats_from_json(row.per_sequence))
+        if row.per_sequence is not None:
+            cache.add(row.schedule, row.router, _stats_from_json(row.per_sequence))
     if stored_state is None:
-        params = GAParams(num_blocks=pool.num_blocks, target=config.target_sparsity,
-                          s_max=config.max_block_sparsity, level_step=config.level_step,
-                          offspring=config.offspring, parents=config.parents,
-                          crossover_prob=config.crossover_prob, max_moves=config.max_moves,
-                          seed=config.seed)
+        params = ga_params(config, pool.num_blocks)
         if config.seed_run is not None:
             seed_state = store.search_state(store.find_run(config.seed_run).id)
+            assert seed_state is not None  # check_inputs refused a seed run without one
             parents = EvolutionarySearch.from_state(seed_state).parents
             search = EvolutionarySearch(params, seed_parents=parents)
         else:
@@ -207,7 +198,8 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
     else:
         search = EvolutionarySearch.from_state(stored_state)
     run = store.find_run(run_id)
-    best_schedule, best_fitness = run.best_schedule or [], run.best_fitness
+    best_schedule = run.best_schedule or []
+    best_fitness = math.inf if run.best_fitness is None else run.best_fitness
     tokens_used = store.run_totals(run_id)["forward_tokens"]
     for generation in range(search.generation, config.generations):
         if token_budget is not None and tokens_used >= token_budget:
@@ -248,16 +240,17 @@ def run_search(config: RunConfig, store: Any, pool: Any, run_id: int,
                           totals["forward_tokens"], cache.hits)
 
 
-def _score_stage(pool: Any, cache: FitnessCache, candidates: list[list[float]],
+def _score_stage(pool: EvaluationPool, cache: FitnessCache, candidates: list[list[float]],
                  router_spec: str, data: list[int], generation: int, stage: int,
-                 records: list[EvaluationRecord], show_progress: bool) -> dict[tuple[float, ...], float]:
+                 records: list[EvaluationRecord], show_progress: bool
+                 ) -> dict[tuple[float, ...], float]:
     """Score ``candidates`` on ``data`` through the cache; append a record per candidate
     that needed new work; return each candidate's fitness on ``data``."""
     from tqdm.auto import tqdm
 
+    from router import router_kind
     from storage import EvaluationRecord
     from workers.pool import ScoreRequest
-    from workers.scoring import router_kind
 
     router = router_kind(router_spec)  # one router per run: its kind keys the cache
     requests, owners = [], []
@@ -270,18 +263,18 @@ def _score_stage(pool: Any, cache: FitnessCache, candidates: list[list[float]],
     with tqdm(total=len(requests), desc=f"generation {generation + 1} stage {stage + 1}",
               unit="cand", disable=not show_progress, leave=False) as bar:
         results = pool.evaluate(requests, on_result=lambda _: bar.update())
-    for schedule, result in zip(owners, results):
+    for schedule, result in zip(owners, results, strict=True):
         cache.add(schedule, router, result.per_sequence)
         metrics = cache.merged(schedule, router, data).metrics()
         records.append(EvaluationRecord(
             schedule=schedule, router=router, metrics=metrics, duration_s=result.duration_s,
             worker=result.worker, stage=stage, sequences=data,
             forward_tokens=result.forward_tokens,
-            per_sequence={str(i): list(s.astuple()) for i, s in result.per_sequence.items()}))
+            per_sequence={str(i): s.to_json() for i, s in result.per_sequence.items()}))
     return {tuple(s): cache.merged(s, router, data).metrics().kl for s in candidates}
 
 
-def _stats_from_json(per_sequence: dict[str, list[float]]) -> dict[int, Any]:
+def _stats_from_json(per_sequence: dict[str, list[float]]) -> dict[int, WindowStats]:
     from workers.scoring import WindowStats
 
-    return {int(i): WindowStats(*values) for i, values in per_sequence.items()}
+    return {int(i): WindowStats.from_json(values) for i, values in per_sequence.items()}

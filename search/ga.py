@@ -123,6 +123,13 @@ def influence_profile(target: float, block_influence: Sequence[float]) -> list[f
     return [target * math.sqrt(mean_bi / max(bi, 1e-6)) for bi in block_influence]
 
 
+def influence_schedule(params: GAParams, block_influence: Sequence[float]) -> list[float]:
+    """The feasible schedule nearest the Block-Influence profile (the allocation the search
+    seeds its population with, and that comparisons put beside the searched one)."""
+    grid = Grid.for_budget(params.num_blocks, params.target, params.s_max, params.level_step)
+    return grid.schedule(grid.from_profile(influence_profile(params.target, block_influence)))
+
+
 def move_levels(levels: list[int], grid: Grid, moves: int) -> list[int]:
     """Move one level from a random block to another, ``moves`` times (sum unchanged)."""
     for _ in range(moves):

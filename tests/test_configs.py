@@ -9,7 +9,9 @@ import yaml
 
 from search.config import RunConfig, build_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# devsuite.yaml is the evaluation suite, not a run config (tests/eval/test_devsuite.py).
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+                 if p.name != "devsuite.yaml")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -4,6 +4,7 @@ the seeded fine-tuning search, and input checks that run before the database is 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_pipeline_records_each_step_and_round(tiny_pipeline):
     assert [r.label for r in routers] == ["round-1", "round-2"]
     assert routers[0].schedule == main.best_schedule
     assert routers[1].schedule == first.best_schedule  # round 2 starts where round 1 ended
-    for router, child in zip(routers, (first, second)):
+    for router, child in zip(routers, (first, second), strict=True):
         assert child.config["router"] == f"dynamic:{router.checkpoint}"
         assert Path(router.checkpoint).is_relative_to(root / "ftprune-artifacts" / "tiny")
         assert (router.lambda_guide, router.lambda_sparse, router.lambda_distill) == (1, 1, 1)
@@ -53,6 +54,9 @@ def test_pipeline_records_each_step_and_round(tiny_pipeline):
         assert router.curves["lambda_guide"] == [1.0, 0.5, 0.0, 0.0]
         assert router.config["heldout_curve"]["eval_step"] == [0, 2, 4]
         assert router.heldout_kl == router.config["heldout_curve"]["heldout_kl"][-1]
+        # trained by the local pool's in-process scorer: this process is the worker
+        assert router.config["device"] == "cpu"
+        assert router.config["worker"].endswith(f":{os.getpid()}")
         assert {r.router for r in store.evaluations(child.id)} == {"dynamic"}
     labels = [h.label for h in store.heldout(main.id)]
     assert labels == ["best", "uniform", "dynamic-1", "finetuned-1", "dynamic-2",
@@ -64,8 +68,8 @@ def test_pipeline_records_each_step_and_round(tiny_pipeline):
 
 
 def test_router_train_and_export_round_trip(tiny_pipeline, tmp_path):
-    from router.checkpoint import load_routed, load_router
     from router import load_model, route
+    from router.checkpoint import load_routed, load_router
 
     db_url, _, root = tiny_pipeline
     store = Store(db_url, create=False)
@@ -188,3 +192,29 @@ def test_bench_ablation_trains_every_variant(tmp_path):
     routers = [r["router"] for r in json.loads(out.read_text())]
     assert routers == ["static", "dynamic", "dynamic-no-position", "dynamic-no-attention",
                        "dynamic-no-rank", "dynamic-no-sparsity", "hidden_state"]
+
+
+def test_labels_round_trip_and_refuse_what_they_are_not():
+    from search.records import BEST, UNIFORM, HeldoutLabel, RouterLabel
+
+    for label in (UNIFORM, BEST, HeldoutLabel("dynamic", 2), HeldoutLabel("finetuned", 11)):
+        assert HeldoutLabel.from_json(label.to_json()) == label
+    assert HeldoutLabel("finetuned", 3).to_json() == "finetuned-3"
+    for text in ("round-1", "dynamic", "finetuned-0", "best-1", "manual"):
+        with pytest.raises(ValueError):
+            HeldoutLabel.from_json(text)
+    with pytest.raises(ValueError):
+        HeldoutLabel("best", 1)
+    assert RouterLabel.from_json("round-4") == RouterLabel(round=4)
+    assert RouterLabel(round=4).finetuned == HeldoutLabel("finetuned", 4)
+    manual = RouterLabel.from_json("manual")
+    assert manual.name == "manual" and manual.finetuned is None and manual.to_json() == "manual"
+    with pytest.raises(ValueError):
+        RouterLabel.from_json("dynamic-1")  # reads as a held-out label
+
+
+def test_router_train_refuses_a_label_that_reads_as_a_heldout_row(tiny_pipeline):
+    db_url, _, _ = tiny_pipeline
+    result = runner.invoke(app, ["router", "train", "--run", "tiny", "--label", "finetuned-1",
+                                 "--db", db_url, "--quiet"])
+    assert result.exit_code == 2 and "--label" in result.output

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from search.config import build_config
-from search.coordinator import launch, run_search, scorer_settings
+from search.coordinator import launch, run_search
+from search.settings import scorer_settings
 from storage import Store
 from workers import Scorer
 from workers.pool import LocalPool, RayPool
@@ -66,7 +67,8 @@ def test_parents_skip_the_screen_so_the_best_never_gets_worse(db_url):
     scorer = Scorer(settings)
     fitness = [scorer.score(best, sequences=list(range(6))).fitness for best in bests]
     assert len(fitness) == config.generations
-    assert all(later <= earlier + 1e-9 for earlier, later in zip(fitness, fitness[1:]))
+    assert all(later <= earlier + 1e-9
+               for earlier, later in zip(fitness, fitness[1:], strict=False))
 
 
 @pytest.mark.ray

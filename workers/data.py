@@ -27,6 +27,7 @@ import torch
 BUILTIN_PYDOC = "builtin:pydoc"
 HELDOUT_SHARE = 0.2
 Split = Literal["calibration", "heldout"]
+SPLITS: tuple[Split, ...] = ("calibration", "heldout")
 
 
 class DataSpecError(ValueError):
@@ -45,6 +46,16 @@ class DataSpec:
     split: Split
     seq_lens: tuple[int, ...]
     per_length: int
+
+    def __post_init__(self) -> None:
+        """Refuse a reserved task (see :mod:`workers.tasks`) as calibration data."""
+        if self.split == "calibration":
+            from workers.tasks import TaskError, check_not_reserved
+
+            try:
+                check_not_reserved(self.source)
+            except TaskError as error:
+                raise DataSpecError(str(error)) from None
 
 
 def check_source(source: str) -> None:

@@ -2,10 +2,15 @@
 
 The search only ever calls :meth:`EvaluationPool.evaluate`; it never imports Ray.
 Guarantees of every pool: ``evaluate`` returns exactly one :class:`Evaluation` per request,
-in the order given; each worker loads the model once and keeps it for the pool's lifetime.
-The Ray pool also survives workers that die or hang: their tasks are retried on a fresh
-actor (scoring is idempotent), and a result is never delivered twice. Its actors run with
-the tuned heap of :mod:`workers.heap`, like the CLI process.
+in the order given; each worker loads the model once, on the settings' device, and keeps it
+for the pool's lifetime; :meth:`EvaluationPool.train` trains a router on a worker (its model,
+device and data), never in the calling process, and returns it as plain data.
+The Ray pool tokenizes the calibration and held-out text once, in this process (tokenizer
+only, no model), and puts the sequences into Ray's object store once; every actor, a
+replacement included, reads that one object. It survives workers that die or hang: their
+tasks are retried on a fresh actor (scoring and seeded training are idempotent), and a
+result is never delivered twice. Its actors run with the tuned heap of :mod:`workers.heap`,
+like the CLI process.
 """
 
 from __future__ import annotations
@@ -14,15 +19,37 @@ import abc
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from workers.data import Split
+from router.loading import load_tokenizer
+from workers.data import SPLITS, Split
 from workers.heap import heap_mode, tune_heap
-from workers.scoring import Evaluation, Scorer, ScorerSettings
+from workers.scoring import Evaluation, Scorer, ScorerSettings, SplitSequences, build_splits
+from workers.training import TrainedRouterState, TrainRequest, train_request
 
 log = logging.getLogger(__name__)
 OnResult = Callable[[Evaluation], None]
-ScorerFactory = Callable[[ScorerSettings], Any]  # builds a Scorer-like object in a worker
+
+
+class ScorerLike(Protocol):
+    """What a pool needs of the object it builds in each worker (a :class:`Scorer`, or a
+    stand-in such as the coordinator benchmark's zero-cost scorer)."""
+
+    num_blocks: int
+
+    def num_sequences(self, split: Split) -> int: ...
+
+    def model_device(self) -> str: ...
+
+    def score(self, schedule: Sequence[float], split: Split = "calibration",
+              router: str = "static", sequences: Sequence[int] | None = None
+              ) -> Evaluation: ...
+
+    def block_influence(self) -> list[float]: ...
+
+
+# builds the worker's scorer from the settings and, where the pool shares them, the sequences
+ScorerFactory = Callable[[ScorerSettings, SplitSequences | None], ScorerLike]
 
 
 @dataclass(frozen=True)
@@ -54,7 +81,17 @@ class EvaluationPool(abc.ABC):
     def block_influence(self) -> list[float]:
         """ShortGPT Block Influence of every block on the calibration split."""
 
-    def close(self) -> None:
+    @abc.abstractmethod
+    def train(self, request: TrainRequest) -> TrainedRouterState:
+        """Train a router on a worker's calibration sequences, measured on its held-out
+        ones; the same seed gives the same router whichever pool runs it (up to float
+        rounding of the worker's device and threads)."""
+
+    @abc.abstractmethod
+    def worker_devices(self) -> list[str]:
+        """Where each worker's model lives (``cpu``, ``cuda:0``, ...)."""
+
+    def close(self) -> None:  # noqa: B027 (a pool with nothing to release keeps it)
         """Release the workers. Idempotent."""
 
     def __enter__(self) -> "EvaluationPool":
@@ -64,16 +101,22 @@ class EvaluationPool(abc.ABC):
         self.close()
 
 
-def _describe(scorer: Scorer) -> tuple[int, dict[str, int]]:
-    return scorer.num_blocks, {split: scorer.num_sequences(split)
-                               for split in ("calibration", "heldout")}
+def _describe(scorer: ScorerLike) -> tuple[int, dict[str, int]]:
+    return scorer.num_blocks, {split: scorer.num_sequences(split) for split in SPLITS}
+
+
+def _train(scorer: ScorerLike, request: TrainRequest) -> TrainedRouterState:
+    if not isinstance(scorer, Scorer):
+        raise TypeError(f"{type(scorer).__name__} has no model to train a router on")
+    return train_request(scorer, request)
 
 
 class LocalPool(EvaluationPool):
-    """One scorer in this process; requests are scored one after another."""
+    """One scorer in this process; requests are scored one after another, and routers
+    train on that scorer (this process is the worker)."""
 
     def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory = Scorer) -> None:
-        self.scorer = scorer_factory(settings)
+        self.scorer = scorer_factory(settings, None)
         self.num_blocks, self.num_sequences = _describe(self.scorer)
 
     def evaluate(self, requests: Sequence[ScoreRequest],
@@ -89,6 +132,12 @@ class LocalPool(EvaluationPool):
     def block_influence(self) -> list[float]:
         return self.scorer.block_influence()
 
+    def train(self, request: TrainRequest) -> TrainedRouterState:
+        return _train(self.scorer, request)
+
+    def worker_devices(self) -> list[str]:
+        return [self.scorer.model_device()]
+
 
 class RayPool(EvaluationPool):
     """``workers`` Ray actors, each holding its own scorer (model loaded once per actor).
@@ -98,6 +147,8 @@ class RayPool(EvaluationPool):
     allowed) and keeps at most one task in flight, so work flows to whichever actor is free.
     An actor that dies, or runs one task longer than ``task_timeout_s``, is killed and
     replaced, and its task goes back in the queue, at most ``max_retries`` times per request.
+    A training request runs on one actor without a time limit; if that actor dies it is
+    replaced and the request runs again, at most ``max_retries`` times.
     """
 
     def __init__(self, settings: ScorerSettings, workers: int, address: str | None = None,
@@ -117,11 +168,11 @@ class RayPool(EvaluationPool):
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)
         self._settings = replace(settings, threads=threads)
         self._scorer_factory = scorer_factory
+        self.sequences_ref = ray.put(build_splits(settings, load_tokenizer(settings.model)))
         self.task_timeout_s = task_timeout_s
         self.max_retries = max_retries
         self.replaced = 0
-        self._actors = [self._actor_class.remote(self._settings, self._scorer_factory)
-                        for _ in range(workers)]
+        self._actors = [self._new_actor() for _ in range(workers)]
         described = ray.get([a.describe.remote() for a in self._actors])
         self.num_blocks, self.num_sequences = described[0]
 
@@ -144,13 +195,13 @@ class RayPool(EvaluationPool):
             for ref in done:
                 index, actor, _ = pending.pop(ref)
                 try:
-                    results[index] = ray.get(ref)
+                    result = results[index] = ray.get(ref)
                 except (RayActorError, WorkerCrashedError, GetTimeoutError) as exc:
                     self._retry(index, actor, attempts, queue, idle, exc)
                     continue
                 idle.append(actor)
                 if on_result:
-                    on_result(results[index])
+                    on_result(result)
             if self.task_timeout_s is not None:
                 now = time.monotonic()
                 for ref, (index, actor, started) in list(pending.items()):
@@ -161,22 +212,50 @@ class RayPool(EvaluationPool):
                                     TimeoutError(f"no result in {self.task_timeout_s} s"))
         return results  # type: ignore[return-value]
 
+    def _new_actor(self) -> Any:
+        return self._actor_class.remote(self._settings, self._scorer_factory,
+                                        self.sequences_ref)
+
+    def _replace(self, dead: Any) -> Any:
+        fresh = self._new_actor()
+        self._actors[self._actors.index(dead)] = fresh
+        self.replaced += 1
+        return fresh
+
     def _retry(self, index: int, dead: Any, attempts: list[int], queue: list[int],
                idle: list[Any], cause: Exception) -> None:
         attempts[index] += 1
         if attempts[index] > self.max_retries:
             raise WorkerFailure(f"request {index} failed {attempts[index]} times: {cause}")
         log.warning("worker lost (%s); replacing it and retrying request %d", cause, index)
-        fresh = self._actor_class.remote(self._settings, self._scorer_factory)
-        self._actors[self._actors.index(dead)] = fresh
-        self.replaced += 1
-        idle.append(fresh)
+        idle.append(self._replace(dead))
         queue.insert(0, index)
 
     def block_influence(self) -> list[float]:
         import ray
 
         return ray.get(self._actors[0].block_influence.remote())
+
+    def train(self, request: TrainRequest) -> TrainedRouterState:
+        import ray
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        actor, failures = self._actors[0], 0
+        while True:
+            try:
+                return ray.get(actor.train.remote(request))
+            except (RayActorError, WorkerCrashedError) as exc:
+                failures += 1
+                if failures > self.max_retries:
+                    raise WorkerFailure(f"router training failed {failures} times: {exc}"
+                                        ) from None
+                log.warning("worker lost (%s); replacing it and training again", exc)
+                actor = self._replace(actor)
+
+    def worker_devices(self) -> list[str]:
+        import ray
+
+        return ray.get([a.model_device.remote() for a in self._actors])
 
     def worker_pids(self) -> list[int]:
         import ray
@@ -201,11 +280,13 @@ class RayPool(EvaluationPool):
 
 
 class _ScorerActor:
-    """The Ray actor body: a scorer built once in the actor process."""
+    """The Ray actor body: a scorer built once in the actor process, on the sequences the
+    pool put into the object store."""
 
-    def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory) -> None:
+    def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory,
+                 sequences: SplitSequences) -> None:
         tune_heap()
-        self.scorer = scorer_factory(settings)
+        self.scorer = scorer_factory(settings, sequences)
 
     def describe(self) -> tuple[int, dict[str, int]]:
         return _describe(self.scorer)
@@ -223,6 +304,12 @@ class _ScorerActor:
 
     def block_influence(self) -> list[float]:
         return self.scorer.block_influence()
+
+    def train(self, request: TrainRequest) -> TrainedRouterState:
+        return _train(self.scorer, request)
+
+    def model_device(self) -> str:
+        return self.scorer.model_device()
 
 
 def make_pool(settings: ScorerSettings, kind: str, workers: int = 1,

@@ -15,6 +15,10 @@ by (schedule, router, sequence) and score a larger slice later without recomputi
 sequences it already has. The teacher's outputs are computed once per sequence, on first
 use; with ``teacher_top_k`` only the top-K dense probabilities are kept (bounded memory) and
 KL is taken between the distributions coarsened to those K tokens plus one "rest" bucket.
+
+A scorer puts its model, its token sequences, its teacher outputs and the routers it loads on
+one device (``ScorerSettings.device``, resolved in the worker: see :mod:`workers.devices`);
+what it returns is plain host data.
 """
 
 from __future__ import annotations
@@ -23,27 +27,31 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import astuple, dataclass, field, fields
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from router import RandomRouter, StaticRouter, TokenRouter, route, unroute
-from workers.data import DataSpec, Split, build_sequences
+from router import TokenRouter, route, unroute
+from router.registry import RouterSpecError as RouterSpecError  # re-exported
+from router.registry import check_router_spec as check_router_spec  # re-exported
+from router.registry import checkpoint_dir, make_router, router_kind
+from workers.data import SPLITS, DataSpec, Split, build_sequences
+from workers.devices import resolve_device
 
-ROUTERS = ("static", "random", "dynamic:<checkpoint dir>")
-
-
-class RouterSpecError(ValueError):
-    """A router spec that names nothing usable; the message is one line for the user."""
+SplitSequences = Mapping[Split, list[torch.Tensor]]  # token sequences of each split
 
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    """Everything a worker needs to build its scorer; plain data, cheap to ship to workers."""
+    """Everything a worker needs to build its scorer; plain data, cheap to ship to workers.
+
+    ``device``: ``auto`` (CUDA if the worker sees it, else the CPU) or a torch device.
+    """
 
     model: str
     dtype: str = "float32"
+    device: str = "auto"
     source: str = "builtin:pydoc"
     calibration_lens: tuple[int, ...] = (256, 512)
     calibration_per_length: int = 4
@@ -53,6 +61,18 @@ class ScorerSettings:
     batch_size: int = 4
     teacher_top_k: int | None = None
     threads: int | None = None
+
+    def data_spec(self, split: Split) -> DataSpec:
+        """Which sequences make up ``split``."""
+        if split == "calibration":
+            return DataSpec(self.source, split, self.calibration_lens,
+                            self.calibration_per_length)
+        return DataSpec(self.source, split, self.heldout_lens, self.heldout_per_length)
+
+
+def build_splits(settings: ScorerSettings, tokenizer: Any) -> dict[Split, list[torch.Tensor]]:
+    """Both splits' token sequences (on the CPU), as a scorer would build them itself."""
+    return {split: build_sequences(settings.data_spec(split), tokenizer) for split in SPLITS}
 
 
 @dataclass(frozen=True)
@@ -68,7 +88,11 @@ class WindowMetrics:
 
 @dataclass(frozen=True)
 class WindowStats:
-    """Sums over the window positions of one or more sequences; ``+`` merges them."""
+    """Sums over the window positions of one or more sequences; ``+`` merges them.
+
+    Stored as JSON by :meth:`to_json` (the fields' values in declaration order) and read
+    back by :meth:`from_json`, which refuses a list of any other length.
+    """
 
     kl_sum: float
     agree: int
@@ -79,11 +103,18 @@ class WindowStats:
     tokens: int  # forward tokens the routed model read
 
     def __add__(self, other: "WindowStats") -> "WindowStats":
-        return WindowStats(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+        return WindowStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
-    def astuple(self) -> tuple:
-        return (self.kl_sum, self.agree, self.nll_sum, self.positions, self.kept, self.seen,
-                self.tokens)
+    def to_json(self) -> list[float]:
+        return list(astuple(self))
+
+    @classmethod
+    def from_json(cls, values: Sequence[Any]) -> "WindowStats":
+        names = [f.name for f in fields(cls)]
+        if len(values) != len(names):
+            raise ValueError(f"window stats need {len(names)} values ({', '.join(names)}), "
+                             f"got {len(values)}")
+        return cls(**dict(zip(names, values, strict=True)))
 
     def metrics(self) -> WindowMetrics:
         return WindowMetrics(kl=self.kl_sum / self.positions, top1=self.agree / self.positions,
@@ -122,41 +153,6 @@ class Evaluation:
     @property
     def forward_tokens(self) -> int:
         return sum(s.tokens for s in self.per_sequence.values())
-
-
-def router_kind(spec: str) -> str:
-    """What the database records for a router spec: ``static``, ``random`` or the kind
-    of checkpoint (``dynamic``); the checkpoint path lives in the run's config."""
-    return spec.split(":", 1)[0]
-
-
-def check_router_spec(spec: str) -> None:
-    """Raise :class:`RouterSpecError` unless ``spec`` is ``static``, ``random`` or
-    ``dynamic:<dir>`` with a readable router checkpoint in ``dir``. Reads no weights."""
-    if spec in ("static", "random"):
-        return
-    if spec.startswith("dynamic:"):
-        from router.checkpoint import CheckpointError, read_meta
-
-        try:
-            read_meta(spec.split(":", 1)[1])
-        except CheckpointError as error:
-            raise RouterSpecError(str(error)) from None
-        return
-    raise RouterSpecError(f"unknown router {spec!r}; choose one of {', '.join(ROUTERS)}")
-
-
-def make_router(spec: str) -> TokenRouter:
-    """A router by spec: ``static``, ``random`` (seed 0) or ``dynamic:<checkpoint dir>``
-    (loaded on the CPU, in eval mode)."""
-    check_router_spec(spec)
-    if spec == "static":
-        return StaticRouter()
-    if spec == "random":
-        return RandomRouter(seed=0)
-    from router.checkpoint import load_router
-
-    return load_router(spec.split(":", 1)[1])[0]
 
 
 class _Teacher:
@@ -217,9 +213,10 @@ class WindowComparator:
                 batch = torch.stack([self.sequences[i] for i in batch_indices])
                 routed = self._window_log_probs(batch)
                 length = batch.shape[1] - 1
-                if routing is not None:
-                    kept = sum(routing.last_state.kept) // len(batch_indices)
-                    seen = sum(routing.last_state.seen) // len(batch_indices)
+                state = routing.last_state if routing is not None else None
+                if state is not None:
+                    kept = sum(state.kept) // len(batch_indices)
+                    seen = sum(state.seen) // len(batch_indices)
                 else:
                     kept = seen = length * len(self.model.model.layers)
                 for row, index in enumerate(batch_indices):
@@ -260,35 +257,47 @@ class WindowComparator:
 
 
 class Scorer:
-    """Loads the model once and scores schedules on the calibration or held-out split.
+    """Loads the model once, on ``settings.device``, and scores schedules on the calibration
+    or held-out split.
 
-    Each split's comparator is built on first use, so search workers that never evaluate
-    held-out text never tokenize it or pay for its teacher outputs.
+    ``sequences`` (CPU tensors, e.g. from :func:`build_splits` through Ray's object store)
+    are used as given; otherwise each split is tokenized here. Either way a split's
+    sequences move to the model's device and its comparator is built on first use, so
+    search workers that never evaluate held-out text never pay for its teacher outputs.
     """
 
-    def __init__(self, settings: ScorerSettings) -> None:
+    def __init__(self, settings: ScorerSettings, sequences: SplitSequences | None = None
+                 ) -> None:
         from router import load_model
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.settings = settings
-        self.model, self.tokenizer = load_model(settings.model, settings.dtype)
+        self.device = resolve_device(settings.device)
+        self.model, self.tokenizer = load_model(settings.model, settings.dtype,
+                                                str(self.device))
         self.num_blocks = len(self.model.model.layers)
+        self._sequences = dict(sequences or {})
         self._comparators: dict[str, WindowComparator] = {}
         self._routers: dict[str, TokenRouter] = {}  # checkpoints load once per scorer
 
     def comparator(self, split: Split) -> WindowComparator:
         if split not in self._comparators:
             s = self.settings
-            lens, per = ((s.calibration_lens, s.calibration_per_length) if split == "calibration"
-                         else (s.heldout_lens, s.heldout_per_length))
-            sequences = build_sequences(DataSpec(s.source, split, lens, per), self.tokenizer)
+            sequences = self._sequences.pop(split, None)
+            if sequences is None:
+                sequences = build_sequences(s.data_spec(split), self.tokenizer)
             self._comparators[split] = WindowComparator(
-                self.model, sequences, s.window, s.batch_size, s.teacher_top_k)
+                self.model, [seq.to(self.device) for seq in sequences], s.window,
+                s.batch_size, s.teacher_top_k)
         return self._comparators[split]
 
     def num_sequences(self, split: Split) -> int:
         return len(self.comparator(split).sequences)
+
+    def model_device(self) -> str:
+        """Where the model's weights are (``cpu``, ``cuda:0``, ...)."""
+        return str(next(self.model.parameters()).device)
 
     def score(self, schedule: Sequence[float], split: Split = "calibration",
               router: str = "static", sequences: Sequence[int] | None = None) -> Evaluation:
@@ -300,7 +309,9 @@ class Scorer:
             scorer_router = self._routers[router]
         else:
             scorer_router = make_router(router)
-            if router.startswith("dynamic:"):
+            if checkpoint_dir(router) is not None:
+                if isinstance(scorer_router, torch.nn.Module):
+                    scorer_router.to(self.device)
                 self._routers[router] = scorer_router
         per_sequence = comparator.compare(schedule, scorer_router, sequences)
         return Evaluation(schedule=[float(s) for s in schedule], split=split,

@@ -3,32 +3,82 @@
 The model stays frozen; only the router learns (see :mod:`router.training`). Held-out
 measurements go through the same :class:`~workers.scoring.WindowComparator` path as every
 other score, so a trained router's numbers compare directly with the static router's.
+
+Training runs where the scorer's model is (its device, its calibration sequences and teacher
+outputs): a pool worker, never a process that would load a model of its own for it.
+:func:`train_request` is the worker's side of :meth:`workers.pool.EvaluationPool.train`: a
+plain-data request in, a plain-data :class:`TrainedRouterState` out (CPU tensors), which the
+caller turns back into the router with :meth:`TrainedRouterState.router`.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import nn
 
-from router.dynamic import FACTORS, DynamicRouter, HiddenStateRouter
+from router import TokenRouter
+from router.dynamic import FACTORS
+from router.registry import TRAINED, LearnedRouter, kind_of, new_router
 from router.training import TrainConfig, train_router
 from workers.scoring import Scorer, WindowComparator, WindowMetrics, merge_stats
-
-ROUTER_KINDS = ("dynamic", "hidden_state")
 
 
 @dataclass(frozen=True)
 class TrainedRouter:
     """A trained router, its loss history and its final held-out window metrics."""
 
-    router: nn.Module
+    router: LearnedRouter
     history: dict[str, list[float]]
     heldout: WindowMetrics
     train_s: float
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Train a router of checkpoint kind ``kind`` (inputs ``factors``) for ``schedule``."""
+
+    schedule: list[float]
+    config: TrainConfig
+    kind: str = "dynamic"
+    factors: tuple[str, ...] = FACTORS
+
+
+@dataclass(frozen=True)
+class TrainedRouterState:
+    """A trained router as plain data: its kind, the fields that rebuild it (see
+    :data:`router.registry.TRAINED`), its state dict on the CPU, the loss and held-out
+    curves, the final held-out metrics, the training time and the worker (host:pid) and
+    device it trained on."""
+
+    kind: str
+    fields: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    history: dict[str, list[float]]
+    heldout: WindowMetrics
+    train_s: float
+    device: str
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @classmethod
+    def of(cls, trained: TrainedRouter, device: str) -> "TrainedRouterState":
+        router = trained.router
+        kind = kind_of(router)
+        assert kind is not None  # train_on_scorer builds trained kinds only
+        return cls(kind, {"hidden": router.hidden, **TRAINED[kind].shape(router)},
+                   {name: t.detach().cpu().clone() for name, t in router.state_dict().items()},
+                   trained.history, trained.heldout, trained.train_s, device)
+
+    def router(self) -> LearnedRouter:
+        """The trained router, on the CPU, in eval mode."""
+        router = TRAINED[self.kind].restore(self.fields)
+        router.load_state_dict(self.state_dict)
+        return router.eval()
 
 
 class HeldoutEvaluator:
@@ -42,30 +92,37 @@ class HeldoutEvaluator:
         self.last: WindowMetrics | None = None
 
     def __call__(self, router: nn.Module) -> dict[str, float]:
-        stats = self.comparator.compare(self.schedule, router)
+        stats = self.comparator.compare(self.schedule, cast(TokenRouter, router))
         self.last = m = merge_stats(list(stats.values())).metrics()
         return {"kl": m.kl, "top1": m.top1, "ppl": m.ppl, "sparsity": m.realized_sparsity}
 
 
-def new_router(kind: str, hidden_size: int, factors: Sequence[str] = FACTORS) -> nn.Module:
-    """An untrained router: FTP's ``dynamic`` router over ``factors``, or the
-    ``hidden_state`` baseline (an MLP over the block's input hidden state)."""
-    if kind == "dynamic":
-        return DynamicRouter(factors)
-    if kind == "hidden_state":
-        return HiddenStateRouter(hidden_size)
-    raise ValueError(f"unknown router kind {kind!r}; choose one of {', '.join(ROUTER_KINDS)}")
-
-
 def train_on_scorer(scorer: Scorer, schedule: Sequence[float], config: TrainConfig,
-                    kind: str = "dynamic", factors: Sequence[str] = FACTORS) -> TrainedRouter:
+                    kind: str = "dynamic", factors: Sequence[str] = FACTORS,
+                    observe: Callable[[dict[str, float]], None] | None = None) -> TrainedRouter:
     """Train a new router for ``schedule`` on the scorer's calibration sequences, evaluating
-    on its held-out sequences every ``config.eval_every`` steps and at the end."""
+    on its held-out sequences every ``config.eval_every`` steps and at the end. ``observe``
+    gets each evaluation's metrics as it happens; an exception it raises stops training
+    (the model is left unrouted) and propagates."""
     torch.manual_seed(config.seed)
-    router = new_router(kind, scorer.model.config.hidden_size, factors)
+    router = new_router(kind, scorer.model.config.hidden_size, factors).to(scorer.device)
     calibration = scorer.comparator("calibration").sequences
     evaluate = HeldoutEvaluator(scorer.comparator("heldout"), schedule)
+
+    def measured(module: nn.Module) -> dict[str, float]:
+        metrics = evaluate(module)
+        if observe is not None:
+            observe(metrics)
+        return metrics
+
     started = time.perf_counter()
-    history = train_router(scorer.model, router, schedule, calibration, evaluate, config)
+    history = train_router(scorer.model, router, schedule, calibration, measured, config)
     assert evaluate.last is not None  # train_router evaluates after the last step
     return TrainedRouter(router, history, evaluate.last, time.perf_counter() - started)
+
+
+def train_request(scorer: Scorer, request: TrainRequest) -> TrainedRouterState:
+    """Serve a pool's training request on ``scorer`` (see the module docstring)."""
+    trained = train_on_scorer(scorer, request.schedule, request.config, request.kind,
+                              request.factors)
+    return TrainedRouterState.of(trained, str(scorer.device))

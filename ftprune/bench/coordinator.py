@@ -15,20 +15,24 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from workers.scoring import Evaluation, ScorerSettings, WindowStats
+from workers.scoring import Evaluation, ScorerSettings, SplitSequences, WindowStats
 
 
 class ZeroCostScorer:
-    """Scores a schedule by its squared distance to a fixed ramp, per sequence, instantly."""
+    """Scores a schedule by its squared distance to a fixed ramp, per sequence, instantly
+    (no model: the pool's shared sequences are ignored)."""
 
-    def __init__(self, settings: ScorerSettings, num_blocks: int = 30,
-                 num_sequences: int = 8) -> None:
+    def __init__(self, settings: ScorerSettings, sequences: SplitSequences | None = None,
+                 num_blocks: int = 30, num_sequences: int = 8) -> None:
         self.settings = settings
         self.num_blocks = num_blocks
         self._sequences = num_sequences
 
     def num_sequences(self, split: str) -> int:
         return self._sequences
+
+    def model_device(self) -> str:
+        return "cpu"
 
     def score(self, schedule: Sequence[float], split: str = "calibration",
               router: str = "static", sequences: Sequence[int] | None = None) -> Evaluation:

@@ -27,11 +27,22 @@ from __future__ import annotations
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from search.config import RunConfig
 
+if TYPE_CHECKING:
+    from workers.pool import EvaluationPool
+
 Progress = Callable[[str], None]
+
+
+class BlockInfluence(Protocol):
+    """A pool or a scorer: anything that knows its block count and Block Influence."""
+
+    num_blocks: int
+
+    def block_influence(self) -> list[float]: ...
 
 
 def _config(base: RunConfig, seed: int, workdir: Path) -> RunConfig:
@@ -42,7 +53,7 @@ def _config(base: RunConfig, seed: int, workdir: Path) -> RunConfig:
 Entry = tuple[str, str, str, list[float]]  # allocation, router label, router spec, schedule
 
 
-def _rows(pool: Any, config: RunConfig, seed: int, entries: list[Entry]
+def _rows(pool: EvaluationPool, config: RunConfig, seed: int, entries: list[Entry]
           ) -> list[dict[str, Any]]:
     """Score every entry at each held-out length."""
     from workers.pool import ScoreRequest
@@ -51,7 +62,7 @@ def _rows(pool: Any, config: RunConfig, seed: int, entries: list[Entry]
     results = pool.evaluate([ScoreRequest(schedule, "heldout", spec)
                              for _, _, spec, schedule in entries])
     rows = []
-    for (allocation, router, _, _), result in zip(entries, results):
+    for (allocation, router, _, _), result in zip(entries, results, strict=True):
         for seq_len in config.heldout_seq_lens:
             m = merge_stats([s for s in result.per_sequence.values()
                              if s.tokens == seq_len]).metrics()  # tokens: the length read
@@ -61,20 +72,19 @@ def _rows(pool: Any, config: RunConfig, seed: int, entries: list[Entry]
     return rows
 
 
-def _influence_schedule(pool: Any, config: RunConfig) -> list[float]:
-    from search.ga import Grid, influence_profile
+def influence_allocation(pool: BlockInfluence, config: RunConfig) -> list[float]:
+    """The Block-Influence schedule of ``config`` for the model ``pool`` scores."""
+    from search.ga import influence_schedule
+    from search.settings import ga_params
 
-    grid = Grid.for_budget(pool.num_blocks, config.target_sparsity, config.max_block_sparsity,
-                           config.level_step)
-    profile = influence_profile(config.target_sparsity, pool.block_influence())
-    return grid.schedule(grid.from_profile(profile))
+    return influence_schedule(ga_params(config, pool.num_blocks), pool.block_influence())
 
 
 def run_quality(base: RunConfig, seeds: list[int],
                 progress: Progress = print) -> list[dict[str, Any]]:
     """The quality rows (see the module docstring)."""
-    from search.coordinator import open_pool
     from ftprune.pipeline import run_pipeline
+    from search.settings import open_pool
     from storage import Store
 
     rows: list[dict[str, Any]] = []
@@ -93,7 +103,7 @@ def run_quality(base: RunConfig, seeds: list[int],
             dynamic = f"dynamic:{last.checkpoint}"
             rows += _rows(pool, config, seed, [
                 ("uniform", "static", "static", uniform),
-                ("block_influence", "static", "static", _influence_schedule(pool, config)),
+                ("block_influence", "static", "static", influence_allocation(pool, config)),
                 ("searched", "static", "static", searched),
                 ("searched", "dynamic", dynamic, searched),
                 ("finetuned", "dynamic", dynamic, last.finetune.search.best_schedule)])
@@ -106,10 +116,9 @@ def run_ablation(base: RunConfig, seeds: list[int],
     """The ablation rows (see the module docstring)."""
     from router.checkpoint import save_router
     from router.dynamic import FACTORS
-    from search.coordinator import launch, open_pool
-    from ftprune.pipeline import train_config, training_scorer
+    from search.coordinator import launch
+    from search.settings import open_pool, training_request
     from storage import Store
-    from workers.training import train_on_scorer
 
     variants = [("dynamic", "dynamic", FACTORS)] + [
         (f"dynamic-no-{factor}", "dynamic", tuple(f for f in FACTORS if f != factor))
@@ -117,7 +126,6 @@ def run_ablation(base: RunConfig, seeds: list[int],
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ftprune-bench-") as tmp, \
             open_pool(_config(base, seeds[0], Path(tmp))) as pool:
-        scorer = training_scorer(pool, _config(base, seeds[0], Path(tmp)))
         for seed in seeds:
             config = _config(base, seed, Path(tmp))
             store = Store(f"sqlite:///{tmp}/seed-{seed}.db")
@@ -127,9 +135,8 @@ def run_ablation(base: RunConfig, seeds: list[int],
             entries: list[Entry] = [("searched", "static", "static", searched)]
             for name, kind, factors in variants:
                 progress(f"seed {seed}: train router {name}")
-                trained = train_on_scorer(scorer, searched, train_config(config, False),
-                                          kind, factors)
-                checkpoint = save_router(Path(tmp) / f"seed-{seed}-{name}", trained.router,
+                trained = pool.train(training_request(config, searched, False, kind, factors))
+                checkpoint = save_router(Path(tmp) / f"seed-{seed}-{name}", trained.router(),
                                          searched, config.model, config.dtype)
                 entries.append(("searched", name, f"dynamic:{checkpoint}", searched))
             seed_rows = _rows(pool, config, seed, entries)

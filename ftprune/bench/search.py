@@ -19,10 +19,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.config import RunConfig
 from search.ga import repair
+
+if TYPE_CHECKING:
+    from workers.pool import EvaluationPool
 
 PENALTY = 10.0  # KL units per unit of |mean - target|
 
@@ -33,7 +36,7 @@ class _Budget:
     used: int = 0
 
 
-def plain_deap(config: RunConfig, pool: Any, token_budget: int, seed: int,
+def plain_deap(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int,
                population: int = 16) -> dict[str, Any]:
     """DEAP ``eaSimple`` with a budget penalty; returns its row (before held-out KL)."""
     from deap import algorithms, base, creator, tools
@@ -50,7 +53,7 @@ def plain_deap(config: RunConfig, pool: Any, token_budget: int, seed: int,
     def evaluate_all(_evaluate: Any, individuals: list[list[float]]) -> list[tuple[float]]:
         requests = [ScoreRequest([min(s_max, max(0.0, s)) for s in ind]) for ind in individuals]
         fitnesses = []
-        for ind, result in zip(individuals, pool.evaluate(requests)):
+        for ind, result in zip(individuals, pool.evaluate(requests), strict=True):
             budget.used += result.forward_tokens
             fitness = result.fitness + PENALTY * abs(sum(ind) / n - target)
             fitnesses.append((fitness,))
@@ -78,7 +81,8 @@ def plain_deap(config: RunConfig, pool: Any, token_budget: int, seed: int,
             "schedule": repair(best, target, s_max)}
 
 
-def ours(config: RunConfig, pool: Any, token_budget: int, seed: int) -> dict[str, Any]:
+def ours(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int
+         ) -> dict[str, Any]:
     """This engine through the real coordinator and a throwaway SQLite store."""
     from search import coordinator
     from storage import Store
@@ -104,7 +108,7 @@ def ours(config: RunConfig, pool: Any, token_budget: int, seed: int) -> dict[str
 def run(config: RunConfig, token_budget: int, seeds: list[int],
         progress: Any = print) -> list[dict[str, Any]]:
     """Both methods for every seed on one pool; returns the benchmark rows."""
-    from search.coordinator import open_pool
+    from search.settings import open_pool
     from workers.pool import ScoreRequest
 
     rows: list[dict[str, Any]] = []
