@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import user_errors
+from ftprune.cli_common import Device, Dtype, user_errors
 
 bench_app = typer.Typer(help="Benchmarks: time the product, write rows as JSON.",
                         no_args_is_help=True)
@@ -159,6 +159,8 @@ def search(
     tokens: Annotated[int, typer.Option(
         help="Forward-token budget per method and seed.")] = 150_000,
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per method.")] = 3,
+    device: Device = None,
+    dtype: Dtype = None,
     json_out: JsonOut = None,
 ) -> None:
     """This search engine against a plain DEAP loop at the same forward-token budget.
@@ -171,7 +173,8 @@ def search(
     if tokens < 1 or seeds < 1:
         _fail("--tokens and --seeds must be at least 1")
     _check_json_out(json_out)
-    cfg = _checked_config(config, model=model, target_sparsity=target_sparsity)
+    cfg = _checked_config(config, model=model, target_sparsity=target_sparsity, device=device,
+                          dtype=dtype)
     from ftprune.bench.search import format_table, run
 
     rows = run(cfg, tokens, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))
@@ -224,6 +227,8 @@ def _quality_command(kind: str) -> Any:
                               "(default: the config's).")] = None,
         sequences: Annotated[Optional[int], typer.Option(
             help="Held-out sequences per length (default: the config's).")] = None,
+        device: Device = None,
+        dtype: Dtype = None,
         json_out: JsonOut = None,
     ) -> None:
         if seeds < 1:
@@ -232,7 +237,8 @@ def _quality_command(kind: str) -> Any:
             _fail("--sequences must be at least 1")
         _check_json_out(json_out)
         cfg = _checked_config(config, model=model, target_sparsity=sparsity,
-                              heldout_seq_lens=seq_len, heldout_sequences_per_length=sequences)
+                              heldout_seq_lens=seq_len, heldout_sequences_per_length=sequences,
+                              device=device, dtype=dtype)
         from ftprune.bench.quality import format_table, run_ablation, run_quality
 
         run = run_quality if kind == "quality" else run_ablation
@@ -255,3 +261,56 @@ bench_app.command("ablation", help=(
     "The dynamic router with each of its four factors removed, and a hidden-state router "
     "baseline, all trained for the same searched schedule; same rows as bench quality."
 ))(_quality_command("ablation"))
+
+
+@bench_app.command("eval")
+def eval_bench(
+    model: Annotated[str, typer.Option(
+        help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
+    )] = "smollm2-135m",
+    task_file: Annotated[Optional[list[str]], typer.Option(
+        "--task-file", help="BIG-bench task.json (or its directory) or bigbench:<name>; "
+                            "repeat for several.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="First N examples of each task.")] = None,
+    sparsity: Annotated[float, typer.Option(
+        help="Uniform block sparsity of the routed variant (static router).")] = 0.3,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward.")] = 8,
+    dtype: Annotated[str, typer.Option(
+        help="float32, bfloat16 or float64 (log-likelihoods agree to 1e-6).")] = "float32",
+    json_out: JsonOut = None,
+) -> None:
+    """The native multiple-choice scorer against lm-eval's HFLM on the same examples and
+    model: log-likelihood agreement, accuracy and examples per second of each.
+
+    Rows: task, variant (dense / routed), n, max_loglik_diff, acc_equal, acc_norm_equal,
+    native_acc, lmeval_acc, native_s, lmeval_s, native_examples_per_s,
+    lmeval_examples_per_s, speed_ratio (lm-eval seconds / native seconds).
+    """
+    if not task_file:
+        _fail("give at least one --task-file (a task.json or bigbench:<name>)")
+    if limit is not None and limit < 1:
+        _fail("--limit must be at least 1")
+    if batch_size < 1:
+        _fail("--batch-size must be at least 1")
+    if not 0.0 <= sparsity < 1.0:
+        _fail("--sparsity must lie in [0, 1)")
+    if dtype not in ("float32", "bfloat16", "float64"):
+        _fail(f"--dtype must be float32, bfloat16 or float64, not {dtype!r}")
+    _check_json_out(json_out)
+    from router import check_model_spec
+    from workers.tasks import TaskError
+
+    with user_errors():
+        check_model_spec(model)
+    from ftprune.eval import load_choice_tasks
+
+    try:
+        tasks = load_choice_tasks(task_file, limit)
+    except TaskError as exc:
+        _fail(str(exc))
+    from ftprune.bench.eval import format_table, run
+
+    rows = run(model, tasks, sparsity, batch_size, dtype,
+               progress=lambda line: typer.echo(line, err=True))
+    typer.echo(format_table(rows))
+    _write_json(rows, json_out)

@@ -1,0 +1,127 @@
+"""lm-eval tasks on a (routed) model: ``HFLM(pretrained=<model>, tokenizer=<tokenizer>)``
+and ``simple_evaluate``, with per-example scores for paired statistics.
+
+A task spec is a registered lm-eval task or group name (``arc_easy``, ``hellaswag``,
+``mmlu``, ...), a local task YAML file (its ``task:`` names it; its directory becomes an
+include path) or an include directory (every task its YAML files define). Stock tasks
+download their datasets where a network allows; a local YAML with ``dataset_path: json``
+and ``data_files`` runs offline. lm-eval's built-in task index is read only when a spec is
+not local.
+
+lm-eval calls ``model(input_ids)`` without an attention mask and pads a batch on the right
+with token 0. A routed model would count that padding as tokens of the row (its budget and
+kept set would change), so a routed model is always evaluated one request per forward; a
+dense model batches (padding on the right cannot change a causal model's real positions).
+Realized sparsity and FLOP saving are weighted over lm-eval's forwards
+(:class:`workers.choice.SparsityMeter`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from router import routing_of
+from workers.choice import SparsityMeter, TaskScores
+from workers.tasks import TaskError
+
+METRICS = ("acc", "acc_norm")
+
+
+def _yaml_tasks(path: Path) -> list[str]:
+    """Task names defined by one YAML file (``task:`` a string), tolerating lm-eval's
+    ``!function`` tags."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise TaskError(f"{path}: not a valid task YAML ({str(error).splitlines()[0]})"
+                        ) from None
+    task = data.get("task") if isinstance(data, dict) else None
+    return [task] if isinstance(task, str) else []
+
+
+def split_specs(specs: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(include paths, task names, whether lm-eval's built-in tasks are needed); raises
+    TaskError for a YAML that names no task or a directory that defines none."""
+    paths: list[str] = []
+    names: list[str] = []
+    builtin = False
+    for spec in specs:
+        path = Path(spec)
+        if path.suffix in (".yaml", ".yml"):
+            if not path.is_file():
+                raise TaskError(f"task YAML not found: {spec}")
+            found = _yaml_tasks(path)
+            if not found:
+                raise TaskError(f"{spec}: no 'task:' name in this YAML")
+            paths.append(str(path.resolve().parent))
+            names += found
+        elif path.is_dir():
+            found = [name for file in sorted(path.rglob("*.y*ml")) for name in _yaml_tasks(file)]
+            if not found:
+                raise TaskError(f"{spec}: no task YAML in this directory")
+            paths.append(str(path.resolve()))
+            names += found
+        else:
+            names.append(spec)
+            builtin = True
+    return tuple(dict.fromkeys(paths)), tuple(dict.fromkeys(names)), builtin
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(paths: tuple[str, ...], builtin: bool) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return TaskManager(include_path=list(paths) or None, include_defaults=builtin)
+
+
+def check_lm_tasks(specs: Sequence[str]) -> None:
+    """Raise TaskError unless every spec names an lm-eval task or group (reads the task
+    index, no dataset)."""
+    paths, names, builtin = split_specs(specs)
+    manager = _task_manager(paths, builtin)
+    known = set(manager.all_tasks)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise TaskError(f"unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`, or give "
+                        "a local task YAML / include directory)")
+
+
+def lmeval_scores(model: Any, tokenizer: Any, specs: Sequence[str], limit: int | None,
+                  batch_size: int) -> list[TaskScores]:
+    """Per-example ``acc`` / ``acc_norm`` of every leaf task of ``specs`` (examples in
+    lm-eval's document order, the first ``limit`` of each task)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    paths, names, builtin = split_specs(specs)
+    routed = routing_of(model) is not None
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1 if routed else batch_size)
+    meter = SparsityMeter()
+    with meter.measure(model):
+        results = simple_evaluate(model=lm, tasks=list(names),
+                                  task_manager=_task_manager(paths, builtin), limit=limit,
+                                  log_samples=True, verbosity="ERROR", bootstrap_iters=0)
+    if results is None:
+        raise RuntimeError("lm-eval returned no results")
+    scores = []
+    for task, samples in sorted(results["samples"].items()):
+        ordered = sorted(samples, key=lambda sample: sample["doc_id"])
+        metrics = {metric: [float(s[metric]) for s in ordered]
+                   for metric in METRICS if ordered and metric in ordered[0]}
+        if not metrics:
+            raise TaskError(f"lm-eval task {task!r} reports neither acc nor acc_norm")
+        loglik = [tuple(float(resp[0]) for resp in s["filtered_resps"]) for s in ordered]
+        scores.append(TaskScores(task, metrics, meter.realized_sparsity, meter.flop_saving,
+                                 loglik))
+    return scores

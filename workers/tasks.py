@@ -1,0 +1,181 @@
+"""Multiple-choice tasks: BIG-bench ``task.json`` files, ``bigbench:<name>`` and the reserved
+tasks.
+
+A task is a tuple of :class:`ChoiceExample` (a context, its choices, the indices of the
+correct ones). :func:`load_task_file` reads the public BIG-bench JSON task format the way
+BIG-bench's own ``JsonTask`` builds a zero-shot prompt:
+
+    context = task_prefix + example_input_prefix + input
+              [+ choice_prefix + choice_1 + choice_prefix + choice_2 ...]  (append_choices_to_input)
+              + example_output_prefix
+
+with BIG-bench's defaults ``task_prefix=""``, ``example_input_prefix="\\nQ: "``,
+``example_output_prefix="\\nA: "``, ``choice_prefix="\\n  choice: "`` and
+``append_choices_to_input=True``. The scored continuations are the ``target_scores`` keys,
+in the file's order. BIG-bench lists the choices in the prompt in a random permutation;
+here the listed order is a permutation seeded by the example's index in the file
+(``random.Random(index)``), so it is fixed, independent of ``limit`` and of the other
+examples, and does not reveal where the file puts its correct choice. The correct choices are
+those with the highest target score, which must be positive.
+
+``limit`` keeps the first N examples in file order (no sampling: the same N examples every
+time, and a smaller limit is a prefix of a larger one).
+
+The reserved tasks (:data:`RESERVED_TASKS`) are acceptance checks: evaluating on them is
+allowed, using them for calibration, fitness, training or tuning is not
+(:func:`check_not_reserved`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+RESERVED_TASKS: tuple[str, ...] = (
+    "contextual_parametric_knowledge_conflicts", "vitaminc_fact_verification", "physics",
+    "general_knowledge")
+BIGBENCH_PREFIX = "bigbench:"
+_DEFAULTS = {"task_prefix": "", "example_input_prefix": "\nQ: ",
+             "example_output_prefix": "\nA: ", "choice_prefix": "\n  choice: "}
+
+
+class TaskError(ValueError):
+    """A task that cannot be used as asked; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ChoiceExample:
+    """One multiple-choice question: the prompt, the continuations scored after it, and the
+    indices (into ``choices``) of the correct ones (never empty)."""
+
+    context: str
+    choices: tuple[str, ...]
+    correct: frozenset[int]
+
+
+@dataclass(frozen=True)
+class ChoiceTask:
+    name: str
+    examples: tuple[ChoiceExample, ...]
+
+
+def task_name(spec: str | Path) -> str | None:
+    """The BIG-bench task a spec names: ``bigbench:<name>``, or ``<name>`` for a path
+    ``.../<name>/task.json`` or a directory ``.../<name>`` holding ``task.json``; None
+    otherwise. Reads nothing but the directory entry."""
+    text = str(spec)
+    if text.startswith(BIGBENCH_PREFIX):
+        return text[len(BIGBENCH_PREFIX):].strip("/") or None
+    path = Path(text)
+    if path.name == "task.json":
+        return path.resolve().parent.name or None
+    if (path / "task.json").is_file():
+        return path.resolve().name or None
+    return None
+
+
+def check_not_reserved(spec: str | Path, use: str = "calibration") -> None:
+    """Raise :class:`TaskError` when ``spec`` names a reserved task or one of its subtasks
+    (``bigbench:<name>[/<subtask>]``, or a path with a ``<name>`` directory holding a
+    ``task.json``): those are kept for acceptance checks and never used for ``use``."""
+    name = task_name(spec)
+    if name is None:
+        return
+    parts = name.split("/") + (list(Path(str(spec)).resolve().parts)
+                               if not str(spec).startswith(BIGBENCH_PREFIX) else [])
+    name = next((part for part in parts if part in RESERVED_TASKS), None)
+    if name is not None:
+        raise TaskError(f"{spec} is the reserved task {name!r}, kept for acceptance checks: "
+                        f"it is never used for {use} (reserved: {', '.join(RESERVED_TASKS)})")
+
+
+def resolve_task(spec: str, limit: int | None = None) -> ChoiceTask:
+    """The task a spec names: a ``task.json`` path (or a directory holding one), or
+    ``bigbench:<name>`` (found by :func:`workers.bigbench.resolve_bigbench`)."""
+    if spec.startswith(BIGBENCH_PREFIX):
+        name = task_name(spec)
+        if not name:
+            raise TaskError(f"{spec!r}: name a task, as in bigbench:causal_judgment")
+        try:
+            bigbench = importlib.import_module("workers.bigbench")
+        except ImportError as error:
+            raise TaskError(f"{spec}: bigbench tasks are unavailable ({error})") from None
+        try:
+            path = bigbench.resolve_bigbench(name)
+        except ValueError as error:
+            raise TaskError(str(error)) from None
+        return load_task_file(path, limit, name=name)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "task.json"
+    return load_task_file(path, limit)
+
+
+def load_task_file(path: str | Path, limit: int | None = None,
+                   name: str | None = None) -> ChoiceTask:
+    """A BIG-bench JSON multiple-choice task (see the module docstring for the prompt).
+
+    Raises :class:`TaskError` for a missing file, invalid JSON, no ``examples``, an example
+    without ``input`` or ``target_scores``, empty or blank choices, no positive target
+    score, or a ``limit`` below 1. The task's name is ``name``, else its directory's name
+    for a ``task.json``, else the file's stem.
+    """
+    path = Path(path)
+    if limit is not None and limit < 1:
+        raise TaskError("--limit must be at least 1")
+    if not path.is_file():
+        raise TaskError(f"task file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TaskError(f"{path}: not a JSON file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
+        raise TaskError(f"{path}: no 'examples' list (not a BIG-bench JSON task)")
+    if not data["examples"]:
+        raise TaskError(f"{path}: 'examples' is empty")
+    prefixes = {}
+    for key, default in _DEFAULTS.items():
+        value = data.get(key, default)
+        if not isinstance(value, str):
+            raise TaskError(f"{path}: {key!r} must be a string")
+        prefixes[key] = value
+    append = data.get("append_choices_to_input", True)
+    if not isinstance(append, bool):
+        raise TaskError(f"{path}: 'append_choices_to_input' must be true or false")
+    raw = data["examples"][:limit]
+    examples = tuple(_example(path, index, item, prefixes, append)
+                     for index, item in enumerate(raw))
+    default_name = path.resolve().parent.name if path.name == "task.json" else path.stem
+    return ChoiceTask(name=name or default_name, examples=examples)
+
+
+def _example(path: Path, index: int, item: object, prefixes: dict[str, str],
+             append: bool) -> ChoiceExample:
+    where = f"{path}: example {index}"
+    if not isinstance(item, dict) or not isinstance(item.get("input"), str):
+        raise TaskError(f"{where} has no 'input' string")
+    scores = item.get("target_scores")
+    if not isinstance(scores, dict):
+        raise TaskError(f"{where} has no 'target_scores' (not a multiple-choice example)")
+    if not scores:
+        raise TaskError(f"{where}: 'target_scores' has no choices")
+    if any(not choice.strip() for choice in scores):
+        raise TaskError(f"{where}: a choice is empty")
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in scores.values()):
+        raise TaskError(f"{where}: target scores must be numbers")
+    choices = tuple(scores)
+    best = max(scores.values())
+    if best <= 0:
+        raise TaskError(f"{where}: no correct choice (no positive target score)")
+    correct = frozenset(i for i, choice in enumerate(choices) if scores[choice] == best)
+    text = prefixes["example_input_prefix"] + item["input"]
+    if append:
+        listed = list(choices)
+        random.Random(index).shuffle(listed)
+        sep = prefixes["choice_prefix"]
+        text += sep + sep.join(listed)
+    context = prefixes["task_prefix"] + text + prefixes["example_output_prefix"]
+    return ChoiceExample(context=context, choices=choices, correct=correct)
