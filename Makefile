@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/ftprune demo
 
-# PostgreSQL's server programs, for the storage tests' throwaway server.
+# PostgreSQL's server programs (the storage tests' throwaway server) and Debian's headless
+# Chromium (the dashboard's real-browser test).
 system-deps:
 	sh scripts/ensure-postgres.sh
+	sh scripts/ensure-chromium.sh
 
 test: install system-deps
 	$(BIN)/python -m pytest

@@ -80,10 +80,11 @@ def convergence(store: Store, run_id: int) -> pd.DataFrame:
 
 
 def _evaluation_columns() -> tuple[Any, ...]:
-    return (EvaluationRow.id, EvaluationRow.generation, EvaluationRow.fidelity,
-            EvaluationRow.schedule, EvaluationRow.router, EvaluationRow.fitness,
-            EvaluationRow.top1, EvaluationRow.ppl, EvaluationRow.realized_sparsity,
-            EvaluationRow.duration_s, EvaluationRow.worker, EvaluationRow.created_at)
+    return (EvaluationRow.id, EvaluationRow.generation, EvaluationRow.stage,
+            EvaluationRow.fidelity, EvaluationRow.schedule, EvaluationRow.router,
+            EvaluationRow.fitness, EvaluationRow.top1, EvaluationRow.ppl,
+            EvaluationRow.realized_sparsity, EvaluationRow.duration_s,
+            EvaluationRow.forward_tokens, EvaluationRow.worker, EvaluationRow.created_at)
 
 
 def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
@@ -100,8 +101,9 @@ def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
 
 
 def population(store: Store, run_id: int, generation: int | None = None) -> pd.DataFrame:
-    """Every evaluation of a run (or of one generation), in the order recorded: schedule,
-    router, fidelity, window metrics, worker and duration."""
+    """Every evaluation of a run (or of one generation), in the order recorded: selection
+    stage, fidelity, schedule, router, window metrics, duration, forward tokens and worker
+    (stage and forward tokens are NA on rows recorded before they were kept)."""
     statement = select(*_evaluation_columns()).where(EvaluationRow.run_id == run_id)
     if generation is not None:
         statement = statement.where(EvaluationRow.generation == generation)

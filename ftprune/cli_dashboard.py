@@ -1,0 +1,100 @@
+"""``ftprune dashboard``: serve the Streamlit dashboard (:mod:`dashboards.app`) over a
+database, read-only.
+
+Before anything starts, the host, the port and the database are checked: a malformed host,
+a port out of range or already taken, a missing database or one at another schema revision
+is one ``error:`` line and exit status 2. The server listens on 127.0.0.1 unless told
+otherwise and runs until interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftprune.cli_common import Db, user_errors
+
+HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+
+
+def dashboard(
+    db: Db = None,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on (0.0.0.0 exposes the dashboard to the network).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+) -> None:
+    """Browse runs, convergence, schedules, routers, tuning studies and evaluations.
+
+    Only reads the database: it is never created, migrated or written, and a database at an
+    older schema revision is refused (run `ftprune db upgrade`). Views refresh live while a
+    search is running.
+    """
+    from storage import default_url, open_reader, redact
+
+    url = db or default_url()
+    with user_errors():
+        check_address(host, port)
+        open_reader(url).close()
+    typer.echo(f"dashboard of {redact(url)} at http://{_url_host(host)}:{port} "
+               "(Ctrl-C stops it)", err=True)
+    raise typer.Exit(serve(url, host, port))
+
+
+def streamlit_command(url: str, host: str, port: int) -> list[str]:
+    """The command line that serves :mod:`dashboards.app` on ``host:port`` over ``url``."""
+    import dashboards
+
+    app = Path(dashboards.__file__).resolve().parent / "app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+            "--", "--db", url]
+
+
+def serve(url: str, host: str, port: int) -> int:
+    """Run the Streamlit server until it exits or is interrupted; its exit status (0 after
+    Ctrl-C)."""
+    process = subprocess.Popen(streamlit_command(url, host, port))
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # the server got the same SIGINT and shuts down
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise ConfigError unless ``host`` is an IP address or host name and ``port`` can be
+    listened on there now."""
+    from search.config import ConfigError
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must lie in 1..65535, got {port}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOSTNAME.match(host):
+            raise ConfigError(
+                f"--host must be an IP address or a host name, got {host!r}") from None
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

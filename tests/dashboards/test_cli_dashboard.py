@@ -1,0 +1,89 @@
+"""``ftprune dashboard``: bad input and unusable databases are one line and exit 2 before
+anything starts (and nothing is created); the server it starts is Streamlit on the app,
+bound to the address asked for (127.0.0.1 by default), headless, without usage stats."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ftprune import cli_dashboard
+from ftprune.cli import app
+from tests.storage.test_reader import _database_behind
+
+runner = CliRunner()
+
+
+def _refused(args: list[str], expected: str) -> None:
+    result = runner.invoke(app, ["dashboard", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_bad_host_port_or_database_is_one_line_and_exit_2(filled, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_dashboard, "serve", lambda *a: pytest.fail("server started"))
+    _refused(["--db", filled.url, "--port", "0"], "--port must lie in 1..65535")
+    _refused(["--db", filled.url, "--port", "65536"], "--port must lie in 1..65535")
+    _refused(["--db", filled.url, "--host", "not a host"], "--host must be an IP address")
+    missing = tmp_path / "missing.db"
+    _refused(["--db", f"sqlite:///{missing}"], "no database at")
+    assert not missing.exists()
+    _refused(["--db", "mysql://somewhere/db"], "unsupported database")
+    stale = tmp_path / "stale.db"
+    _database_behind(f"sqlite:///{stale}")
+    _refused(["--db", f"sqlite:///{stale}"], "run `ftprune db upgrade`")
+
+
+def test_a_port_in_use_is_refused_before_starting(filled, monkeypatch):
+    monkeypatch.setattr(cli_dashboard, "serve", lambda *a: pytest.fail("server started"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _refused(["--db", filled.url, "--port", str(port)], f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
+    started: list[list[str]] = []
+
+    class Server:
+        def __init__(self, command: list[str]) -> None:
+            started.append(command)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Server)
+    result = runner.invoke(app, ["dashboard", "--db", filled.url, "--port", "8765"])
+    assert result.exit_code == 0, result.output
+    (command,) = started
+    assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
+    assert command[4].endswith("dashboards/app.py")
+    options = dict(zip(command[5:-3:2], command[6:-3:2], strict=True))
+    assert options == {"--server.address": "127.0.0.1", "--server.port": "8765",
+                       "--server.headless": "true", "--browser.gatherUsageStats": "false",
+                       "--client.toolbarMode": "viewer"}
+    assert command[-3:] == ["--", "--db", filled.url]
+    assert "http://127.0.0.1:8765" in result.stderr
+
+
+def test_the_pipeline_summary_ends_with_the_command_that_opens_its_dashboard(filled):
+    # `ftprune demo` prints the same summary (ftprune.cli_pipeline.report)
+    assert filled.pipeline_output.rstrip().splitlines()[-1] == (
+        f"  ftprune dashboard --db {filled.pipeline_url}")
+
+
+def test_its_help_starts_without_heavy_imports():
+    code = ("import sys; from ftprune.cli import main\n"
+            "sys.argv = ['ftprune', 'dashboard', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('streamlit', 'pandas', 'sqlalchemy', 'plotly', 'torch')"
+            " if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert "Usage" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
