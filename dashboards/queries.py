@@ -31,8 +31,6 @@ ROUTER_COLUMNS = ["label", "lambda_guide", "lambda_sparse", "lambda_distill", "h
                   "heldout_top1", "heldout_ppl", "realized_sparsity", "train_s", "checkpoint",
                   "created_at"]
 TRIAL_SYSTEM_COLUMNS = ["study", "number", "state", "pareto"]
-Z95 = 1.959964  # two-sided 95% normal quantile
-PROPORTION_METRICS = ("acc", "acc_norm", "top1_agreement")
 
 
 def run_table(store: Store) -> pd.DataFrame:
@@ -192,26 +190,6 @@ def router_curves(store: Store, run_id: int) -> pd.DataFrame:
     form) without ``lambda_*`` schedule series: one series per loss term and the total."""
     curves = queries.router_curves(store, run_id)
     return curves[~curves["series"].str.startswith("lambda_")].reset_index(drop=True)
-
-
-def eval_table(store: Store, run_id: int | None = None) -> pd.DataFrame:
-    """Task results (:func:`storage.queries.eval_results`, in the order recorded) with
-    ``ci_low``/``ci_high``: an approximate 95% interval of the retention for proportion
-    metrics (:data:`PROPORTION_METRICS`) with a sample count, by the delta method on two
-    independent binomial proportions. Dense and routed are scored on the same examples, so
-    this unpaired interval is wider than ``ftprune eval``'s paired bootstrap (which the
-    database does not keep); NaN where it does not apply."""
-    frame = queries.eval_results(store, run_id)
-    n = frame["samples"].astype("float64")
-    dense, routed = frame["dense"], frame["routed"]
-    relative_var = (routed * (1 - routed) / n / routed.pow(2)
-                    + dense * (1 - dense) / n / dense.pow(2))
-    half = Z95 * frame["retention"] * relative_var.pow(0.5)
-    usable = (frame["metric"].isin(PROPORTION_METRICS) & (n > 0) & (dense > 0)
-              & (routed > 0))
-    frame["ci_low"] = (frame["retention"] - half).where(usable).astype("float64")
-    frame["ci_high"] = (frame["retention"] + half).where(usable).astype("float64")
-    return frame
 
 
 def benchmark_kinds(store: Store) -> dict[str, pd.DataFrame]:

@@ -12,6 +12,7 @@ import streamlit as st
 
 from dashboards import figures, queries
 from storage import Store
+from storage.queries import eval_results
 
 View = Callable[[Store, "int | None"], None]
 NO_RUNS = ("No runs in this database yet: start one with `ftprune search launch --config "
@@ -176,12 +177,12 @@ def evaluation_view(store: Store, run_id: int | None) -> None:
     st.header("Evaluation")
     only_run = run_id is not None and st.toggle("Only the chosen run", value=False,
                                                 key="eval_only_run")
-    results = queries.eval_table(store, run_id if only_run else None)
+    results = eval_results(store, run_id if only_run else None)
     if results.empty:
         st.info("No task results yet: `ftprune eval --run RUN` stores them here.")
     else:
-        st.caption("Intervals: approximate 95%, unpaired (wider than the paired bootstrap "
-                   "`ftprune eval` prints).")
+        st.caption("Intervals: 95% paired bootstrap of the retention, as `ftprune eval` "
+                   "printed them.")
         st.plotly_chart(figures.retention_figure(results), key="retention")
         st.dataframe(results, hide_index=True, width="stretch")
     st.header("Benchmarks")

@@ -10,7 +10,6 @@ keeps glibc's defaults).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,10 +17,24 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ftprune.cli_bench import bench_app
-from ftprune.cli_common import (Db, Pool, Quiet, Workers, echo_heldout_table, format_schedule,
-                               open_store, user_errors)
+from ftprune.cli_common import (
+    Db,
+    Device,
+    Dtype,
+    Pool,
+    Quiet,
+    Workers,
+    echo_heldout_table,
+    format_schedule,
+    on_device,
+    open_store,
+    user_errors,
+)
+from ftprune.cli_dashboard import dashboard
 from ftprune.cli_db import db_app
+from ftprune.cli_eval import eval_command
 from ftprune.cli_pipeline import export, pipeline, router_app
+from ftprune.cli_tune import tune_app
 
 app = typer.Typer(help="Evolutionary search for FTP token-wise pruning of causal LMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -31,8 +44,11 @@ app.add_typer(search_app, name="search")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
 app.add_typer(router_app, name="router")
+app.add_typer(tune_app, name="tune")
 app.command("pipeline")(pipeline)
 app.command("export")(export)
+app.command("eval")(eval_command)
+app.command("dashboard")(dashboard)
 
 QUICK_DEMO = dict(seq_lens=[128], sequences_per_length=4, heldout_seq_lens=[256],
                   heldout_sequences_per_length=2, window=16, offspring=6, generations=2,
@@ -60,6 +76,8 @@ def search_launch(
     workers: Workers = None,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Ray cluster address ('auto' under ray job submit).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
@@ -70,7 +88,8 @@ def search_launch(
         cfg = build_config(config, model=model, target_sparsity=target_sparsity,
                            calibration=calibration, seq_lens=seq_len, generations=generations,
                            offspring=offspring, seed=seed, run_name=run_name, pool=pool,
-                           workers=workers, ray_address=ray_address)
+                           workers=workers, ray_address=ray_address, device=device,
+                           dtype=dtype)
         _run_and_report(cfg, db, quiet)
 
 
@@ -80,11 +99,13 @@ def search_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     db: Db = None,
 ) -> None:
-    """Show a run's progress and best schedule."""
-    from storage import StorageError
+    """Show a run's progress and best schedule.
 
-    with user_errors():
-        store = open_store(db, create=False)
+    Only reads: a database at an older schema revision is refused, never migrated.
+    """
+    from storage import StorageError, open_reader
+
+    with user_errors(), open_reader(db) as store:
         if run is None:
             latest = store.latest_run()
             if latest is None:
@@ -105,6 +126,8 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (about a minute).")] = False,
     pool: Pool = None,
     workers: Workers = None,
+    device: Device = None,
+    dtype: Dtype = None,
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
@@ -118,19 +141,22 @@ def demo(
     with user_errors():
         overrides: dict[str, Any] = dict(QUICK_DEMO) if quick else {}
         cfg = build_config(None, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                           pool=pool, workers=workers, **overrides)
+                           pool=pool, workers=workers, device=device, dtype=dtype,
+                           **overrides)
         run_pipeline_and_report(cfg, db, 1, quiet)
 
 
 @search_app.command("resume")
 def search_resume(
     run: Annotated[str, typer.Argument(help="Run id or name.")],
+    device: Device = None,
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
     """Continue a run from its last completed generation (after a crash or a kill).
 
-    The result is the same as an uninterrupted run with the same config and seed.
+    The result is the same as an uninterrupted run with the same config and seed
+    (``--device`` moves the workers for this process; the run's config keeps its own).
     """
     from search.config import RunConfig
     from search.coordinator import resume
@@ -139,9 +165,9 @@ def search_resume(
     url = db or default_url()
     with user_errors():
         store = open_store(url, create=False)
-        cfg = RunConfig(**store.find_run(run).config)
+        cfg = on_device(RunConfig(**store.find_run(run).config), device)
         started = time.perf_counter()
-        outcome = resume(run, store, show_progress=not quiet)
+        outcome = resume(run, store, show_progress=not quiet, device=device)
     _report(cfg, outcome, url, time.perf_counter() - started)
 
 
@@ -159,6 +185,7 @@ def _run_and_report(cfg: Any, db: str | None, quiet: bool) -> None:
 
 
 def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
+    from search.records import BEST, UNIFORM
     from storage import redact
 
     found = outcome.search
@@ -168,8 +195,8 @@ def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
                f"{found.forward_tokens} forward tokens, {elapsed:.0f} s")
     typer.echo(f"best calibration window KL: {found.best_fitness:.4f}")
     typer.echo(f"best schedule: {format_schedule(found.best_schedule)}")
-    echo_heldout_table(cfg, [("uniform + static router", outcome.heldout["uniform"].metrics),
-                             ("searched + static router", outcome.heldout["best"].metrics)])
+    echo_heldout_table(cfg, [("uniform + static router", outcome.heldout[UNIFORM].metrics),
+                             ("searched + static router", outcome.heldout[BEST].metrics)])
     typer.echo(f"\nlook at the results:\n  ftprune search status {outcome.run_name} "
                f"--db {redact(url)}\n  ftprune search status {outcome.run_name} --json "
                f"--db {redact(url)}")
@@ -183,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

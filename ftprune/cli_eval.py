@@ -17,7 +17,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from ftprune.cli_common import Db, Quiet, open_store, user_errors
+from ftprune.cli_common import Db, Device, Quiet, open_store, user_errors
 
 
 @contextlib.contextmanager
@@ -76,6 +76,7 @@ def eval_command(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     dtype: Annotated[str, typer.Option(help="With --model: float32 or bfloat16.")] = "float32",
+    device: Device = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Evaluate on data the run calibrated or trained on.")] = False,
     json_out: Annotated[Optional[Path], typer.Option(
@@ -115,19 +116,25 @@ def eval_command(
     with user_errors(), _task_errors():
         plan, targets, view, store = _prepare(
             run or compare, compare is not None, export, model, sparsity, schedule, router,
-            lm_tasks, task_file or [], text, limit, batch_size, resamples, seed, dtype, force, db)
+            lm_tasks, task_file or [], text, limit, batch_size, resamples, seed, dtype, force, db,
+            device)
         _execute(plan, targets, view, store, compare is not None, json_out, plot_out, quiet)
 
 
 def _prepare(ref: str | None, comparing: bool, export: Path | None, model: str | None,
              sparsity: float | None, schedule: str | None, router: str | None, lm_tasks: list[str],
              task_files: list[str], text: str | None, limit: int | None, batch_size: int,
-             resamples: int, seed: int, dtype: str, force: bool, db: str | None
-             ) -> tuple[Any, Any, Any, Any]:
+             resamples: int, seed: int, dtype: str, force: bool, db: str | None,
+             device: str | None) -> tuple[Any, Any, Any, Any]:
     """Everything checked, nothing loaded: the plan, the targets (a function of the block
     count, or None for --compare), the run view and store (for runs)."""
     from ftprune.eval import EvalPlan, Target, check_hygiene, load_choice_tasks, run_target
     from workers import BUILTIN_PYDOC, ScorerSettings, check_source
+    from workers.devices import check_device_available, check_device_spec
+
+    if device is not None:  # in this process: eval loads its model here
+        check_device_spec(device)
+        check_device_available(device)
 
     choice_tasks = load_choice_tasks(task_files, limit)
     if lm_tasks:
@@ -169,6 +176,8 @@ def _prepare(ref: str | None, comparing: bool, export: Path | None, model: str |
             return Target("uniform", [uniform] * blocks, kind)
     if text is not None:
         settings = dataclasses.replace(settings, source=text)
+    if device is not None:
+        settings = dataclasses.replace(settings, device=device)
     use_text = text is not None or not (choice_tasks or lm_tasks)
     plan = EvalPlan(settings=settings, choice_tasks=choice_tasks, lm_tasks=lm_tasks,
                     text=use_text, limit=limit, batch_size=batch_size, resamples=resamples,

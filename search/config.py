@@ -75,7 +75,7 @@ class TuningConfig(BaseModel):
     sparsity: list[float] | None = Field(
         None, min_length=2, max_length=2,
         description="two-objective studies: target sparsity range; default target ± 0.1")
-    tolerance: float = Field(0.05, gt=0.0, description="largest |achieved - target| sparsity "
+    tolerance: float = Field(0.1, gt=0.0, description="largest |achieved - target| sparsity "
                                                          "of a feasible trial")
     pruner_startup_trials: int = Field(2, ge=0, description="trials before pruning starts")
     pruner_warmup_steps: int = Field(1, ge=0, description="steps before a trial can be pruned")
@@ -103,12 +103,15 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     run_name: str | None = Field(None, description="unique name; defaults to run-<id>")
-    model: str = Field("smollm2-135m", description="alias, .gguf file, directory, hub id or random:<preset>")
+    model: str = Field("smollm2-135m",
+                       description="alias, .gguf file, directory, hub id or random:<preset>")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="where workers put the model: auto (CUDA if the "
                                             "worker sees it, else CPU), cpu, cuda or cuda:N")
-    calibration: str = Field("builtin:pydoc", description="builtin:pydoc, a .txt or a .jsonl file")
-    seq_lens: list[int] = Field([256, 512], min_length=1, description="calibration sequence lengths")
+    calibration: str = Field("builtin:pydoc",
+                             description="builtin:pydoc, a .txt or a .jsonl file")
+    seq_lens: list[int] = Field([256, 512], min_length=1,
+                                description="calibration sequence lengths")
     sequences_per_length: int = Field(4, ge=1)
     heldout_seq_lens: list[int] = Field([512], min_length=1)
     heldout_sequences_per_length: int = Field(4, ge=1)
@@ -173,7 +176,7 @@ class RunConfig(BaseModel):
             pool = self.num_calibration_sequences
             sizes = [stage.sequences for stage in self.stages]
             keeps = [stage.keep for stage in self.stages]
-            if any(a >= b for a, b in zip(sizes, sizes[1:])) or sizes[-1] > pool:
+            if any(a >= b for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[-1] > pool:
                 raise ValueError(f"stage sequences must grow and stay within the {pool} "
                                  "calibration sequences")
             if keeps != sorted(keeps, reverse=True) or keeps[-1] < self.parents:

@@ -12,7 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import pandas as pd
 from sqlalchemy import DateTime, Float, Integer, Select, String, func, select
@@ -24,14 +24,14 @@ from storage.store import Store
 CURVE_X = "step"
 
 
-def _frame(store: Store, statement: Select[Any]) -> pd.DataFrame:
+def _frame(store: Store, statement: Select[Unpack[tuple[Any, ...]]]) -> pd.DataFrame:
     """The statement's rows as a DataFrame whose dtypes follow the SQL types, whatever the
     backend and the data: integers ``int64`` (``Int64`` where nullable), floats ``float64``,
     strings ``str``, timestamps UTC at microseconds; JSON stays Python objects."""
     with store.read_engine.connect() as connection:
         result = connection.execute(statement)
         frame = pd.DataFrame([tuple(row) for row in result], columns=list(result.keys()))
-    for name, column in zip(frame.columns, statement.selected_columns):
+    for name, column in zip(frame.columns, statement.selected_columns, strict=True):
         if isinstance(column.type, DateTime):
             frame[name] = pd.to_datetime(frame[name], utc=True).dt.as_unit("us")
         elif isinstance(column.type, Integer):
@@ -141,14 +141,14 @@ def router_curves(store: Store, run_id: int | None = None) -> pd.DataFrame:
     statement = select(RouterRow.id, RouterRow.label, RouterRow.curves)
     if run_id is not None:
         statement = statement.where(RouterRow.run_id == run_id)
-    records = []
+    records: list[tuple[Any, ...]] = []
     for router_id, label, curves in _frame(store, statement.order_by(RouterRow.id)).itertuples(
             index=False):
         length = max((len(values) for values in curves.values()), default=0)
         steps = curves.get(CURVE_X, range(length))
         for series in sorted(set(curves) - {CURVE_X}):
             records.extend((router_id, label, series, step, value)
-                           for step, value in zip(steps, curves[series]))
+                           for step, value in zip(steps, curves[series], strict=False))
     frame = pd.DataFrame(records, columns=["router_id", "label", "series", "step", "value"])
     return frame.astype({"router_id": "int64", "label": "str", "series": "str",
                          "step": "float64", "value": "float64"})
@@ -156,11 +156,15 @@ def router_curves(store: Store, run_id: int | None = None) -> pd.DataFrame:
 
 def eval_results(store: Store, run_id: int | None = None) -> pd.DataFrame:
     """Task results (of one run, or all), in the order recorded: task, metric, dense and
-    routed values and ``retention`` (routed / dense; NaN where dense is 0)."""
+    routed values, ``retention`` (routed / dense; NaN where dense is 0), its paired bootstrap
+    interval ``ci_low`` / ``ci_high`` and the routed model's ``realized_sparsity`` and
+    ``flop_saving`` (NaN where not recorded)."""
     statement = select(
         EvalResultRow.id, EvalResultRow.run_id, EvalResultRow.router_id, EvalResultRow.label,
         EvalResultRow.router, EvalResultRow.task, EvalResultRow.metric, EvalResultRow.dense,
-        EvalResultRow.routed, EvalResultRow.samples, EvalResultRow.created_at)
+        EvalResultRow.routed, EvalResultRow.samples, EvalResultRow.ci_low,
+        EvalResultRow.ci_high, EvalResultRow.realized_sparsity, EvalResultRow.flop_saving,
+        EvalResultRow.created_at)
     if run_id is not None:
         statement = statement.where(EvalResultRow.run_id == run_id)
     frame = _frame(store, statement.order_by(EvalResultRow.id))

@@ -180,6 +180,10 @@ class EvalResultRow(Base):
     dense: Mapped[float] = mapped_column(Float)
     routed: Mapped[float] = mapped_column(Float)
     samples: Mapped[int | None] = mapped_column(Integer)
+    ci_low: Mapped[float | None] = mapped_column(Float)  # paired bootstrap CI of the retention
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    realized_sparsity: Mapped[float | None] = mapped_column(Float)
+    flop_saving: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -194,4 +198,29 @@ class BenchmarkRow(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("ftp_runs.id", ondelete="SET NULL"))
     row: Mapped[dict[str, Any]] = mapped_column(JSON)
     code_version: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TunedWeightsRow(Base):
+    """One best trial of an ``ftprune tune`` study (one row, or one per Pareto-front trial
+    of a two-objective study): the router-training settings it sampled and what it scored.
+    ``run_id`` is the tuned run, NULL for a study tuned on a config's uniform schedule."""
+
+    __tablename__ = "ftp_tuned_weights"
+    __table_args__ = (Index(None, "model", "target_sparsity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ftp_runs.id", ondelete="CASCADE"))
+    study: Mapped[str] = mapped_column(String(200))
+    trial: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(500))
+    target_sparsity: Mapped[float] = mapped_column(Float)
+    schedule: Mapped[list[float]] = mapped_column(JSON)
+    lambda_guide: Mapped[float] = mapped_column(Float)
+    lambda_sparse: Mapped[float] = mapped_column(Float)
+    lambda_distill: Mapped[float] = mapped_column(Float)
+    guide_steps: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    heldout_kl: Mapped[float] = mapped_column(Float)
+    objectives: Mapped[dict[str, float]] = mapped_column(JSON)  # objective name -> value
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

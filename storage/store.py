@@ -4,9 +4,16 @@
 Guarantees of :class:`Store` (modelled on Optuna's storage interface, and checked by one
 conformance suite run against SQLite and PostgreSQL):
 
-- Opening a store brings the database to the newest schema (:func:`storage.migrate.upgrade`:
-  locked, one transaction, Optuna's tables untouched); ``create=False`` refuses a missing
-  SQLite file instead of creating one.
+- Opening a store to write (``Store(url)``) brings the database to the newest schema
+  (:func:`storage.migrate.upgrade`: locked, one transaction, Optuna's tables untouched);
+  ``create=False`` refuses a missing SQLite file instead of creating one.
+- A store from :func:`open_reader` never creates, migrates or writes the database (in the
+  manner of Optuna's storage, which refuses a stale schema instead of upgrading it on
+  open): it refuses, with one line, a database that is missing, empty or at any schema
+  revision but the newest, and its connections cannot write (see
+  :func:`storage.engine.make_reader_engine`); its write methods raise
+  :class:`StorageError`. After :meth:`Store.close` a SQLite database that no one else had
+  open is byte-identical, with no ``-wal``/``-shm`` file left.
 - Each public write is one transaction: it lands whole or not at all (a crash leaves the
   database as it was before the call or after it, never half-way).
 - Several processes may write at once, each the only writer of its runs (as the coordinator
@@ -21,20 +28,23 @@ conformance suite run against SQLite and PostgreSQL):
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import statistics
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from types import TracebackType
+from typing import Any, Iterable, Mapping, NoReturn, Protocol, Sequence
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from storage.engine import (StorageError, database_errors, default_url, make_engine, read_only,
-                            redact, require_existing)
-from storage.migrate import upgrade
+from storage.engine import (StorageError, database_errors, default_url, make_engine,
+                            make_reader_engine, read_only, redact, require_existing)
+from storage.migrate import require_head, upgrade
 from storage.schema import (BenchmarkRow, EvalResultRow, EvaluationRow, GenerationRow,
-                            HeldoutRow, RouterRow, RunRow, SearchStateRow, utcnow)
+                            HeldoutRow, RouterRow, RunRow, SearchStateRow, TunedWeightsRow,
+                            utcnow)
 
 def code_version() -> str:
     """The installed ``ftprune`` distribution's version, stored with every run and bench row."""
@@ -47,7 +57,11 @@ def code_version() -> str:
 BENCHMARK_KINDS = ("routing", "search", "coordinator", "quality")
 BENCHMARK_META = ("id", "kind", "run_id", "code_version", "created_at")  # not row fields
 EVAL_RESULT_KEYS = ("task", "metric", "dense", "routed")
+EVAL_RESULT_EXTRAS = ("ci_low", "ci_high", "realized_sparsity", "flop_saving")  # optional
 LOSS_WEIGHTS = ("guide", "sparse", "distill")
+TUNED_WEIGHTS_KEYS = ("trial", "model", "target_sparsity", "schedule", "lambda_guide",
+                      "lambda_sparse", "lambda_distill", "guide_steps", "lr",
+                      "heldout_kl", "objectives")
 
 
 class Metrics(Protocol):
@@ -103,23 +117,46 @@ class Store:
     """ftprune's database; see the module docstring for its guarantees."""
 
     def __init__(self, url: str | None = None, create: bool = True) -> None:
-        """Open the database at ``url`` and bring it to the newest schema.
+        """Open the database at ``url`` to write, bringing it to the newest schema first
+        (:func:`open_reader` reads without changing anything).
 
-        With ``create=False`` a missing SQLite file is a :class:`StorageError`, so read-only
-        commands never leave an empty database behind.
+        With ``create=False`` a missing SQLite file is a :class:`StorageError`, so commands
+        that need an existing database never leave an empty one behind.
         """
-        self.url = url or default_url()
+        url = url or default_url()
         if not create:
-            require_existing(self.url)
-        self.engine = make_engine(self.url)
-        with database_errors(self.url):
-            upgrade(self.engine)
-        self.read_engine = read_only(self.engine)
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
+            require_existing(url)
+        engine = make_engine(url)
+        with database_errors(url):
+            upgrade(engine)
+        self._attach(url, engine, writable=True)
+
+    @classmethod
+    def _reading(cls, url: str, engine: Engine) -> Store:
+        """A store over a reader engine (see :func:`open_reader`)."""
+        store = cls.__new__(cls)
+        store._attach(url, engine, writable=False)
+        return store
+
+    def _attach(self, url: str, engine: Engine, writable: bool) -> None:
+        self.url = url
+        self.engine = engine
+        self.writable = writable
+        self.read_engine = read_only(engine)
+        self._session: sessionmaker[Session] | _NoWrites = (
+            sessionmaker(engine, expire_on_commit=False) if writable else _NoWrites(url))
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def close(self) -> None:
+        """Close every connection (on SQLite, the last one out removes ``-wal``/``-shm``)."""
         self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
+                 _traceback: TracebackType | None) -> None:
+        self.close()
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -172,7 +209,7 @@ class Store:
             if search_state is not None:
                 session.merge(SearchStateRow(run_id=run_id, generation=generation + 1,
                                              state=search_state, updated_at=utcnow()))
-            run = session.get(RunRow, run_id)
+            run = _run_row(session, run_id)
             run.generations_done = generation + 1
             run.best_fitness = best_fitness
             run.best_schedule = best_schedule
@@ -189,7 +226,7 @@ class Store:
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
         with self._session.begin() as session:
-            run = session.get(RunRow, run_id)
+            run = _run_row(session, run_id)
             run.status = status
             run.error = error[:2000] if error else None
             run.updated_at = utcnow()
@@ -231,7 +268,8 @@ class Store:
                          results: Iterable[Mapping[str, Any]],
                          router_id: int | None = None) -> None:
         """Store task results of the schedule ``label`` routed by ``router``: each result has
-        ``task``, ``metric``, ``dense`` and ``routed`` (and optionally ``samples``)."""
+        ``task``, ``metric``, ``dense`` and ``routed`` and may have ``samples``, ``ci_low``,
+        ``ci_high`` (the retention's interval), ``realized_sparsity`` and ``flop_saving``."""
         rows = []
         for result in results:
             missing = [key for key in EVAL_RESULT_KEYS if key not in result]
@@ -240,7 +278,8 @@ class Store:
             rows.append(EvalResultRow(
                 run_id=run_id, router_id=router_id, label=label, router=router,
                 task=result["task"], metric=result["metric"], dense=result["dense"],
-                routed=result["routed"], samples=result.get("samples")))
+                routed=result["routed"], samples=result.get("samples"),
+                **{key: _finite(result.get(key)) for key in EVAL_RESULT_EXTRAS}))
         with self._session.begin() as session:
             session.add_all(rows)
 
@@ -260,6 +299,23 @@ class Store:
             records.append(BenchmarkRow(kind=kind, run_id=run_id, row=dict(row),
                                         code_version=code_version()))
         with self._session.begin() as session:
+            session.add_all(records)
+
+    def set_tuned_weights(self, study: str, rows: Iterable[Mapping[str, Any]],
+                          run_id: int | None = None) -> None:
+        """Store the best trials of the tuning study ``study`` (each row holds the fields
+        of ``storage.schema.TunedWeightsRow`` but ``id``, ``run_id``, ``study`` and
+        ``created_at``), replacing what an earlier call stored for the same study, in one
+        transaction."""
+        records = []
+        for row in rows:
+            missing = sorted(set(TUNED_WEIGHTS_KEYS) - set(row))
+            if missing:
+                raise StorageError(f"tuned weights lack {', '.join(missing)}: {row!r}")
+            records.append(TunedWeightsRow(run_id=run_id, study=study,
+                                           **{key: row[key] for key in TUNED_WEIGHTS_KEYS}))
+        with self._session.begin() as session:
+            session.execute(delete(TunedWeightsRow).where(TunedWeightsRow.study == study))
             session.add_all(records)
 
     # -- reads ----------------------------------------------------------------------------
@@ -293,7 +349,7 @@ class Store:
                 select(func.count(EvaluationRow.id),
                        func.coalesce(func.sum(EvaluationRow.forward_tokens), 0))
                 .where(EvaluationRow.run_id == run_id)).one()
-        return {"evaluations": int(count), "forward_tokens": int(tokens)}
+        return {"evaluations": int(count or 0), "forward_tokens": int(tokens or 0)}
 
     def run_status(self, ref: str | int) -> dict[str, Any]:
         """The status summary of a run, as ``ftprune search status --json`` prints it."""
@@ -312,6 +368,73 @@ class Store:
             "created_at": run.created_at.isoformat() if run.created_at else None,
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         }
+
+    def tuned_weights(self, run_id: int | None, model: str,
+                      target_sparsity: float) -> TunedWeightsRow | None:
+        """The best tuned settings at ``target_sparsity`` (within 1e-9): among the rows of
+        the run ``run_id`` (if given and it has any), else of any study tuned for ``model``,
+        the row with the lowest held-out KL of the most recently stored study; None if none."""
+        at_target = func.abs(TunedWeightsRow.target_sparsity - target_sparsity) < 1e-9
+        clauses = [at_target & (TunedWeightsRow.model == model)]
+        if run_id is not None:
+            clauses.insert(0, at_target & (TunedWeightsRow.run_id == run_id))
+        with self._reader() as session:
+            for clause in clauses:
+                latest = session.scalar(select(TunedWeightsRow).where(clause)
+                                        .order_by(TunedWeightsRow.id.desc()).limit(1))
+                if latest is not None:
+                    return session.scalar(
+                        select(TunedWeightsRow).where(clause,
+                                                      TunedWeightsRow.study == latest.study)
+                        .order_by(TunedWeightsRow.heldout_kl, TunedWeightsRow.id).limit(1))
+        return None
+
+
+def open_reader(url: str | None = None) -> Store:
+    """Open the database at ``url`` (default: :func:`storage.default_url`) to read only.
+
+    Never creates, migrates or writes the database: a missing SQLite file, a database with
+    no ftprune schema revision, one at an older revision, or one at a revision this code
+    does not know (written by a newer ftprune) raises :class:`StorageError` with one line
+    naming the revision found and what to run (``ftprune db upgrade``), and leaves the
+    database as it was. The store's write methods raise :class:`StorageError`; its
+    connections are read-only at the database (SQLite ``mode=ro`` or ``query_only``,
+    PostgreSQL ``default_transaction_read_only``), so no statement can write either. Reads
+    never block writers. Close the store (or use it as a context manager) when done.
+    """
+    url = url or default_url()
+    engine = make_reader_engine(url)
+    try:
+        with database_errors(url):
+            require_head(engine, redact(url))
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store._reading(url, engine)
+
+
+class _NoWrites:
+    """The write-session factory of a reader store: every write method of :class:`Store`
+    opens its transaction with ``self._session.begin()``, which refuses here."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def begin(self) -> NoReturn:
+        raise StorageError(f"{redact(self.url)} is open read-only (storage.open_reader): "
+                           "open a Store to write")
+
+
+def _finite(value: Any) -> float | None:
+    """A float column's value: None for a missing or non-finite number."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _run_row(session: Session, run_id: int) -> RunRow:
+    run = session.get(RunRow, run_id)
+    if run is None:
+        raise StorageError(f"no run with id {run_id}")
+    return run
 
 
 def _engine_detail(record: EvaluationRecord) -> dict[str, Any]:

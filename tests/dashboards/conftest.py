@@ -77,7 +77,8 @@ def filled(tmp_path_factory) -> Filled:
                                 0.02, [0.2] * BLOCKS)
         store.add_eval_results(main.id, "best", "static", [
             {"task": "bigbench:understanding_fables", "metric": "acc", "dense": 0.5,
-             "routed": 0.45, "samples": 120},
+             "routed": 0.45, "samples": 120, "ci_low": 0.8, "ci_high": 1.0,
+             "realized_sparsity": 0.3, "flop_saving": 0.32},
             {"task": "text:builtin:pydoc", "metric": "top1_agreement", "dense": 1.0,
              "routed": 0.9, "samples": 4},
             {"task": "text:builtin:pydoc", "metric": "window_kl", "dense": 0.0,

@@ -32,8 +32,10 @@ def filled(db_url):
         "/ckpt/router.pt", "ab" * 32, CURVES, {"steps": 20},
         heldout=Metrics(kl=0.2, top1=0.95, ppl=9.0, realized_sparsity=0.31), train_s=12.5)
     store.add_eval_results(run.id, "best", "dynamic", [
-        {"task": "arc_easy", "metric": "acc", "dense": 0.8, "routed": 0.76, "samples": 100},
-        {"task": "toy", "metric": "acc", "dense": 0.0, "routed": 0.0}], router_id=router_id)
+        {"task": "arc_easy", "metric": "acc", "dense": 0.8, "routed": 0.76, "samples": 100,
+         "ci_low": 0.9, "ci_high": 1.01, "realized_sparsity": 0.3, "flop_saving": 0.33},
+        {"task": "toy", "metric": "acc", "dense": 0.0, "routed": 0.0,
+         "ci_low": float("nan")}], router_id=router_id)
     store.add_benchmark_rows("routing", [
         {"model": "m", "seq_len": 512, "speedup": 1.3}, {"model": "m", "seq_len": 1024,
                                                          "speedup": 1.5, "scope": "blocks"}])
@@ -61,7 +63,7 @@ def test_runs(filled):
 def test_convergence_per_generation_and_stage(filled):
     store, run_id, _, _ = filled
     frame = queries.convergence(store, run_id)
-    assert list(zip(frame["generation"], frame["stage"], frame["fidelity"])) == [
+    assert list(zip(frame["generation"], frame["stage"], frame["fidelity"], strict=True)) == [
         (0, 0, 64), (0, 1, 256), (1, 0, 64)]
     assert frame["evaluations"].tolist() == [2, 1, 2]
     assert frame["best_fitness"].tolist() == [0.4, 0.45, 0.3]
@@ -122,6 +124,10 @@ def test_eval_results_with_retention(filled):
     assert math.isnan(frame["retention"].iloc[1])
     assert frame["samples"].tolist()[0] == 100 and pd.isna(frame["samples"].iloc[1])
     assert frame["router_id"].tolist() == [router_id, router_id]
+    first = frame.iloc[0]
+    assert (first["ci_low"], first["ci_high"]) == (0.9, 1.01)
+    assert (first["realized_sparsity"], first["flop_saving"]) == (0.3, 0.33)
+    assert frame.iloc[1][["ci_low", "ci_high", "flop_saving"]].isna().all()  # NaN stored NULL
 
 
 def test_benchmark_rows_expand_their_fields(filled):

@@ -16,6 +16,7 @@ from tests.storage.helpers import Metrics, Scored, scored
 
 TABLES = {"ftp_runs", "ftp_evaluations", "ftp_heldout_results", "ftp_generations",
           "ftp_routers", "ftp_eval_results", "ftp_benchmarks", "ftp_search_states",
+          "ftp_tuned_weights",
           VERSION_TABLE}
 
 

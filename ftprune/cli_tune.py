@@ -1,0 +1,205 @@
+"""``ftprune tune``: Optuna over router training's loss weights, guide decay and learning
+rate, in the project's database; ``ftprune tune status`` shows a study's best trials.
+
+Input is checked before any work starts and before the database is touched (one
+``error:`` line, exit 2); parallel workers on SQLite are refused that way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ftprune.cli_common import Db, Device, Quiet, on_device, open_store, user_errors
+
+tune_app = typer.Typer(help="Tune the router's loss weights with Optuna (see `tune status`).")
+
+
+@tune_app.callback(invoke_without_command=True)
+def tune(
+    ctx: typer.Context,
+    run: Annotated[Optional[str], typer.Option(
+        "--run", help="Tune on this run's best schedule (id or name).")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Tune on this config's uniform schedule at its target sparsity.")
+    ] = None,
+    trials: Annotated[Optional[int], typer.Option(
+        help="Finished trials the study should hold (a resumed study continues to N).")
+    ] = None,
+    workers: Annotated[int, typer.Option(
+        help="Worker processes (more than 1 needs PostgreSQL).")] = 1,
+    study: Annotated[Optional[str], typer.Option(
+        help="Study name (default: tune-<run name> or tune-<config file stem>).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds after which no new trial starts.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed of the sampler and of router initialization.")] = None,
+    objectives: Annotated[str, typer.Option(
+        help="quality (held-out window KL), quality,flops or quality,latency.")] = "quality",
+    device: Device = None,
+    db: Db = None,
+    quiet: Quiet = False,
+) -> None:
+    """Tune λ_g, λ_s, λ_d, the guide's decay (guide_steps) and the learning rate.
+
+    Each trial trains a router for the schedule with sampled settings and scores held-out
+    window KL; bad trials are pruned, the paper's equal weights run first, the best
+    feasible settings are stored for `--weights best` of `router train` and `pipeline`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ftprune.tune import TuneSpec, check_workers, parse_objectives
+    from search.config import ConfigError, build_config
+    from storage import StorageError, check_url, default_url
+
+    url = db or default_url()
+    with user_errors():
+        if (run is None) == (config is None):
+            raise ConfigError("give exactly one of --run RUN and --config FILE")
+        if trials is None:
+            raise ConfigError("--trials is required")
+        check_url(url)
+        check_workers(url, workers, trials)
+        names = parse_objectives(objectives)
+        if timeout is not None and timeout <= 0:
+            raise ConfigError("--timeout must be positive")
+        run_id, schedule = None, None
+        if config is not None:
+            cfg = build_config(config, seed=seed, device=device)
+            _check(cfg, names)
+            store = open_store(url)
+            name = study or f"tune-{config.stem}"
+        else:
+            store = open_store(url, create=False)
+            row = store.find_run(str(run))
+            cfg = on_device(build_config(None, **{**row.config, "seed": seed}), device)
+            if not row.best_schedule:
+                raise StorageError(f"run {row.name!r} has no best schedule yet")
+            _check(cfg, names)
+            run_id, schedule, name = row.id, list(row.best_schedule), study or f"tune-{row.name}"
+        spec = TuneSpec(url=url, study=name, trials=trials, config=cfg.model_dump(),
+                        schedule=schedule, objectives=names,
+                        deadline=time.time() + timeout if timeout else None,
+                        threads=max(1, (_cpus() // workers)) if workers > 1 else None)
+        _run(spec, store, run_id, workers, quiet)
+
+
+def _check(cfg: Any, objectives: tuple[str, ...]) -> None:
+    """The config's inputs as tune uses them: every worker scores in its own process."""
+    from ftprune.tune import check_tuning
+    from search.coordinator import check_inputs
+
+    check_inputs(cfg.model_copy(update={"pool": "local"}))
+    check_tuning(cfg, objectives)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def _run(spec: Any, store: Any, run_id: int | None, workers: int, quiet: bool) -> None:
+    import optuna
+
+    from ftprune.tune import FINISHED, optuna_url, prepare_study, run_workers, tuned_rows
+    from storage import redact
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepare_study(spec, run_id)
+    started = time.perf_counter()
+    run_workers(spec, workers, not quiet, echo=lambda line: typer.echo(line, err=True))
+    study = optuna.load_study(study_name=spec.study, storage=optuna_url(spec.url))
+    rows = tuned_rows(study, spec.objectives, spec.run_config.model)
+    store.set_tuned_weights(spec.study, rows, run_id)
+    typer.echo(f"study {spec.study}: {_counts(study)}, {time.perf_counter() - started:.0f} s")
+    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    if finished < spec.trials and not (spec.deadline and time.time() > spec.deadline):
+        typer.echo(f"error: the study holds {finished} of {spec.trials} finished trials: its "
+                   "workers failed (see above)", err=True)
+        raise typer.Exit(1)
+    _echo_table(study, max(len(rows), 5))
+    if not rows:
+        typer.echo("no feasible complete trial: nothing stored for --weights best")
+    where = f"--db {redact(spec.url)}"
+    use = f"router train --run {run_id}" if run_id else "pipeline --config FILE"
+    typer.echo(f"\nlook at the results:\n  ftprune tune status --study {spec.study} {where}\n"
+               f"  optuna-dashboard {redact(optuna_url(spec.url))}\n"
+               f"use them:\n  ftprune {use} --weights best {where}")
+
+
+@tune_app.command("status")
+def tune_status(
+    study: Annotated[Optional[str], typer.Option(
+        help="Study name (default: the newest).")] = None,
+    top: Annotated[int, typer.Option(help="Trials to list.")] = 5,
+    db: Db = None,
+) -> None:
+    """Show a study's trial counts and its best trials (feasible first, lowest KL first)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ftprune.tune import optuna_url
+    from search.config import ConfigError
+    from storage import StorageError, default_url, redact
+    from storage.engine import require_existing
+
+    url = db or default_url()
+    with user_errors():
+        if top < 1:
+            raise ConfigError("--top must be at least 1")
+        require_existing(url)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            storage = optuna.storages.RDBStorage(optuna_url(url), skip_table_creation=True)
+            names = [s.study_name for s in storage.get_all_studies()]
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no Optuna tables
+            names = []
+        if not names:
+            raise StorageError(f"no tuning study in {redact(url)}")
+        name = study or names[-1]
+        if name not in names:
+            raise StorageError(f"no study {name!r} in {redact(url)}; studies: "
+                               f"{', '.join(names)}")
+        found = optuna.load_study(study_name=name, storage=storage)
+    typer.echo(f"study {name}: {_counts(found)}")
+    _echo_table(found, top)
+
+
+def _counts(study: Any) -> str:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    return (f"{count[TrialState.COMPLETE] + count[TrialState.PRUNED]} finished trials "
+            f"({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned), "
+            f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running, "
+            f"{count[TrialState.WAITING]} waiting")
+
+
+def _echo_table(study: Any, top: int) -> None:
+    """Complete trials, feasible first and by held-out KL; ``*`` marks the stored best."""
+    from optuna.trial import TrialState
+
+    from ftprune.tune import best_trials
+
+    best = {t.number for t in best_trials(study)}
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                      key=lambda t: (t.user_attrs.get("constraint", 0.0) > 0, t.values[0]))
+    second = study.user_attrs.get("objectives", ["quality"])[1:]
+    extra = f"{second[0]:>11}" if second else ""
+    typer.echo(f"  {'trial':>7}{'KL':>10}{extra}{'λ_g':>9}{'λ_s':>9}{'λ_d':>9}"
+               f"{'guide':>7}{'lr':>10}{'target S':>10}{'achieved':>10}  feasible")
+    for t in complete[:top]:
+        p, a = t.params, t.user_attrs
+        more = f"{t.values[1]:>11.4g}" if second else ""
+        typer.echo(f"  {('*' if t.number in best else '') + str(t.number):>7}"
+                   f"{t.values[0]:>10.4f}{more}{p['lambda_guide']:>9.3g}"
+                   f"{p['lambda_sparse']:>9.3g}{p['lambda_distill']:>9.3g}"
+                   f"{p['guide_steps']:>7}{p['lr']:>10.2e}{a.get('target_sparsity', 0):>10.3f}"
+                   f"{a.get('achieved_sparsity', 0):>10.3f}  "
+                   f"{'yes' if a.get('constraint', 0.0) <= 0 else 'no'}")

@@ -1,0 +1,431 @@
+"""Optuna tuning of the router's training settings (λ_g, λ_s, λ_d, the guide's decay length
+``guide_steps`` and the learning rate) on the project's own database.
+
+One trial trains a fresh router for a fixed schedule on the calibration sequences with
+sampled settings and returns the held-out window KL (the scorer's held-out comparator, as
+router training's held-out evaluation measures it). The schedule is a run's best schedule
+(``--run``) or, for a config (``--config``), the uniform schedule at its target sparsity
+(no search is run: with the static router uniform is where the search ends on running
+text). Guarantees:
+
+- The study lives in the database ftprune uses (Optuna's ``RDBStorage`` on the same URL; its
+  tables beside ftprune's ``ftp_`` tables). Parallel workers need PostgreSQL:
+  :func:`check_workers` refuses parallel SQLite before anything is touched.
+- The first trial of a new study is the config's own ``router_training`` values (the
+  paper's equal weights); the sampler is TPE (multivariate, constant liar, seeded: worker w
+  uses seed + w). Held-out KL is reported at every evaluation of training and a median
+  pruner stops bad trials (single-objective studies; Optuna cannot prune multi-objective).
+- Feasibility: the router's own achieved sparsity (1 - mean keep probability of its learned
+  blocks on the held-out sequences; top-k keeps the budget exact whatever the router says,
+  so this is what λ_s controls) must lie within ``tuning.tolerance`` of the target. The
+  constraint (<= 0 feasible) is set on the trial (``Trial.set_constraint``, which TPE reads)
+  and kept as user attribute ``constraint``; only feasible trials are stored as best.
+- ``--trials N`` is the study's total of finished (complete or pruned) trials: workers share
+  it, a resumed study continues to N, and a trial created beyond N by a race between workers
+  is failed at once with user attribute ``surplus`` (no training runs for it).
+- A trial whose worker died (no heartbeat for ``tuning.grace_period`` s) is marked failed by
+  the next worker that looks and re-queued with the same parameters, up to
+  ``tuning.max_retry`` times; the parent replaces workers that die.
+- Two objectives (``quality,flops`` or ``quality,latency``) also sample the target sparsity
+  (``tuning.sparsity``; the schedule scaled to it) and maximize the FLOP-weighted saving or
+  minimize the routed held-out prefill time; the Pareto front is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import socket
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import ConfigError, RunConfig
+
+OBJECTIVES: dict[str, Literal["minimize", "maximize"]] = {
+    "quality": "minimize", "flops": "maximize", "latency": "minimize"}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WEIGHT_CHOICES = ("config", "best")
+SETTINGS = ("lambda_guide", "lambda_sparse", "lambda_distill", "guide_steps", "lr")
+LATENCY_REPEATS = 3
+
+
+class SurplusTrial(Exception):
+    """A trial created after the study already had its N finished or running trials."""
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """Everything a worker process needs (plain data)."""
+
+    url: str
+    study: str
+    trials: int
+    config: dict[str, Any]  # RunConfig.model_dump()
+    schedule: list[float] | None  # None: uniform at the target sparsity
+    objectives: tuple[str, ...]
+    deadline: float | None = None  # time.time() after which no trial starts
+    threads: int | None = None
+
+    @property
+    def run_config(self) -> RunConfig:
+        return RunConfig(**self.config)
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``quality``, ``quality,flops`` or ``quality,latency``; ConfigError otherwise."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names or names[0] != "quality" or len(names) > 2 or (
+            len(names) == 2 and names[1] not in ("flops", "latency")):
+        raise ConfigError(f"--objectives must be quality, quality,flops or quality,latency; "
+                          f"got {text!r}")
+    return names
+
+
+def optuna_url(url: str) -> str:
+    """The URL for Optuna's RDBStorage: a bare ``postgresql://`` means psycopg, as for ftprune."""
+    from sqlalchemy.engine import make_url
+
+    from storage.engine import POSTGRES_DRIVER
+
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
+    return parsed.render_as_string(hide_password=False)
+
+
+def check_workers(url: str, workers: int, trials: int) -> None:
+    """Raise for a worker count or trial budget the database cannot serve."""
+    if trials < 1 or workers < 1:
+        raise ConfigError("--trials and --workers must be at least 1")
+    if workers > 1 and url.startswith("sqlite"):
+        raise ConfigError("parallel Optuna workers need PostgreSQL (SQLite serializes and "
+                          "drops heartbeats): use --workers 1 or a postgresql+psycopg:// --db")
+
+
+def sparsity_range(config: RunConfig) -> tuple[float, float]:
+    """The target sparsities a two-objective study samples."""
+    if config.tuning.sparsity is not None:
+        low, high = config.tuning.sparsity
+        return float(low), float(high)
+    target = config.target_sparsity
+    return max(0.01, target - 0.1), min(config.max_block_sparsity, target + 0.1)
+
+
+def check_tuning(config: RunConfig, objectives: Sequence[str]) -> None:
+    """The sampled ranges must hold the config's own values (the first, equal-weights trial)."""
+    training = config.router_training
+    for name in SETTINGS:
+        low, high = _bounds(config, name)
+        value = getattr(training, name)
+        if not low <= value <= high:
+            raise ConfigError(f"tuning.{name} [{low}, {high}] must contain router_training."
+                              f"{name} = {value} (the first trial)")
+    if len(objectives) > 1:
+        low, high = sparsity_range(config)
+        if not 0 < low <= config.target_sparsity <= high <= config.max_block_sparsity:
+            raise ConfigError(f"tuning.sparsity [{low}, {high}] must contain target_sparsity "
+                              f"and stay within max_block_sparsity")
+
+
+def _bounds(config: RunConfig, name: str) -> tuple[Any, Any]:
+    if name == "guide_steps":
+        low, high = config.tuning.guide_steps or [1, config.router_training.steps]
+        return int(low), int(high)
+    low, high = getattr(config.tuning, name)
+    return float(low), float(high)
+
+
+def trial_schedule(base: Sequence[float], target: float, sampled: float,
+                   ceiling: float) -> list[float]:
+    """``base`` (mean ``target``) scaled to mean ``sampled``, each entry at most ``ceiling``."""
+    if abs(sampled - target) < 1e-12:
+        return [float(s) for s in base]
+    return [min(ceiling, float(s) * sampled / target) for s in base]
+
+
+def open_study(spec: TuneSpec, worker: int = 0) -> optuna.Study:
+    """The study with this worker's own storage engine, heartbeat, sampler and pruner."""
+    config = spec.run_config
+    tuning = config.tuning
+    with warnings.catch_warnings():  # heartbeats and multivariate TPE are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(optuna_url(spec.url), heartbeat_interval=tuning.heartbeat_interval,
+                             grace_period=tuning.grace_period,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                 max_retry=tuning.max_retry))
+        sampler = optuna.samplers.TPESampler(multivariate=True, seed=config.seed + worker)
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if len(spec.objectives) == 1:
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=tuning.pruner_startup_trials,
+                                             n_warmup_steps=tuning.pruner_warmup_steps)
+    return optuna.create_study(storage=storage, study_name=spec.study, sampler=sampler,
+                               pruner=pruner, load_if_exists=True,
+                               directions=[OBJECTIVES[name] for name in spec.objectives])
+
+
+def prepare_study(spec: TuneSpec, run_id: int | None) -> optuna.Study:
+    """Create the study (first trial: the config's own settings) or check that the one
+    found under the name tunes the same thing; raises ConfigError on a mismatch."""
+    config = spec.run_config
+    setup = {"objectives": list(spec.objectives), "model": config.model,
+             "target_sparsity": config.target_sparsity, "schedule": spec.schedule,
+             "run_id": run_id}
+    study = open_study(spec)
+    if not study.user_attrs and not study.trials:
+        for key, value in setup.items():
+            study.set_user_attr(key, value)
+        first: dict[str, Any] = {name: getattr(config.router_training, name)
+                                 for name in SETTINGS}
+        if len(spec.objectives) > 1:
+            first["target_sparsity"] = config.target_sparsity
+        study.enqueue_trial(first)
+        return study
+    stored = {key: study.user_attrs.get(key) for key in setup}
+    if stored != setup:
+        changed = ", ".join(key for key in setup if stored[key] != setup[key])
+        raise ConfigError(f"study {spec.study!r} tunes something else ({changed} differ): "
+                          "choose another --study")
+    return study
+
+
+class Objective:
+    """One trial: train a router with sampled settings, return the held-out objectives."""
+
+    def __init__(self, spec: TuneSpec, scorer: Any) -> None:
+        self.spec, self.config, self.scorer = spec, spec.run_config, scorer
+        blocks = scorer.num_blocks
+        self.base = spec.schedule or [self.config.target_sparsity] * blocks
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        from search.settings import train_config
+        from workers.training import train_on_scorer
+
+        earlier = trial.study.get_trials(deepcopy=False,
+                                         states=(*FINISHED, TrialState.RUNNING))
+        if sum(t.number < trial.number for t in earlier) >= self.spec.trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number} exceeds the study's {self.spec.trials}")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        config, multi = self.config, len(self.spec.objectives) > 1
+        settings = {name: (trial.suggest_int(name, *_bounds(config, name))
+                           if name == "guide_steps" else
+                           trial.suggest_float(name, *_bounds(config, name), log=True))
+                    for name in SETTINGS}
+        target = config.target_sparsity
+        if multi:
+            target = trial.suggest_float("target_sparsity", *sparsity_range(config))
+        schedule = trial_schedule(self.base, config.target_sparsity, target,
+                                  config.max_block_sparsity)
+        tuned = config.model_copy(update={"router_training": config.router_training.model_copy(
+            update=settings)})
+        report = _Reporter(trial, tuned.router_training.steps, tuned.router_training.eval_every,
+                           prunable=not multi)
+        training = tuned.router_training
+        trained = train_on_scorer(self.scorer, schedule, train_config(tuned, False),
+                                  training.kind, training.factors, observe=report)
+        cost = measure(self.scorer, schedule, trained.router, multi
+                       and self.spec.objectives[1] == "latency")
+        miss = abs(cost["achieved_sparsity"] - sum(schedule) / len(schedule))
+        m = trained.heldout
+        trial.set_constraint("sparsity_miss", miss - config.tuning.tolerance)
+        trial.set_user_attr("constraint", miss - config.tuning.tolerance)
+        for key, value in {"schedule": schedule, "target_sparsity": target,
+                           "heldout_top1": m.top1, "heldout_ppl": m.ppl,
+                           "realized_sparsity": m.realized_sparsity,
+                           "train_s": trained.train_s, **cost}.items():
+            trial.set_user_attr(key, value)
+        if not multi:
+            return m.kl
+        return m.kl, cost["flop_saving" if self.spec.objectives[1] == "flops" else "latency_ms"]
+
+
+class _Reporter:
+    """``observe`` for router training: reports held-out KL at each evaluation's step and
+    raises TrialPruned when the pruner says so (never at the last evaluation)."""
+
+    def __init__(self, trial: optuna.Trial, steps: int, every: int, prunable: bool) -> None:
+        self.trial, self.steps, self.every, self.prunable = trial, steps, every, prunable
+        self.calls = 0
+
+    def __call__(self, metrics: dict[str, float]) -> None:
+        step = min(self.calls * self.every, self.steps)
+        self.calls += 1
+        if not self.prunable:
+            return
+        self.trial.report(metrics["kl"], step)
+        if step < self.steps and self.trial.should_prune():
+            raise optuna.TrialPruned(f"held-out KL {metrics['kl']:.4f} at step {step}")
+
+
+class _Recorder:
+    """A router wrapper recording each block's mean keep probability (sigmoid of scores)."""
+
+    def __init__(self, router: Any, first_learned: int) -> None:
+        self.router, self.first_learned = router, first_learned
+        self.needs_attention = bool(getattr(router, "needs_attention", False))
+        self.sums: dict[int, float] = {}
+        self.counts: dict[int, int] = {}
+
+    def scores(self, block: int, hidden_states: Any, state: Any) -> Any:
+        scores = self.router.scores(block, hidden_states, state)
+        if block >= self.first_learned:
+            self.sums[block] = self.sums.get(block, 0.0) + scores.sigmoid().mean().item()
+            self.counts[block] = self.counts.get(block, 0) + 1
+        return scores
+
+
+def measure(scorer: Any, schedule: Sequence[float], router: Any,
+            latency: bool) -> dict[str, float]:
+    """One routed pass over the held-out sequences (one at a time): the router's achieved
+    sparsity (blocks it does not learn count at their scheduled sparsity), the FLOP-weighted
+    saving, and with ``latency`` the median of a few timed passes in milliseconds."""
+    import torch
+
+    from router import route, unroute
+    from router.dynamic import DynamicRouter
+
+    recorder = _Recorder(router, 1 if isinstance(router, DynamicRouter) else 0)
+    sequences = scorer.comparator("heldout").sequences
+    routing = route(scorer.model, schedule, recorder)
+    savings, times = [], []
+    try:
+        with torch.inference_mode():
+            for repeat in range(LATENCY_REPEATS if latency else 1):
+                started = time.perf_counter()
+                for sequence in sequences:
+                    scorer.model(input_ids=sequence[None, :-1], use_cache=False,
+                                 logits_to_keep=1)
+                    if repeat == 0 and routing.last_state is not None:
+                        savings.append(routing.last_state.flop_saving)
+                times.append(1000 * (time.perf_counter() - started))
+    finally:
+        unroute(scorer.model)
+    achieved = [1.0 - recorder.sums[i] / recorder.counts[i]
+                if s > 0 and i in recorder.counts else s for i, s in enumerate(schedule)]
+    result = {"achieved_sparsity": statistics.fmean(achieved),
+              "flop_saving": statistics.fmean(savings)}
+    if latency:
+        result["latency_ms"] = statistics.median(times)
+    return result
+
+
+def worker_main(spec: TuneSpec, worker: int = 0, progress: bool = False) -> None:
+    """Run trials until the study has ``spec.trials`` finished ones or the deadline passes."""
+    from tqdm.auto import tqdm
+
+    from search.settings import scorer_settings
+    from workers import Scorer
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = spec.run_config
+    study = open_study(spec, worker)
+    objective = None  # the model loads when the first trial needs it
+    bar = tqdm(total=spec.trials, desc="trials", disable=not progress)
+    try:
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            bar.update(min(finished, spec.trials) - bar.n)
+            if finished >= spec.trials or (spec.deadline and time.time() > spec.deadline):
+                return
+            if finished + sum(t.state == TrialState.RUNNING for t in trials) >= spec.trials:
+                time.sleep(config.tuning.heartbeat_interval)  # others run the rest
+                optuna.storages.fail_stale_trials(study)
+                continue
+            if objective is None:
+                objective = Objective(spec, Scorer(dataclasses.replace(
+                    scorer_settings(config), threads=spec.threads)))
+            study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=True)
+    finally:
+        bar.close()
+
+
+def run_workers(spec: TuneSpec, workers: int, progress: bool = True,
+                echo: Callable[[str], None] = lambda line: None) -> None:
+    """``workers`` processes (spawned, each with its own engine) run the study to its
+    budget; one that dies is replaced while the study is unfinished, at most
+    ``tuning.max_retry`` times per worker slot. One worker runs in this process."""
+    if workers == 1:
+        worker_main(spec, 0, progress)
+        return
+    from tqdm.auto import tqdm
+
+    context = multiprocessing.get_context("spawn")
+    replacements = spec.run_config.tuning.max_retry * workers
+    study = optuna.load_study(study_name=spec.study, storage=optuna_url(spec.url))
+    processes = [context.Process(target=worker_main, args=(spec, i), daemon=True)
+                 for i in range(workers)]
+    for process in processes:
+        process.start()
+    with tqdm(total=spec.trials, desc="trials", disable=not progress) as bar:
+        while any(p.is_alive() for p in processes):
+            time.sleep(1.0)
+            finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+            bar.update(min(finished, spec.trials) - bar.n)
+            for index, process in enumerate(processes):
+                if process.exitcode not in (None, 0) and finished < spec.trials:
+                    if replacements == 0:
+                        continue
+                    replacements -= 1
+                    echo(f"worker {index} (pid {process.pid}) exited with {process.exitcode}: "
+                         "replaced")
+                    processes[index] = context.Process(target=worker_main, args=(spec, index),
+                                                       daemon=True)
+                    processes[index].start()
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible complete trials: the best (single objective) or the Pareto front."""
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if all(value <= 0 for value in t.constraints.values())]
+    if not feasible:
+        return []
+    if len(study.directions) == 1:
+        return [min(feasible, key=lambda t: (t.values[0], t.number))]
+    front = [t for t in feasible if not any(_dominates(o, t, study) for o in feasible)]
+    return sorted(front, key=lambda t: t.values[0])
+
+
+def _dominates(a: FrozenTrial, b: FrozenTrial, study: optuna.Study) -> bool:
+    signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1 for d in study.directions]
+    pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values, strict=True)]
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+
+def tuned_rows(study: optuna.Study, objectives: Sequence[str], model: str) -> list[dict]:
+    """``Store.set_tuned_weights`` rows of the study's best trials."""
+    return [{"trial": t.number, "model": model,
+             "target_sparsity": float(t.user_attrs["target_sparsity"]),
+             "schedule": t.user_attrs["schedule"],
+             **{name: t.params[name] for name in SETTINGS},
+             "heldout_kl": t.values[0],
+             "objectives": dict(zip(objectives, t.values, strict=True))}
+            for t in best_trials(study)]
+
+
+def tuned_config(config: RunConfig, store: Any, run_id: int | None = None) -> RunConfig:
+    """``config`` with the best tuned router-training settings (:meth:`Store.tuned_weights`
+    for the run, else for the config's model and target sparsity); StorageError if none."""
+    from storage import StorageError
+
+    row = store.tuned_weights(run_id, config.model, config.target_sparsity)
+    if row is None:
+        raise StorageError(f"no tuned weights for {config.model} at target sparsity "
+                           f"{config.target_sparsity}: run `ftprune tune` first")
+    update = {name: getattr(row, name) for name in SETTINGS}
+    return config.model_copy(update={
+        "router_training": config.router_training.model_copy(update=update)})
+
+
+def check_weights(choice: str) -> None:
+    if choice not in WEIGHT_CHOICES:
+        raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, "
+                          f"not {choice!r}")

@@ -1,0 +1,3 @@
+"""The storage suite's database fixtures (a throwaway PostgreSQL server, SQLite files)."""
+
+from tests.storage.conftest import postgres, postgresql_url, sqlite_url  # noqa: F401
