@@ -305,7 +305,7 @@ def eval_bench(
     from ftprune.eval import load_choice_tasks
 
     try:
-        tasks = load_choice_tasks(task_file, limit)
+        tasks = load_choice_tasks(task_file or [], limit)
     except TaskError as exc:
         _fail(str(exc))
     from ftprune.bench.eval import format_table, run

@@ -28,7 +28,7 @@ def test_batches_are_deterministic_with_requested_shapes():
     first = build_sequences(spec, tokenizer)
     second = build_sequences(spec, tokenizer)
     assert [len(s) for s in first] == [17, 17, 17, 33, 33, 33]
-    assert all((a == b).all() for a, b in zip(first, second))
+    assert all((a == b).all() for a, b in zip(first, second, strict=True))
     rows = [tuple(s.tolist()) for s in first]
     assert len(set(rows)) == len(rows)
 

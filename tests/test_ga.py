@@ -52,7 +52,8 @@ def test_operators_keep_mean_and_bounds_over_thousands_of_applications():
         b = grid.from_profile([rng.uniform(0, 1) for _ in range(blocks)])
         for _ in range(100):
             a = move_levels(a, grid, random.randint(1, 5))
-            child = repair_levels([x if random.random() < 0.5 else y for x, y in zip(a, b)], grid)
+            mixed = [x if random.random() < 0.5 else y for x, y in zip(a, b, strict=True)]
+            child = repair_levels(mixed, grid)
             b = repair_levels([level + random.randint(-3, 3) for level in child], grid)
             for levels in (a, child, b):
                 assert grid.is_valid(levels)
@@ -64,7 +65,7 @@ def test_move_mutation_changes_exactly_two_blocks_by_one_level():
     random.seed(0)
     before = grid.from_profile([0.3] * 10)
     after = move_levels(list(before), grid, moves=1)
-    diffs = sorted(a - b for a, b in zip(after, before) if a != b)
+    diffs = sorted(a - b for a, b in zip(after, before, strict=True) if a != b)
     assert diffs == [-1, 1]
 
 
@@ -107,7 +108,7 @@ def test_search_improves_a_simple_objective():
     goal = [0.1, 0.5, 0.2, 0.6, 0.1, 0.3]
 
     def distance(s):
-        return sum((a - b) ** 2 for a, b in zip(s, goal))
+        return sum((a - b) ** 2 for a, b in zip(s, goal, strict=True))
 
     params = GAParams(num_blocks=6, target=0.3, s_max=0.8, offspring=12, seed=0)
     _, history = _run(params, 25, distance)

@@ -19,10 +19,11 @@ All choices of one example run as one right-padded batch (with an attention mask
 model is routed; a dense causal model cannot see right padding from real positions), and
 choices whose model inputs coincide share one row (single-token choices of one context read
 the same input ``ctx``, and lm-eval groups them the same way); several examples share a
-forward as long as it holds at most ``batch_size`` rows (an example with more runs alone). A routed model keeps each row's budget of its own length
-(see :mod:`router.engine`), so a choice's score does not depend on what it is batched with,
-up to float rounding. The realized sparsity and FLOP saving of a routed model are weighted
-over every forward (:class:`SparsityMeter`).
+forward as long as it holds at most ``batch_size`` rows (an example with more runs alone).
+A routed model keeps each row's budget of its own length (see :mod:`router.engine`), so a
+choice's score does not depend on what it is batched with, up to float rounding. The
+realized sparsity and FLOP saving of a routed model are weighted over every forward
+(:class:`SparsityMeter`).
 """
 
 from __future__ import annotations

@@ -37,8 +37,9 @@ def tune_heap() -> str:
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # present on glibc only
     except (OSError, AttributeError):
+        return _mode
+    if not hasattr(libc, "gnu_get_libc_version"):  # present on glibc only
         return _mode
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):

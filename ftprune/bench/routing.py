@@ -173,6 +173,8 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, des
                 elapsed = _timed(forward, bench)
             finally:
                 unroute(model)
+            if routing.last_state is None:
+                raise RuntimeError("the routed forward left no state")
             realized[sparsity] = routing.last_state.realized_sparsity
             return elapsed
         return call
@@ -268,7 +270,7 @@ def median_ci95(values: list[float]) -> tuple[float, float]:
 def _row(model: Any, bench: RoutingBench, batch: int, seq_len: int, scope: str,
          target: float, realized: float, dense: list[float], routed: list[float],
          ideal: float) -> dict[str, Any]:
-    ratios = [d / r for d, r in zip(dense, routed)]
+    ratios = [d / r for d, r in zip(dense, routed, strict=True)]
     speedup = statistics.median(ratios)
     low, high = median_ci95(ratios)
     return {"model": bench.model, "dtype": bench.dtype, "batch": batch, "seq_len": seq_len,

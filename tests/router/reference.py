@@ -32,7 +32,7 @@ def reference_logits(model, ids: Tensor, computed: list[Tensor], real: Tensor | 
     causal = column[None, :] <= column[:, None]
     if window is not None:
         causal &= column[:, None] - column[None, :] < window
-    for layer, comp in zip(decoder_layers(model), computed):
+    for layer, comp in zip(decoder_layers(model), computed, strict=True):
         keys = comp & real
         visible = (causal[None] & keys[:, None, :]) | torch.eye(length, dtype=torch.bool)[None]
         # Additive, so that eager attention (used with ``capture``) reads it right too.

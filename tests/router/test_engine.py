@@ -46,7 +46,7 @@ def test_static_router_keeps_ftp_priority_order(tiny_llama):
         model(_ids(1, length), use_cache=False)
     for handle in handles:
         handle.remove()
-    for record, sparsity in zip(seen, schedule):
+    for record, sparsity in zip(seen, schedule, strict=True):
         k = keep_count(sparsity, length)
         # FTP order: token 0, the last token, then backwards from L-2.
         priority = [0, length - 1] + list(range(length - 2, 0, -1))

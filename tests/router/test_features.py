@@ -36,7 +36,7 @@ def _reference_tables(model, ids, window):
     model.config._attn_implementation = "sdpa"
     table = torch.zeros(batch, length)
     before = []
-    for comp, p in zip(computed, probs):
+    for comp, p in zip(computed, probs, strict=True):
         before.append(table.clone())
         for row in range(batch):
             queries = comp[row].nonzero().flatten()
@@ -166,7 +166,7 @@ def test_fused_probe_matches_sdpa_and_the_explicit_mask_path(window, chunk):
     weights = torch.randn(output.shape, generator=generator)
     fused_grads = torch.autograd.grad((output * weights).sum(), (query, key, value))
     plain_grads = torch.autograd.grad((expected * weights).sum(), (query, key, value))
-    for got, want in zip(fused_grads, plain_grads):
+    for got, want in zip(fused_grads, plain_grads, strict=True):
         assert torch.allclose(got, want, atol=1e-5)
     general.measure(query, key, causal, 0.3)
     assert fused.received.grad_fn is None

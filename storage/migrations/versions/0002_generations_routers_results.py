@@ -118,15 +118,15 @@ def _summarize_existing_generations(generations: sa.Table) -> None:
     for run_id, run_rows in itertools.groupby(rows, key=lambda r: r.run_id):
         best_so_far = float("inf")
         for generation, group in itertools.groupby(run_rows, key=lambda r: r.generation):
-            group = list(group)
-            fitness = [r.fitness for r in group]
+            members = list(group)
+            fitness = [r.fitness for r in members]
             best_so_far = min(best_so_far, min(fitness))
             summaries.append(dict(
                 run_id=run_id, generation=generation, stage=0, fidelity=None,
-                evaluations=len(group), best_fitness=min(fitness),
+                evaluations=len(members), best_fitness=min(fitness),
                 mean_fitness=statistics.fmean(fitness), std_fitness=statistics.pstdev(fitness),
                 worst_fitness=max(fitness), best_so_far=best_so_far,
-                compute_s=sum(r.duration_s for r in group),
-                created_at=max(r.created_at for r in group)))
+                compute_s=sum(r.duration_s for r in members),
+                created_at=max(r.created_at for r in members)))
     if summaries:
         op.bulk_insert(generations, summaries)
