@@ -28,7 +28,12 @@ system-deps:
 	sh scripts/ensure-postgres.sh
 	sh scripts/ensure-chromium.sh
 
+# The linter, the formatter's check and the type checker, then the whole suite (which also
+# checks the import layers).
 test: install system-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 clean:

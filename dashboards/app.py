@@ -53,14 +53,23 @@ def main() -> None:
     if not runs.empty:
         labels = {int(r.id): f"{r.name} ({r.status})" for r in runs.itertuples()}
         top_level = runs.index[runs["seed_run"].isna()]  # not a fine-tuning child run
-        run_id = st.sidebar.selectbox("Run", list(labels), format_func=labels.__getitem__,
-                                      index=int(top_level[0]) if len(top_level) else 0,
-                                      key="run")
+        run_id = st.sidebar.selectbox(
+            "Run",
+            list(labels),
+            format_func=labels.__getitem__,
+            index=int(top_level[0]) if len(top_level) else 0,
+            key="run",
+        )
     running = bool((runs["status"] == "running").any())
-    live = st.sidebar.toggle("Live refresh", value=running, key="live",
-                             help="Redraw the view on a timer, without reloading the page.")
-    every = st.sidebar.select_slider("Every (s)", REFRESH_S, value=5, key="every",
-                                     disabled=not live)
+    live = st.sidebar.toggle(
+        "Live refresh",
+        value=running,
+        key="live",
+        help="Redraw the view on a timer, without reloading the page.",
+    )
+    every = st.sidebar.select_slider(
+        "Every (s)", REFRESH_S, value=5, key="every", disabled=not live
+    )
     st.fragment(run_every=every if live else None)(views.VIEWS[view])(store, run_id)
 
 

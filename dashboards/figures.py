@@ -21,8 +21,9 @@ X_AXES = {"generation": "generation", "forward_tokens": "forward tokens spent"}
 def empty_figure(message: str) -> go.Figure:
     """A figure without traces that shows ``message`` in its middle."""
     figure = go.Figure()
-    figure.add_annotation(text=message, showarrow=False, xref="paper", yref="paper",
-                          x=0.5, y=0.5, font={"size": 14})
+    figure.add_annotation(
+        text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"size": 14}
+    )
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False)
     return _layout(figure)
@@ -41,15 +42,32 @@ def convergence_figure(frame: pd.DataFrame, x: str = "generation") -> go.Figure:
     figure = go.Figure()
     for stage, rows in frame.groupby("stage", dropna=False, sort=True):
         fidelity = rows["fidelity"].dropna()
-        name = f"stage {_text(stage)}" + (f" ({int(fidelity.iloc[-1])} positions)"
-                                          if not fidelity.empty else "")
-        figure.add_scatter(x=rows[x], y=rows["best_fitness"], mode="lines+markers",
-                           name=f"{name}: best", legendgroup=name)
-        figure.add_scatter(x=rows[x], y=rows["median_fitness"], mode="lines",
-                           line={"dash": "dot"}, name=f"{name}: median", legendgroup=name)
+        name = f"stage {_text(stage)}" + (
+            f" ({int(fidelity.iloc[-1])} positions)" if not fidelity.empty else ""
+        )
+        figure.add_scatter(
+            x=rows[x],
+            y=rows["best_fitness"],
+            mode="lines+markers",
+            name=f"{name}: best",
+            legendgroup=name,
+        )
+        figure.add_scatter(
+            x=rows[x],
+            y=rows["median_fitness"],
+            mode="lines",
+            line={"dash": "dot"},
+            name=f"{name}: median",
+            legendgroup=name,
+        )
     last = frame.groupby("generation", as_index=False).tail(1)
-    figure.add_scatter(x=last[x], y=last["best_so_far"], mode="lines", name="best so far",
-                       line={"width": 4, "color": "black"})
+    figure.add_scatter(
+        x=last[x],
+        y=last["best_so_far"],
+        mode="lines",
+        name="best so far",
+        line={"width": 4, "color": "black"},
+    )
     figure.update_xaxes(title=X_AXES[x], dtick=1 if x == "generation" else None)
     figure.update_yaxes(title=FITNESS, type="log")
     return _layout(figure)
@@ -60,10 +78,16 @@ def schedule_heatmap(matrix: pd.DataFrame) -> go.Figure:
     sparsity; rows from :func:`dashboards.queries.schedule_matrix`)."""
     if matrix.empty:
         return empty_figure("no generation recorded yet")
-    figure = go.Figure(go.Heatmap(
-        z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index),
-        colorscale="Viridis", colorbar={"title": {"text": "sparsity"}},
-        hovertemplate="generation %{y}, block %{x}: %{z:.3f}<extra></extra>"))
+    figure = go.Figure(
+        go.Heatmap(
+            z=matrix.to_numpy(),
+            x=list(matrix.columns),
+            y=list(matrix.index),
+            colorscale="Viridis",
+            colorbar={"title": {"text": "sparsity"}},
+            hovertemplate="generation %{y}, block %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
     figure.update_xaxes(title="block", dtick=1 if matrix.shape[1] <= 32 else None)
     figure.update_yaxes(title="generation", autorange="reversed", dtick=1)
     return _layout(figure)
@@ -85,11 +109,17 @@ def population_scatter(frame: pd.DataFrame) -> go.Figure:
     if frame.empty:
         return empty_figure("no evaluation recorded yet")
     shown = frame.assign(stage=frame["stage"].map(_text).map(lambda s: f"stage {s}"))
-    figure = px.scatter(shown, x="realized_sparsity", y="fitness", color="generation",
-                        symbol="stage", log_y=True, color_continuous_scale="Viridis",
-                        hover_data={"id": True, "fidelity": True, "top1": ":.3f",
-                                    "mean_sparsity": ":.3f"},
-                        labels={"realized_sparsity": "realized sparsity", "fitness": FITNESS})
+    figure = px.scatter(
+        shown,
+        x="realized_sparsity",
+        y="fitness",
+        color="generation",
+        symbol="stage",
+        log_y=True,
+        color_continuous_scale="Viridis",
+        hover_data={"id": True, "fidelity": True, "top1": ":.3f", "mean_sparsity": ":.3f"},
+        labels={"realized_sparsity": "realized sparsity", "fitness": FITNESS},
+    )
     figure.update_layout(coloraxis_colorbar={"title": {"text": "generation"}})
     return _layout(figure)
 
@@ -108,8 +138,15 @@ def comparison_curves(frame: pd.DataFrame, x: str = "generation") -> go.Figure:
     frame = frame.dropna(subset=[x])
     if frame.empty:
         return empty_figure("none of the chosen runs has a generation yet")
-    figure = px.line(frame, x=x, y="best_so_far", color="run", markers=True, log_y=True,
-                     labels={x: X_AXES[x], "best_so_far": f"best {FITNESS}"})
+    figure = px.line(
+        frame,
+        x=x,
+        y="best_so_far",
+        color="run",
+        markers=True,
+        log_y=True,
+        labels={x: X_AXES[x], "best_so_far": f"best {FITNESS}"},
+    )
     return _layout(figure)
 
 
@@ -118,8 +155,15 @@ def router_curves_figure(frame: pd.DataFrame) -> go.Figure:
     router, y axes independent."""
     if frame.empty:
         return empty_figure("no router trained for this run yet")
-    figure = px.line(frame, x="step", y="value", color="label", facet_col="series",
-                     facet_col_wrap=2, facet_row_spacing=0.12)
+    figure = px.line(
+        frame,
+        x="step",
+        y="value",
+        color="label",
+        facet_col="series",
+        facet_col_wrap=2,
+        facet_row_spacing=0.12,
+    )
     figure.update_yaxes(matches=None, showticklabels=True, title=None)
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     return _layout(figure, height=220 * ((frame["series"].nunique() + 1) // 2) + 80)
@@ -134,8 +178,9 @@ def trial_history(frame: pd.DataFrame, objective: str, minimize: bool = True) ->
     best = done[objective].cummin() if minimize else done[objective].cummax()
     figure = go.Figure()
     figure.add_scatter(x=done["number"], y=done[objective], mode="markers", name=objective)
-    figure.add_scatter(x=done["number"], y=best, mode="lines", name="best so far",
-                       line={"shape": "hv"})
+    figure.add_scatter(
+        x=done["number"], y=best, mode="lines", name="best so far", line={"shape": "hv"}
+    )
     figure.update_xaxes(title="trial")
     figure.update_yaxes(title=objective)
     return _layout(figure)
@@ -148,14 +193,20 @@ def trial_params(frame: pd.DataFrame, objective: str, params: Sequence[str]) -> 
     params = [p for p in params if p in done and pd.api.types.is_numeric_dtype(done[p])]
     if done.empty or not params:
         return empty_figure("no complete trial with numeric parameters yet")
-    figure = make_subplots(rows=1, cols=len(params), shared_yaxes=True,
-                           subplot_titles=list(params))
+    figure = make_subplots(rows=1, cols=len(params), shared_yaxes=True, subplot_titles=list(params))
     colors = done["pareto"].map({True: "crimson", False: "steelblue"})
     for column, name in enumerate(params, start=1):
-        figure.add_scatter(x=done[name], y=done[objective], mode="markers", name=name,
-                           marker={"color": colors}, showlegend=False,
-                           text=done["number"].map(lambda n: f"trial {n}"),
-                           row=1, col=column)
+        figure.add_scatter(
+            x=done[name],
+            y=done[objective],
+            mode="markers",
+            name=name,
+            marker={"color": colors},
+            showlegend=False,
+            text=done["number"].map(lambda n: f"trial {n}"),
+            row=1,
+            col=column,
+        )
     figure.update_yaxes(title=objective, row=1, col=1)
     return _layout(figure)
 
@@ -170,9 +221,14 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[str]) -> go.Figure:
     if done.empty:
         return empty_figure("no complete trial yet")
     shown = done.assign(front=done["pareto"].map({True: "Pareto front", False: "dominated"}))
-    figure = px.scatter(shown, x=first, y=second, color="front", hover_data=["number"],
-                        color_discrete_map={"Pareto front": "crimson",
-                                            "dominated": "lightgray"})
+    figure = px.scatter(
+        shown,
+        x=first,
+        y=second,
+        color="front",
+        hover_data=["number"],
+        color_discrete_map={"Pareto front": "crimson", "dominated": "lightgray"},
+    )
     return _layout(figure)
 
 
@@ -182,14 +238,23 @@ def retention_figure(frame: pd.DataFrame) -> go.Figure:
     shown = frame.dropna(subset=["retention"])
     if shown.empty:
         return empty_figure("no task result with a retention yet")
-    shown = shown.assign(task_metric=shown["task"] + " · " + shown["metric"],
-                         target=shown["label"] + " + " + shown["router"],
-                         plus=shown["ci_high"] - shown["retention"],
-                         minus=shown["retention"] - shown["ci_low"])
-    figure = px.bar(shown, x="task_metric", y="retention", color="target", barmode="group",
-                    error_y="plus", error_y_minus="minus",
-                    hover_data={"dense": ":.3f", "routed": ":.3f", "samples": True},
-                    labels={"task_metric": "task · metric"})
+    shown = shown.assign(
+        task_metric=shown["task"] + " · " + shown["metric"],
+        target=shown["label"] + " + " + shown["router"],
+        plus=shown["ci_high"] - shown["retention"],
+        minus=shown["retention"] - shown["ci_low"],
+    )
+    figure = px.bar(
+        shown,
+        x="task_metric",
+        y="retention",
+        color="target",
+        barmode="group",
+        error_y="plus",
+        error_y_minus="minus",
+        hover_data={"dense": ":.3f", "routed": ":.3f", "samples": True},
+        labels={"task_metric": "task · metric"},
+    )
     figure.add_hline(y=1.0, line_dash="dot")
     return _layout(figure)
 
@@ -205,14 +270,23 @@ def speedup_figure(frame: pd.DataFrame) -> go.Figure:
         return empty_figure("no routing benchmark with speedups yet")
     color = "seq_len" if "seq_len" in shown else None
     symbol = "scope" if "scope" in shown else None
-    figure = px.scatter(shown, x="ideal_speedup", y="speedup", color=color, symbol=symbol,
-                        hover_data=[c for c in ("model", "target_sparsity", "batch", "dtype")
-                                    if c in shown],
-                        labels={"ideal_speedup": "ideal speedup 1/(1-S)",
-                                "speedup": "measured speedup"})
+    figure = px.scatter(
+        shown,
+        x="ideal_speedup",
+        y="speedup",
+        color=color,
+        symbol=symbol,
+        hover_data=[c for c in ("model", "target_sparsity", "batch", "dtype") if c in shown],
+        labels={"ideal_speedup": "ideal speedup 1/(1-S)", "speedup": "measured speedup"},
+    )
     top = float(max(shown["ideal_speedup"].max(), shown["speedup"].max()))
-    figure.add_scatter(x=[1.0, top], y=[1.0, top], mode="lines", name="ideal",
-                       line={"dash": "dot", "color": "gray"})
+    figure.add_scatter(
+        x=[1.0, top],
+        y=[1.0, top],
+        mode="lines",
+        name="ideal",
+        line={"dash": "dot", "color": "gray"},
+    )
     return _layout(figure)
 
 
@@ -221,6 +295,9 @@ def _text(value: object) -> str:
 
 
 def _layout(figure: go.Figure, height: int = 380) -> go.Figure:
-    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         legend={"orientation": "h", "y": -0.2})
+    figure.update_layout(
+        height=height,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": -0.2},
+    )
     return figure

@@ -21,15 +21,45 @@ import pandas as pd
 
 from storage import Store, queries
 
-RUN_COLUMNS = ["id", "name", "status", "model", "target_sparsity", "best_fitness",
-               "generations_done", "generations_planned", "evaluations", "wall_s", "seed_run",
-               "created_at", "error"]
-STAGE_COLUMNS = ["generation", "stage", "fidelity", "evaluations", "best_fitness",
-                 "median_fitness", "best_so_far", "forward_tokens"]
+RUN_COLUMNS = [
+    "id",
+    "name",
+    "status",
+    "model",
+    "target_sparsity",
+    "best_fitness",
+    "generations_done",
+    "generations_planned",
+    "evaluations",
+    "wall_s",
+    "seed_run",
+    "created_at",
+    "error",
+]
+STAGE_COLUMNS = [
+    "generation",
+    "stage",
+    "fidelity",
+    "evaluations",
+    "best_fitness",
+    "median_fitness",
+    "best_so_far",
+    "forward_tokens",
+]
 ALLOCATION_COLUMNS = ["allocation", "block", "sparsity"]
-ROUTER_COLUMNS = ["label", "lambda_guide", "lambda_sparse", "lambda_distill", "heldout_kl",
-                  "heldout_top1", "heldout_ppl", "realized_sparsity", "train_s", "checkpoint",
-                  "created_at"]
+ROUTER_COLUMNS = [
+    "label",
+    "lambda_guide",
+    "lambda_sparse",
+    "lambda_distill",
+    "heldout_kl",
+    "heldout_top1",
+    "heldout_ppl",
+    "realized_sparsity",
+    "train_s",
+    "checkpoint",
+    "created_at",
+]
 TRIAL_SYSTEM_COLUMNS = ["study", "number", "state", "pareto"]
 
 
@@ -42,9 +72,13 @@ def run_table(store: Store) -> pd.DataFrame:
     return frame.assign(seed_run=seed_run)[RUN_COLUMNS].reset_index(drop=True)
 
 
-def filter_runs(frame: pd.DataFrame, statuses: Iterable[str] | None = None,
-                models: Iterable[str] | None = None,
-                sparsity: tuple[float, float] | None = None, name: str = "") -> pd.DataFrame:
+def filter_runs(
+    frame: pd.DataFrame,
+    statuses: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    sparsity: tuple[float, float] | None = None,
+    name: str = "",
+) -> pd.DataFrame:
     """The rows of a :func:`run_table` frame that match every filter given: status and model
     among those listed (None: any), target sparsity within ``sparsity`` (inclusive; runs
     without one are kept only when no range is given) and ``name`` as a case-insensitive
@@ -70,10 +104,12 @@ def convergence(store: Store, run_id: int) -> pd.DataFrame:
     stages = queries.convergence(store, run_id)
     evaluations = queries.population(store, run_id)
     grouped = evaluations.groupby(["generation", "stage"], dropna=False)
-    per_stage = pd.DataFrame({
-        "median_fitness": grouped["fitness"].median(),
-        "tokens": grouped["forward_tokens"].sum(min_count=1),
-    }).reset_index()
+    per_stage = pd.DataFrame(
+        {
+            "median_fitness": grouped["fitness"].median(),
+            "tokens": grouped["forward_tokens"].sum(min_count=1),
+        }
+    ).reset_index()
     per_stage["generation"] = per_stage["generation"].astype("int64")
     per_stage["stage"] = per_stage["stage"].astype("Int64")
     stages = stages.assign(stage=stages["stage"].astype("Int64"))
@@ -99,15 +135,22 @@ def schedule_matrix(store: Store, run_id: int, so_far: bool = True) -> pd.DataFr
     rows = [list(schedule) for schedule in best["schedule"]]
     if so_far and rows:
         scored = queries.population(store, run_id)
-        top = scored[scored["fidelity"] == scored["fidelity"].max()] \
-            if scored["fidelity"].notna().any() else scored
+        top = (
+            scored[scored["fidelity"] == scored["fidelity"].max()]
+            if scored["fidelity"].notna().any()
+            else scored
+        )
         for index, generation in enumerate(generations):
             upto = top[top["generation"] <= generation]
             if not upto.empty:
                 rows[index] = list(upto.loc[upto["fitness"].idxmin(), "schedule"])
     width = max((len(row) for row in rows), default=0)
-    return pd.DataFrame(rows, index=pd.Index(generations, name="generation"),
-                        columns=pd.RangeIndex(width, name="block"), dtype="float64")
+    return pd.DataFrame(
+        rows,
+        index=pd.Index(generations, name="generation"),
+        columns=pd.RangeIndex(width, name="block"),
+        dtype="float64",
+    )
 
 
 def allocations(store: Store, run_id: int) -> pd.DataFrame:
@@ -119,20 +162,29 @@ def allocations(store: Store, run_id: int) -> pd.DataFrame:
     run = run_table_row(store, run_id)
     best = run.get("best_schedule")
     if not isinstance(best, list) or not best:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                             zip(ALLOCATION_COLUMNS, ("str", "int64", "float64"), strict=True)})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=t)
+                for c, t in zip(ALLOCATION_COLUMNS, ("str", "int64", "float64"), strict=True)
+            }
+        )
     named: dict[str, list[float]] = {"searched": list(best)}
     target = run.get("target_sparsity")
     if target is not None and not pd.isna(target):
         named["uniform"] = [float(target)] * len(best)
-    for label, schedule in queries.heldout_results(store, run_id)[["label", "schedule"]] \
-            .itertuples(index=False):
+    for label, schedule in queries.heldout_results(store, run_id)[["label", "schedule"]].itertuples(
+        index=False
+    ):
         if list(schedule) not in named.values() and len(schedule) == len(best):
             named[label] = list(schedule)
-    records = [(label, block, float(value)) for label, schedule in named.items()
-               for block, value in enumerate(schedule)]
+    records = [
+        (label, block, float(value))
+        for label, schedule in named.items()
+        for block, value in enumerate(schedule)
+    ]
     return pd.DataFrame(records, columns=ALLOCATION_COLUMNS).astype(
-        {"allocation": "str", "block": "int64", "sparsity": "float64"})
+        {"allocation": "str", "block": "int64", "sparsity": "float64"}
+    )
 
 
 def run_table_row(store: Store, run_id: int) -> dict[str, Any]:
@@ -162,21 +214,35 @@ def compare_runs(store: Store, run_ids: Sequence[int]) -> tuple[pd.DataFrame, pd
     for run_id in run_ids:
         searched = allocations(store, run_id)
         searched = searched[searched["allocation"] == "searched"]
-        schedules.append(searched.assign(run=names.get(run_id, str(run_id)))
-                         [["run", "block", "sparsity"]])
+        schedules.append(
+            searched.assign(run=names.get(run_id, str(run_id)))[["run", "block", "sparsity"]]
+        )
         stages = convergence(store, run_id)
         last = stages.groupby("generation", as_index=False).tail(1)
-        curves.append(last.assign(run=names.get(run_id, str(run_id)))
-                      [["run", "generation", "forward_tokens", "best_so_far"]])
-    empty_schedule = pd.DataFrame({"run": pd.Series(dtype="str"),
-                                   "block": pd.Series(dtype="int64"),
-                                   "sparsity": pd.Series(dtype="float64")})
-    empty_curve = pd.DataFrame({"run": pd.Series(dtype="str"),
-                                "generation": pd.Series(dtype="int64"),
-                                "forward_tokens": pd.Series(dtype="Float64"),
-                                "best_so_far": pd.Series(dtype="float64")})
-    return (pd.concat([empty_schedule, *schedules], ignore_index=True),
-            pd.concat([empty_curve, *curves], ignore_index=True))
+        curves.append(
+            last.assign(run=names.get(run_id, str(run_id)))[
+                ["run", "generation", "forward_tokens", "best_so_far"]
+            ]
+        )
+    empty_schedule = pd.DataFrame(
+        {
+            "run": pd.Series(dtype="str"),
+            "block": pd.Series(dtype="int64"),
+            "sparsity": pd.Series(dtype="float64"),
+        }
+    )
+    empty_curve = pd.DataFrame(
+        {
+            "run": pd.Series(dtype="str"),
+            "generation": pd.Series(dtype="int64"),
+            "forward_tokens": pd.Series(dtype="Float64"),
+            "best_so_far": pd.Series(dtype="float64"),
+        }
+    )
+    return (
+        pd.concat([empty_schedule, *schedules], ignore_index=True),
+        pd.concat([empty_curve, *curves], ignore_index=True),
+    )
 
 
 def routers_table(store: Store, run_id: int) -> pd.DataFrame:
@@ -197,8 +263,10 @@ def benchmark_kinds(store: Store) -> dict[str, pd.DataFrame]:
     frames of :func:`storage.queries.benchmark_rows`), each without the columns no row of
     its kind fills. Empty when there are none."""
     frame = queries.benchmark_rows(store)
-    return {str(kind): rows.dropna(axis=1, how="all").reset_index(drop=True)
-            for kind, rows in frame.groupby("kind", sort=False)}
+    return {
+        str(kind): rows.dropna(axis=1, how="all").reset_index(drop=True)
+        for kind, rows in frame.groupby("kind", sort=False)
+    }
 
 
 def optuna_studies(store: Store) -> pd.DataFrame:
@@ -206,8 +274,13 @@ def optuna_studies(store: Store) -> pd.DataFrame:
     best value (of single-objective studies) and start time (Optuna's, naive local time).
     Empty when Optuna's tables are
     absent (nothing is created)."""
-    columns = {"study": "str", "directions": "str", "trials": "int64",
-               "best_value": "float64", "started": "datetime64[us]"}
+    columns = {
+        "study": "str",
+        "directions": "str",
+        "trials": "int64",
+        "best_value": "float64",
+        "started": "datetime64[us]",
+    }
     storage = _optuna_storage(store)
     records = []
     if storage is not None:
@@ -215,10 +288,15 @@ def optuna_studies(store: Store) -> pd.DataFrame:
 
         for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
             best = summary.best_trial if len(summary.directions) == 1 else None
-            records.append((summary.study_name,
-                            ",".join(d.name.lower() for d in summary.directions),
-                            summary.n_trials, best.value if best is not None else math.nan,
-                            summary.datetime_start))
+            records.append(
+                (
+                    summary.study_name,
+                    ",".join(d.name.lower() for d in summary.directions),
+                    summary.n_trials,
+                    best.value if best is not None else math.nan,
+                    summary.datetime_start,
+                )
+            )
     return pd.DataFrame(records, columns=list(columns)).astype(columns)
 
 
@@ -237,21 +315,38 @@ def optuna_trials(store: Store, study: str) -> tuple[pd.DataFrame, list[str], li
     except KeyError:
         raise KeyError(study) from None
     multi = len(loaded.directions) > 1
-    objectives = ([f"value_{i}" for i in range(len(loaded.directions))] if multi
-                  else ["value"])
+    objectives = [f"value_{i}" for i in range(len(loaded.directions))] if multi else ["value"]
     trials = loaded.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    front = {t.number for t in loaded.best_trials} if multi else (
-        {loaded.best_trial.number} if done else set())
+    front = (
+        {t.number for t in loaded.best_trials}
+        if multi
+        else ({loaded.best_trial.number} if done else set())
+    )
     params = sorted({name for t in trials for name in t.params})
     records = []
     for t in trials:
         values = list(t.values) if t.values is not None else [math.nan] * len(objectives)
-        records.append([study, t.number, t.state.name.lower(), t.number in front, *values,
-                        *(t.params.get(name, math.nan) for name in params)])
+        records.append(
+            [
+                study,
+                t.number,
+                t.state.name.lower(),
+                t.number in front,
+                *values,
+                *(t.params.get(name, math.nan) for name in params),
+            ]
+        )
     frame = pd.DataFrame(records, columns=TRIAL_SYSTEM_COLUMNS + objectives + params)
-    frame = frame.astype({"study": "str", "number": "int64", "state": "str", "pareto": "bool",
-                          **{name: "float64" for name in objectives}})
+    frame = frame.astype(
+        {
+            "study": "str",
+            "number": "int64",
+            "state": "str",
+            "pareto": "bool",
+            **{name: "float64" for name in objectives},
+        }
+    )
     return frame, objectives, params
 
 
@@ -267,5 +362,6 @@ def _optuna_storage(store: Store) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = store.engine.url.render_as_string(hide_password=False)
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool": store.engine.pool},
-                                      skip_table_creation=True)
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"pool": store.engine.pool}, skip_table_creation=True
+    )

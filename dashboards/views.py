@@ -15,8 +15,10 @@ from storage import Store
 from storage.queries import eval_results
 
 View = Callable[[Store, "int | None"], None]
-NO_RUNS = ("No runs in this database yet: start one with `ftprune search launch --config "
-           "configs/tiny.yaml` (or `ftprune demo`), then watch it here.")
+NO_RUNS = (
+    "No runs in this database yet: start one with `ftprune search launch --config "
+    "configs/tiny.yaml` (or `ftprune demo`), then watch it here."
+)
 X_CHOICES = {"generation": "generation", "forward_tokens": "forward tokens"}
 
 
@@ -29,8 +31,7 @@ def runs_view(store: Store, _run_id: int | None) -> None:
         return
     left, middle, right, last = st.columns(4)
     statuses = left.multiselect("Status", sorted(table["status"].unique()), key="f_status")
-    models = middle.multiselect("Model", sorted(table["model"].dropna().unique()),
-                                key="f_model")
+    models = middle.multiselect("Model", sorted(table["model"].dropna().unique()), key="f_model")
     name = last.text_input("Name contains", key="f_name")
     targets = table["target_sparsity"].dropna()
     sparsity = None
@@ -38,11 +39,18 @@ def runs_view(store: Store, _run_id: int | None) -> None:
         low, high = float(targets.min()), float(targets.max())
         sparsity = right.slider("Target sparsity", low, high, (low, high), key="f_sparsity")
     shown = queries.filter_runs(table, statuses or None, models or None, sparsity, name)
-    st.dataframe(shown, hide_index=True, width="stretch", column_config={
-        "target_sparsity": st.column_config.NumberColumn("target S", format="%.3f"),
-        "best_fitness": st.column_config.NumberColumn("best window KL", format="%.4f"),
-        "wall_s": st.column_config.NumberColumn("duration (s)", format="%.0f"),
-        "generations_done": "generations", "generations_planned": "of"})
+    st.dataframe(
+        shown,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "target_sparsity": st.column_config.NumberColumn("target S", format="%.3f"),
+            "best_fitness": st.column_config.NumberColumn("best window KL", format="%.4f"),
+            "wall_s": st.column_config.NumberColumn("duration (s)", format="%.0f"),
+            "generations_done": "generations",
+            "generations_planned": "of",
+        },
+    )
     for run in shown[shown["status"] == "failed"].itertuples():
         st.error(f"{run.name} failed: {run.error}")
 
@@ -54,14 +62,17 @@ def overview_view(store: Store, run_id: int | None) -> None:
         return
     left, right = st.columns(2)
     left.subheader("Convergence")
-    left.plotly_chart(figures.convergence_figure(queries.convergence(store, run["id"])),
-                      key="ov_convergence")
+    left.plotly_chart(
+        figures.convergence_figure(queries.convergence(store, run["id"])), key="ov_convergence"
+    )
     right.subheader("Final schedule per block")
-    right.plotly_chart(figures.allocation_bars(queries.allocations(store, run["id"])),
-                       key="ov_allocations")
+    right.plotly_chart(
+        figures.allocation_bars(queries.allocations(store, run["id"])), key="ov_allocations"
+    )
     st.subheader("Best schedule so far, per generation")
-    st.plotly_chart(figures.schedule_heatmap(queries.schedule_matrix(store, run["id"])),
-                    key="ov_heatmap")
+    st.plotly_chart(
+        figures.schedule_heatmap(queries.schedule_matrix(store, run["id"])), key="ov_heatmap"
+    )
 
 
 def convergence_view(store: Store, run_id: int | None) -> None:
@@ -69,8 +80,9 @@ def convergence_view(store: Store, run_id: int | None) -> None:
     run = _run_header(store, run_id, "Convergence")
     if run is None:
         return
-    x = st.radio("x axis", list(X_CHOICES), format_func=X_CHOICES.__getitem__,
-                 horizontal=True, key="conv_x")
+    x = st.radio(
+        "x axis", list(X_CHOICES), format_func=X_CHOICES.__getitem__, horizontal=True, key="conv_x"
+    )
     stages = queries.convergence(store, run["id"])
     st.plotly_chart(figures.convergence_figure(stages, x), key="convergence")
     with st.expander("Per generation and stage"):
@@ -83,16 +95,26 @@ def schedules_view(store: Store, run_id: int | None) -> None:
     if run is None:
         return
     st.subheader("Best schedule per generation")
-    so_far = st.radio("Rows", [True, False], horizontal=True, key="heatmap_rows",
-                      format_func={True: "best so far (the incumbent)",
-                                   False: "best scored in the generation"}.__getitem__)
+    so_far = st.radio(
+        "Rows",
+        [True, False],
+        horizontal=True,
+        key="heatmap_rows",
+        format_func={
+            True: "best so far (the incumbent)",
+            False: "best scored in the generation",
+        }.__getitem__,
+    )
     matrix = queries.schedule_matrix(store, run["id"], so_far=so_far)
     st.plotly_chart(figures.schedule_heatmap(matrix), key="heatmap")
     st.subheader("Final schedule per block")
-    st.caption("`searched`: this run's best schedule; `uniform`: the target sparsity at "
-               "every block; other bars: further schedules the run scored on held-out text.")
-    st.plotly_chart(figures.allocation_bars(queries.allocations(store, run["id"])),
-                    key="allocations")
+    st.caption(
+        "`searched`: this run's best schedule; `uniform`: the target sparsity at "
+        "every block; other bars: further schedules the run scored on held-out text."
+    )
+    st.plotly_chart(
+        figures.allocation_bars(queries.allocations(store, run["id"])), key="allocations"
+    )
 
 
 def population_view(store: Store, run_id: int | None) -> None:
@@ -117,12 +139,17 @@ def compare_view(store: Store, run_id: int | None) -> None:
         return
     names = dict(zip(table["id"].tolist(), table["name"].tolist(), strict=True))
     default = [run_id] if run_id is not None else []
-    default += [int(r.id) for r in table.itertuples()
-                if run_id is not None and r.seed_run == names.get(run_id)]
-    chosen = st.multiselect("Runs", list(names), default=default,
-                            format_func=names.__getitem__, key="cmp_runs")
-    x = st.radio("x axis", list(X_CHOICES), format_func=X_CHOICES.__getitem__,
-                 horizontal=True, key="cmp_x")
+    default += [
+        int(r.id)
+        for r in table.itertuples()
+        if run_id is not None and r.seed_run == names.get(run_id)
+    ]
+    chosen = st.multiselect(
+        "Runs", list(names), default=default, format_func=names.__getitem__, key="cmp_runs"
+    )
+    x = st.radio(
+        "x axis", list(X_CHOICES), format_func=X_CHOICES.__getitem__, horizontal=True, key="cmp_x"
+    )
     schedules, curves = queries.compare_runs(store, chosen)
     left, right = st.columns(2)
     left.subheader("Best schedules")
@@ -138,12 +165,15 @@ def routers_view(store: Store, run_id: int | None) -> None:
         return
     routers = queries.routers_table(store, run["id"])
     if routers.empty:
-        st.info("No router trained for this run yet (`ftprune router train --run "
-                f"{run['name']}`, or step 2 of `ftprune pipeline`).")
+        st.info(
+            "No router trained for this run yet (`ftprune router train --run "
+            f"{run['name']}`, or step 2 of `ftprune pipeline`)."
+        )
         return
     st.dataframe(routers, hide_index=True, width="stretch")
-    st.plotly_chart(figures.router_curves_figure(queries.router_curves(store, run["id"])),
-                    key="router_curves")
+    st.plotly_chart(
+        figures.router_curves_figure(queries.router_curves(store, run["id"])), key="router_curves"
+    )
 
 
 def tuning_view(store: Store, _run_id: int | None) -> None:
@@ -151,12 +181,13 @@ def tuning_view(store: Store, _run_id: int | None) -> None:
     st.header("Tuning (Optuna)")
     studies = queries.optuna_studies(store)
     if studies.empty:
-        st.info("No Optuna study in this database yet: `ftprune tune --run RUN --trials N` "
-                "tunes the router's loss weights and stores its study here.")
+        st.info(
+            "No Optuna study in this database yet: `ftprune tune --run RUN --trials N` "
+            "tunes the router's loss weights and stores its study here."
+        )
         return
     st.dataframe(studies, hide_index=True, width="stretch")
-    study = st.selectbox("Study", studies["study"].tolist(),
-                         index=len(studies) - 1, key="study")
+    study = st.selectbox("Study", studies["study"].tolist(), index=len(studies) - 1, key="study")
     trials, objectives, params = queries.optuna_trials(store, study)
     directions = studies.set_index("study").loc[study, "directions"].split(",")
     objective = st.selectbox("Objective", objectives, key="objective")
@@ -175,14 +206,16 @@ def tuning_view(store: Store, _run_id: int | None) -> None:
 def evaluation_view(store: Store, run_id: int | None) -> None:
     """Task results (dense, routed, retention with intervals) and benchmark tables."""
     st.header("Evaluation")
-    only_run = run_id is not None and st.toggle("Only the chosen run", value=False,
-                                                key="eval_only_run")
+    only_run = run_id is not None and st.toggle(
+        "Only the chosen run", value=False, key="eval_only_run"
+    )
     results = eval_results(store, run_id if only_run else None)
     if results.empty:
         st.info("No task results yet: `ftprune eval --run RUN` stores them here.")
     else:
-        st.caption("Intervals: 95% paired bootstrap of the retention, as `ftprune eval` "
-                   "printed them.")
+        st.caption(
+            "Intervals: 95% paired bootstrap of the retention, as `ftprune eval` printed them."
+        )
         st.plotly_chart(figures.retention_figure(results), key="retention")
         st.dataframe(results, hide_index=True, width="stretch")
     st.header("Benchmarks")
@@ -212,20 +245,27 @@ def _run_header(store: Store, run_id: int | None, title: str) -> dict[str, Any] 
     cells[0].metric("run", run["name"])
     cells[1].metric("status", run["status"])
     planned = run["generations_planned"]
-    cells[2].metric("generations", f"{run['generations_done']}"
-                    + ("" if pd.isna(planned) else f" / {planned}"))
+    cells[2].metric(
+        "generations", f"{run['generations_done']}" + ("" if pd.isna(planned) else f" / {planned}")
+    )
     cells[3].metric("evaluations", f"{run['evaluations']}")
     best = run["best_fitness"]
     cells[4].metric("best window KL", "—" if pd.isna(best) else f"{best:.4f}")
     if run["status"] == "failed":
         st.error(f"{run['name']} failed: {run['error']}")
     elif run["status"] == "running":
-        st.info(f"{run['name']} is running: with live refresh on (sidebar) this view "
-                "follows it.")
+        st.info(f"{run['name']} is running: with live refresh on (sidebar) this view follows it.")
     return run
 
 
 VIEWS: dict[str, View] = {
-    "Overview": overview_view, "Runs": runs_view, "Convergence": convergence_view,
-    "Schedules": schedules_view, "Population": population_view, "Compare runs": compare_view,
-    "Routers": routers_view, "Tuning": tuning_view, "Evaluation": evaluation_view}
+    "Overview": overview_view,
+    "Runs": runs_view,
+    "Convergence": convergence_view,
+    "Schedules": schedules_view,
+    "Population": population_view,
+    "Compare runs": compare_view,
+    "Routers": routers_view,
+    "Tuning": tuning_view,
+    "Evaluation": evaluation_view,
+}

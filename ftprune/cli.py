@@ -36,10 +36,15 @@ from ftprune.cli_eval import eval_command
 from ftprune.cli_pipeline import export, pipeline, router_app
 from ftprune.cli_tune import tune_app
 
-app = typer.Typer(help="Evolutionary search for FTP token-wise pruning of causal LMs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-search_app = typer.Typer(help="Launch and inspect sparsity-schedule searches.",
-                         no_args_is_help=True)
+app = typer.Typer(
+    help="Evolutionary search for FTP token-wise pruning of causal LMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+search_app = typer.Typer(
+    help="Launch and inspect sparsity-schedule searches.", no_args_is_help=True
+)
 app.add_typer(search_app, name="search")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
@@ -50,32 +55,46 @@ app.command("export")(export)
 app.command("eval")(eval_command)
 app.command("dashboard")(dashboard)
 
-QUICK_DEMO = dict(seq_lens=[128], sequences_per_length=4, heldout_seq_lens=[256],
-                  heldout_sequences_per_length=2, window=16, offspring=6, generations=2,
-                  stages=[{"sequences": 2, "keep": 3}, {"sequences": 4, "keep": 2}],
-                  finetune_generations=1,
-                  router_training={"steps": 3, "batch_size": 2, "eval_every": 3})
+QUICK_DEMO = dict(
+    seq_lens=[128],
+    sequences_per_length=4,
+    heldout_seq_lens=[256],
+    heldout_sequences_per_length=2,
+    window=16,
+    offspring=6,
+    generations=2,
+    stages=[{"sequences": 2, "keep": 3}, {"sequences": 4, "keep": 2}],
+    finetune_generations=1,
+    router_training={"steps": 3, "batch_size": 2, "eval_every": 3},
+)
 
 
 @search_app.command("launch")
 def search_launch(
     config: Annotated[Path, typer.Option("--config", help="Run config (YAML).")],
-    model: Annotated[Optional[str], typer.Option(help="Model: smollm2-135m, a .gguf file, "
-                                                      "a directory or a hub id.")] = None,
-    target_sparsity: Annotated[Optional[float], typer.Option(
-        help="Mean fraction of (token, block) pairs skipped.")] = None,
-    calibration: Annotated[Optional[str], typer.Option(
-        help="builtin:pydoc, a .txt file or a .jsonl file.")] = None,
-    seq_len: Annotated[Optional[list[int]], typer.Option(
-        "--seq-len", help="Calibration sequence length (repeat for several).")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(help="Model: smollm2-135m, a .gguf file, a directory or a hub id."),
+    ] = None,
+    target_sparsity: Annotated[
+        Optional[float], typer.Option(help="Mean fraction of (token, block) pairs skipped.")
+    ] = None,
+    calibration: Annotated[
+        Optional[str], typer.Option(help="builtin:pydoc, a .txt file or a .jsonl file.")
+    ] = None,
+    seq_len: Annotated[
+        Optional[list[int]],
+        typer.Option("--seq-len", help="Calibration sequence length (repeat for several)."),
+    ] = None,
     generations: Annotated[Optional[int], typer.Option(help="GA generations.")] = None,
     offspring: Annotated[Optional[int], typer.Option(help="New candidates per generation.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed of the search.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Unique name for the run.")] = None,
     pool: Pool = None,
     workers: Workers = None,
-    ray_address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster address ('auto' under ray job submit).")] = None,
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="Ray cluster address ('auto' under ray job submit).")
+    ] = None,
     device: Device = None,
     dtype: Dtype = None,
     db: Db = None,
@@ -85,11 +104,22 @@ def search_launch(
     from search.config import build_config
 
     with user_errors():
-        cfg = build_config(config, model=model, target_sparsity=target_sparsity,
-                           calibration=calibration, seq_lens=seq_len, generations=generations,
-                           offspring=offspring, seed=seed, run_name=run_name, pool=pool,
-                           workers=workers, ray_address=ray_address, device=device,
-                           dtype=dtype)
+        cfg = build_config(
+            config,
+            model=model,
+            target_sparsity=target_sparsity,
+            calibration=calibration,
+            seq_lens=seq_len,
+            generations=generations,
+            offspring=offspring,
+            seed=seed,
+            run_name=run_name,
+            pool=pool,
+            workers=workers,
+            ray_address=ray_address,
+            device=device,
+            dtype=dtype,
+        )
         _run_and_report(cfg, db, quiet)
 
 
@@ -140,9 +170,15 @@ def demo(
 
     with user_errors():
         overrides: dict[str, Any] = dict(QUICK_DEMO) if quick else {}
-        cfg = build_config(None, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                           pool=pool, workers=workers, device=device, dtype=dtype,
-                           **overrides)
+        cfg = build_config(
+            None,
+            run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+            pool=pool,
+            workers=workers,
+            device=device,
+            dtype=dtype,
+            **overrides,
+        )
         run_pipeline_and_report(cfg, db, 1, quiet)
 
 
@@ -189,17 +225,26 @@ def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
     from storage import redact
 
     found = outcome.search
-    typer.echo(f"\nrun {outcome.run_name} (id {outcome.run_id}): {cfg.model}, "
-               f"{len(found.best_schedule)} blocks, target sparsity {cfg.target_sparsity:.2f}, "
-               f"{found.evaluations} evaluations in {cfg.generations} generations, "
-               f"{found.forward_tokens} forward tokens, {elapsed:.0f} s")
+    typer.echo(
+        f"\nrun {outcome.run_name} (id {outcome.run_id}): {cfg.model}, "
+        f"{len(found.best_schedule)} blocks, target sparsity {cfg.target_sparsity:.2f}, "
+        f"{found.evaluations} evaluations in {cfg.generations} generations, "
+        f"{found.forward_tokens} forward tokens, {elapsed:.0f} s"
+    )
     typer.echo(f"best calibration window KL: {found.best_fitness:.4f}")
     typer.echo(f"best schedule: {format_schedule(found.best_schedule)}")
-    echo_heldout_table(cfg, [("uniform + static router", outcome.heldout[UNIFORM].metrics),
-                             ("searched + static router", outcome.heldout[BEST].metrics)])
-    typer.echo(f"\nlook at the results:\n  ftprune search status {outcome.run_name} "
-               f"--db {redact(url)}\n  ftprune search status {outcome.run_name} --json "
-               f"--db {redact(url)}")
+    echo_heldout_table(
+        cfg,
+        [
+            ("uniform + static router", outcome.heldout[UNIFORM].metrics),
+            ("searched + static router", outcome.heldout[BEST].metrics),
+        ],
+    )
+    typer.echo(
+        f"\nlook at the results:\n  ftprune search status {outcome.run_name} "
+        f"--db {redact(url)}\n  ftprune search status {outcome.run_name} --json "
+        f"--db {redact(url)}"
+    )
 
 
 def main() -> None:

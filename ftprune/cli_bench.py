@@ -16,15 +16,19 @@ import typer
 
 from ftprune.cli_common import Device, Dtype, user_errors
 
-bench_app = typer.Typer(help="Benchmarks: time the product, write rows as JSON.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: time the product, write rows as JSON.", no_args_is_help=True
+)
 
 
-BenchConfig = Annotated[Optional[Path], typer.Option(
-    "--config", help="Run config (YAML); default: the embedded demo config.")]
+BenchConfig = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="Run config (YAML); default: the embedded demo config."),
+]
 ModelOverride = Annotated[Optional[str], typer.Option(help="Override the config's model.")]
-JsonOut = Annotated[Optional[Path], typer.Option(
-    "--json", help="Write the rows to this file (a JSON list).")]
+JsonOut = Annotated[
+    Optional[Path], typer.Option("--json", help="Write the rows to this file (a JSON list).")
+]
 
 
 def _fail(message: str) -> None:
@@ -34,29 +38,47 @@ def _fail(message: str) -> None:
 
 @bench_app.command("routing")
 def routing(
-    model: Annotated[str, typer.Option(
-        help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
-    )] = "smollm2-135m",
-    seq_len: Annotated[Optional[list[int]], typer.Option(
-        "--seq-len", help="Prompt length, repeat for several (default: 1024 and 2048).")] = None,
-    batch: Annotated[Optional[list[int]], typer.Option(
-        "--batch", help="Batch size, repeat for several (default: 1).")] = None,
-    sparsity: Annotated[Optional[list[float]], typer.Option(
-        "--sparsity", help="Uniform block sparsity S, 0 <= S < 1, repeat for several "
-                           "(default: 0, 0.25 and 0.4); S = 0 measures the engine's overhead "
-                           "with the dynamic router and its features running "
-                           "(one token skipped per block).")
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
+        ),
+    ] = "smollm2-135m",
+    seq_len: Annotated[
+        Optional[list[int]],
+        typer.Option(
+            "--seq-len", help="Prompt length, repeat for several (default: 1024 and 2048)."
+        ),
+    ] = None,
+    batch: Annotated[
+        Optional[list[int]],
+        typer.Option("--batch", help="Batch size, repeat for several (default: 1)."),
+    ] = None,
+    sparsity: Annotated[
+        Optional[list[float]],
+        typer.Option(
+            "--sparsity",
+            help="Uniform block sparsity S, 0 <= S < 1, repeat for several "
+            "(default: 0, 0.25 and 0.4); S = 0 measures the engine's overhead "
+            "with the dynamic router and its features running "
+            "(one token skipped per block).",
+        ),
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     repeats: Annotated[int, typer.Option(help="Timed repeats per variant (median).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed repeats first.")] = 1,
-    attention_window: Annotated[int, typer.Option(
-        help="Last queries that measure attention features (0: all, exact).")] = 64,
+    attention_window: Annotated[
+        int, typer.Option(help="Last queries that measure attention features (0: all, exact).")
+    ] = 64,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
-    clock: Annotated[str, typer.Option(
-        help="wall (elapsed) or cpu (this process's CPU time: steadier on a shared machine, "
-             "use with --threads 1).")] = "wall",
+    clock: Annotated[
+        str,
+        typer.Option(
+            help="wall (elapsed) or cpu (this process's CPU time: steadier on a shared machine, "
+            "use with --threads 1)."
+        ),
+    ] = "wall",
     json_out: JsonOut = None,
 ) -> None:
     """Time dense against routed prefill (static router, uniform schedule).
@@ -108,23 +130,38 @@ def routing(
         _fail(f"--device {device}: torch sees no CUDA device")
     if threads:
         torch.set_num_threads(threads)
-    bench = RoutingBench(model=model, dtype=dtype, seq_lens=tuple(seq_lens),
-                         batches=tuple(batches), sparsities=tuple(sparsities), repeats=repeats,
-                         warmup=warmup, attention_window=attention_window or None,
-                         clock=clock, device=device)
+    bench = RoutingBench(
+        model=model,
+        dtype=dtype,
+        seq_lens=tuple(seq_lens),
+        batches=tuple(batches),
+        sparsities=tuple(sparsities),
+        repeats=repeats,
+        warmup=warmup,
+        attention_window=attention_window or None,
+        clock=clock,
+        device=device,
+    )
     load_before = os.getloadavg()[0]
     rows = run(bench, show_progress=True)
-    where = (torch.cuda.get_device_name(device) if device != "cpu"
-             else f"cpu, {torch.get_num_threads()} threads")
-    typer.echo(f"{model}, {dtype}, {where}, {clock} clock, {rows[0]['heap']} heap, median "
-               f"of {repeats} dense/routed pairs; 1-minute load average {load_before:.2f} "
-               f"before, {os.getloadavg()[0]:.2f} after")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device != "cpu"
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
+    typer.echo(
+        f"{model}, {dtype}, {where}, {clock} clock, {rows[0]['heap']} heap, median "
+        f"of {repeats} dense/routed pairs; 1-minute load average {load_before:.2f} "
+        f"before, {os.getloadavg()[0]:.2f} after"
+    )
     typer.echo(format_table(rows))
     for row in rows:
         if row["scope"] == "features":
-            typer.echo(f"features (batch {row['batch']}, {row['seq_len']} tokens, window "
-                       f"{row['attention_window'] or 'all'}): {row['feature_ms']:.1f} ms "
-                       f"= {100 * row['feature_share']:.1f}% of a block")
+            typer.echo(
+                f"features (batch {row['batch']}, {row['seq_len']} tokens, window "
+                f"{row['attention_window'] or 'all'}): {row['feature_ms']:.1f} ms "
+                f"= {100 * row['feature_share']:.1f}% of a block"
+            )
     _write_json(rows, json_out)
 
 
@@ -154,10 +191,12 @@ def _checked_config(path: Path | None, **overrides: Any) -> Any:
 def search(
     config: BenchConfig = None,
     model: ModelOverride = None,
-    target_sparsity: Annotated[Optional[float], typer.Option(
-        help="Override the config's target sparsity.")] = None,
-    tokens: Annotated[int, typer.Option(
-        help="Forward-token budget per method and seed.")] = 150_000,
+    target_sparsity: Annotated[
+        Optional[float], typer.Option(help="Override the config's target sparsity.")
+    ] = None,
+    tokens: Annotated[
+        int, typer.Option(help="Forward-token budget per method and seed.")
+    ] = 150_000,
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per method.")] = 3,
     device: Device = None,
     dtype: Dtype = None,
@@ -173,8 +212,9 @@ def search(
     if tokens < 1 or seeds < 1:
         _fail("--tokens and --seeds must be at least 1")
     _check_json_out(json_out)
-    cfg = _checked_config(config, model=model, target_sparsity=target_sparsity, device=device,
-                          dtype=dtype)
+    cfg = _checked_config(
+        config, model=model, target_sparsity=target_sparsity, device=device, dtype=dtype
+    )
     from ftprune.bench.search import format_table, run
 
     rows = run(cfg, tokens, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))
@@ -186,8 +226,9 @@ def search(
 def coordinator(
     workers: Annotated[int, typer.Option(help="Ray workers (zero-cost scorers).")] = 4,
     candidates: Annotated[int, typer.Option(help="Candidates to score in total.")] = 3000,
-    db: Annotated[Optional[str], typer.Option(
-        "--db", help="Database URL (default: a throwaway SQLite file).")] = None,
+    db: Annotated[
+        Optional[str], typer.Option("--db", help="Database URL (default: a throwaway SQLite file).")
+    ] = None,
     json_out: JsonOut = None,
 ) -> None:
     """Candidates per second through the whole search loop with a zero-cost scorer.
@@ -200,6 +241,7 @@ def coordinator(
     _check_json_out(json_out)
     if db is not None:
         from storage import StorageError, check_url
+
         try:
             check_url(db)
         except StorageError as exc:
@@ -207,9 +249,11 @@ def coordinator(
     from ftprune.bench.coordinator import run
 
     row = run(workers, candidates, db)
-    typer.echo(f"{row['workers']} workers, {row['candidates']} candidates in "
-               f"{row['wall_s']:.1f} s: {row['candidates_per_s']:.0f} candidates/s, "
-               f"{row['db_rows_written']} rows written to {row['database']}")
+    typer.echo(
+        f"{row['workers']} workers, {row['candidates']} candidates in "
+        f"{row['wall_s']:.1f} s: {row['candidates_per_s']:.0f} candidates/s, "
+        f"{row['db_rows_written']} rows written to {row['database']}"
+    )
     _write_json([row], json_out)
 
 
@@ -219,14 +263,21 @@ def _quality_command(kind: str) -> Any:
     def command(
         config: BenchConfig = None,
         model: ModelOverride = None,
-        sparsity: Annotated[Optional[float], typer.Option(
-            help="Override the config's target sparsity.")] = None,
+        sparsity: Annotated[
+            Optional[float], typer.Option(help="Override the config's target sparsity.")
+        ] = None,
         seeds: Annotated[int, typer.Option(help="Seeds 0..N-1.")] = 3,
-        seq_len: Annotated[Optional[list[int]], typer.Option(
-            "--seq-len", help="Held-out sequence length, repeat for several "
-                              "(default: the config's).")] = None,
-        sequences: Annotated[Optional[int], typer.Option(
-            help="Held-out sequences per length (default: the config's).")] = None,
+        seq_len: Annotated[
+            Optional[list[int]],
+            typer.Option(
+                "--seq-len",
+                help="Held-out sequence length, repeat for several (default: the config's).",
+            ),
+        ] = None,
+        sequences: Annotated[
+            Optional[int],
+            typer.Option(help="Held-out sequences per length (default: the config's)."),
+        ] = None,
         device: Device = None,
         dtype: Dtype = None,
         json_out: JsonOut = None,
@@ -236,47 +287,71 @@ def _quality_command(kind: str) -> Any:
         if sequences is not None and sequences < 1:
             _fail("--sequences must be at least 1")
         _check_json_out(json_out)
-        cfg = _checked_config(config, model=model, target_sparsity=sparsity,
-                              heldout_seq_lens=seq_len, heldout_sequences_per_length=sequences,
-                              device=device, dtype=dtype)
+        cfg = _checked_config(
+            config,
+            model=model,
+            target_sparsity=sparsity,
+            heldout_seq_lens=seq_len,
+            heldout_sequences_per_length=sequences,
+            device=device,
+            dtype=dtype,
+        )
         from ftprune.bench.quality import format_table, run_ablation, run_quality
 
         run = run_quality if kind == "quality" else run_ablation
         rows = run(cfg, list(range(seeds)), progress=lambda line: typer.echo(line, err=True))
-        typer.echo(f"{cfg.model}, target sparsity {cfg.target_sparsity}, {seeds} seed(s), "
-                   f"{cfg.heldout_sequences_per_length} held-out sequences per length, last "
-                   f"{cfg.window} positions; held-out window KL mean ± std over seeds")
+        typer.echo(
+            f"{cfg.model}, target sparsity {cfg.target_sparsity}, {seeds} seed(s), "
+            f"{cfg.heldout_sequences_per_length} held-out sequences per length, last "
+            f"{cfg.window} positions; held-out window KL mean ± std over seeds"
+        )
         typer.echo(format_table(rows))
         _write_json(rows, json_out)
 
     return command
 
 
-bench_app.command("quality", help=(
-    "Held-out quality of allocations and routers: uniform, Block-Influence, searched "
-    "(static and dynamic router) and fine-tuned (dynamic), per seed and sequence length. "
-    "Rows: allocation, router, seed, seq_len, heldout_kl, heldout_top1, heldout_ppl, "
-    "realized_sparsity."))(_quality_command("quality"))
-bench_app.command("ablation", help=(
-    "The dynamic router with each of its four factors removed, and a hidden-state router "
-    "baseline, all trained for the same searched schedule; same rows as bench quality."
-))(_quality_command("ablation"))
+bench_app.command(
+    "quality",
+    help=(
+        "Held-out quality of allocations and routers: uniform, Block-Influence, searched "
+        "(static and dynamic router) and fine-tuned (dynamic), per seed and sequence length. "
+        "Rows: allocation, router, seed, seq_len, heldout_kl, heldout_top1, heldout_ppl, "
+        "realized_sparsity."
+    ),
+)(_quality_command("quality"))
+bench_app.command(
+    "ablation",
+    help=(
+        "The dynamic router with each of its four factors removed, and a hidden-state router "
+        "baseline, all trained for the same searched schedule; same rows as bench quality."
+    ),
+)(_quality_command("ablation"))
 
 
 @bench_app.command("eval")
 def eval_bench(
-    model: Annotated[str, typer.Option(
-        help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
-    )] = "smollm2-135m",
-    task_file: Annotated[Optional[list[str]], typer.Option(
-        "--task-file", help="BIG-bench task.json (or its directory) or bigbench:<name>; "
-                            "repeat for several.")] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
+        ),
+    ] = "smollm2-135m",
+    task_file: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--task-file",
+            help="BIG-bench task.json (or its directory) or bigbench:<name>; repeat for several.",
+        ),
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N examples of each task.")] = None,
-    sparsity: Annotated[float, typer.Option(
-        help="Uniform block sparsity of the routed variant (static router).")] = 0.3,
+    sparsity: Annotated[
+        float, typer.Option(help="Uniform block sparsity of the routed variant (static router).")
+    ] = 0.3,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward.")] = 8,
-    dtype: Annotated[str, typer.Option(
-        help="float32, bfloat16 or float64 (log-likelihoods agree to 1e-6).")] = "float32",
+    dtype: Annotated[
+        str, typer.Option(help="float32, bfloat16 or float64 (log-likelihoods agree to 1e-6).")
+    ] = "float32",
     json_out: JsonOut = None,
 ) -> None:
     """The native multiple-choice scorer against lm-eval's HFLM on the same examples and
@@ -310,7 +385,8 @@ def eval_bench(
         _fail(str(exc))
     from ftprune.bench.eval import format_table, run
 
-    rows = run(model, tasks, sparsity, batch_size, dtype,
-               progress=lambda line: typer.echo(line, err=True))
+    rows = run(
+        model, tasks, sparsity, batch_size, dtype, progress=lambda line: typer.echo(line, err=True)
+    )
     typer.echo(format_table(rows))
     _write_json(rows, json_out)

@@ -10,18 +10,34 @@ import typer
 if TYPE_CHECKING:
     from search.config import RunConfig
 
-Db = Annotated[Optional[str], typer.Option(
-    "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]
-Pool = Annotated[Optional[str], typer.Option(
-    "--pool", help="Where candidates are scored: 'ray' (local instance or --ray-address) "
-                   "or 'local' (this process).")]
+Db = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db)."),
+]
+Pool = Annotated[
+    Optional[str],
+    typer.Option(
+        "--pool",
+        help="Where candidates are scored: 'ray' (local instance or --ray-address) "
+        "or 'local' (this process).",
+    ),
+]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Number of Ray workers.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-Device = Annotated[Optional[str], typer.Option(
-    "--device", help="Where workers put the model: auto (CUDA if the worker sees it, else "
-                     "the CPU), cpu, cuda or cuda:N (default: the config's).")]
-Dtype = Annotated[Optional[str], typer.Option(
-    "--dtype", help="Model dtype: float32, bfloat16 or float16 (default: the config's).")]
+Device = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        help="Where workers put the model: auto (CUDA if the worker sees it, else "
+        "the CPU), cpu, cuda or cuda:N (default: the config's).",
+    ),
+]
+Dtype = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dtype", help="Model dtype: float32, bfloat16 or float16 (default: the config's)."
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -37,8 +53,15 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, ModelSpecError, DataSpecError, StorageError, RouterSpecError,
-            CheckpointError, DeviceError) as exc:
+    except (
+        ConfigError,
+        ModelSpecError,
+        DataSpecError,
+        StorageError,
+        RouterSpecError,
+        CheckpointError,
+        DeviceError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -68,11 +91,16 @@ def echo_heldout_table(cfg: Any, rows: list[tuple[str, Any]]) -> None:
     """The held-out window metrics table: (what the row shows, metrics with ``kl``,
     ``top1``, ``ppl`` and ``realized_sparsity``) per row."""
     count = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)
-    typer.echo(f"\nheld-out text ({count} sequences of "
-               f"{'/'.join(map(str, cfg.heldout_seq_lens))} tokens, last {cfg.window} "
-               f"positions of each):")
-    typer.echo(f"  {'schedule + router':<30}{'window KL':>10}{'top-1':>8}{'window ppl':>12}"
-               f"{'realized S':>12}")
+    typer.echo(
+        f"\nheld-out text ({count} sequences of "
+        f"{'/'.join(map(str, cfg.heldout_seq_lens))} tokens, last {cfg.window} "
+        f"positions of each):"
+    )
+    typer.echo(
+        f"  {'schedule + router':<30}{'window KL':>10}{'top-1':>8}{'window ppl':>12}"
+        f"{'realized S':>12}"
+    )
     for text, m in rows:
-        typer.echo(f"  {text:<30}{m.kl:>10.4f}{m.top1:>8.3f}{m.ppl:>12.2f}"
-                   f"{m.realized_sparsity:>12.3f}")
+        typer.echo(
+            f"  {text:<30}{m.kl:>10.4f}{m.top1:>8.3f}{m.ppl:>12.2f}{m.realized_sparsity:>12.3f}"
+        )

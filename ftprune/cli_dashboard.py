@@ -26,8 +26,9 @@ HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}
 
 def dashboard(
     db: Db = None,
-    host: Annotated[str, typer.Option(
-        help="Address to listen on (0.0.0.0 exposes the dashboard to the network).")
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on (0.0.0.0 exposes the dashboard to the network)."),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
 ) -> None:
@@ -43,8 +44,9 @@ def dashboard(
     with user_errors():
         check_address(host, port)
         open_reader(url).close()
-    typer.echo(f"dashboard of {redact(url)} at http://{_url_host(host)}:{port} "
-               "(Ctrl-C stops it)", err=True)
+    typer.echo(
+        f"dashboard of {redact(url)} at http://{_url_host(host)}:{port} (Ctrl-C stops it)", err=True
+    )
     raise typer.Exit(serve(url, host, port))
 
 
@@ -53,10 +55,26 @@ def streamlit_command(url: str, host: str, port: int) -> list[str]:
     import dashboards
 
     app = Path(dashboards.__file__).resolve().parent / "app.py"
-    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host,
-            "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
-            "--", "--db", url]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+        "--",
+        "--db",
+        url,
+    ]
 
 
 def serve(url: str, host: str, port: int) -> int:
@@ -86,7 +104,8 @@ def check_address(host: str, port: int) -> None:
     except ValueError:
         if not HOSTNAME.match(host):
             raise ConfigError(
-                f"--host must be an IP address or a host name, got {host!r}") from None
+                f"--host must be an IP address or a host name, got {host!r}"
+            ) from None
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:

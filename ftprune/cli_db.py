@@ -14,11 +14,14 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-db_app = typer.Typer(help="Create, upgrade and check ftprune's tables in a database.",
-                     no_args_is_help=True)
+db_app = typer.Typer(
+    help="Create, upgrade and check ftprune's tables in a database.", no_args_is_help=True
+)
 
-Db = Annotated[Optional[str], typer.Option(
-    "--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db).")]
+Db = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database URL (default: $FTPRUNE_DB, else sqlite:///ftprune.db)."),
+]
 
 
 @contextlib.contextmanager
@@ -44,7 +47,8 @@ def upgrade(db: Db = None) -> None:
     """
     from storage import default_url, redact
     from storage.engine import database_errors, make_engine
-    from storage.migrate import SKELETON_REVISION, upgrade as upgrade_database
+    from storage.migrate import SKELETON_REVISION
+    from storage.migrate import upgrade as upgrade_database
 
     url = db or default_url()
     with _storage_errors(), database_errors(url):
@@ -52,11 +56,15 @@ def upgrade(db: Db = None) -> None:
     if done.before == done.after:
         typer.echo(f"{redact(url)}: already at revision {done.after} (newest)")
     elif done.adopted_skeleton:
-        typer.echo(f"{redact(url)}: adopted a database made before migrations existed as "
-                   f"revision {SKELETON_REVISION}, upgraded to {done.after}")
+        typer.echo(
+            f"{redact(url)}: adopted a database made before migrations existed as "
+            f"revision {SKELETON_REVISION}, upgraded to {done.after}"
+        )
     else:
-        typer.echo(f"{redact(url)}: upgraded from {done.before or 'an empty database'} "
-                   f"to revision {done.after}")
+        typer.echo(
+            f"{redact(url)}: upgraded from {done.before or 'an empty database'} "
+            f"to revision {done.after}"
+        )
 
 
 @db_app.command("check")
@@ -69,7 +77,8 @@ def check(db: Db = None) -> None:
     """
     from storage import default_url, redact
     from storage.engine import database_errors, make_reader_engine
-    from storage.migrate import check as check_database, head_revision
+    from storage.migrate import check as check_database
+    from storage.migrate import head_revision
 
     url = db or default_url()
     with _storage_errors(), database_errors(url):
@@ -79,7 +88,6 @@ def check(db: Db = None) -> None:
         finally:
             engine.dispose()
     if problems:
-        typer.echo(f"error: {redact(url)} differs from the models: {'; '.join(problems)}",
-                   err=True)
+        typer.echo(f"error: {redact(url)} differs from the models: {'; '.join(problems)}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{redact(url)}: at revision {head_revision()}, tables match the models")

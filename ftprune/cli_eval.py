@@ -43,53 +43,97 @@ def _fail(message: str) -> None:
 
 
 def eval_command(
-    run: Annotated[Optional[str], typer.Option(
-        "--run", help="Evaluate a run (id or name): by default its fine-tuned schedule with "
-                      "its latest router, else its best schedule with the static router.")] = None,
-    export: Annotated[Optional[Path], typer.Option(
-        "--export", help="Evaluate an export directory (ftprune export --out DIR).")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        help="Evaluate this model ad hoc with a uniform schedule (needs --sparsity).")] = None,
-    sparsity: Annotated[Optional[float], typer.Option(
-        help="Uniform block sparsity S for --model, 0 <= S < 1.")] = None,
-    compare: Annotated[Optional[str], typer.Option(
-        "--compare", help="Run to compare: uniform, Block-Influence, searched and fine-tuned "
-                          "schedules with the static, random and dynamic routers.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(
-        help="With --run: uniform, best or finetuned.")] = None,
-    router: Annotated[Optional[str], typer.Option(
-        help="static, random, or (with --run) dynamic: the run's latest router.")] = None,
-    tasks: Annotated[Optional[str], typer.Option(
-        "--tasks", help="lm-eval tasks, comma-separated: names, local task YAML files or "
-                        "include directories.")] = None,
-    task_file: Annotated[Optional[list[str]], typer.Option(
-        "--task-file", help="BIG-bench task.json file (or its directory), or bigbench:<name>; "
-                            "repeat for several.")] = None,
-    text: Annotated[Optional[str], typer.Option(
-        help="Held-out text source (its held-out split): builtin:pydoc, a .txt or .jsonl "
-             "file; default with no task: the run's calibration source, else builtin:pydoc.")
+    run: Annotated[
+        Optional[str],
+        typer.Option(
+            "--run",
+            help="Evaluate a run (id or name): by default its fine-tuned schedule with "
+            "its latest router, else its best schedule with the static router.",
+        ),
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(
-        help="First N examples of each task (file order).")] = None,
-    batch_size: Annotated[int, typer.Option(
-        help="Sequences per forward (an example's choices always share one).")] = 8,
+    export: Annotated[
+        Optional[Path],
+        typer.Option("--export", help="Evaluate an export directory (ftprune export --out DIR)."),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(help="Evaluate this model ad hoc with a uniform schedule (needs --sparsity)."),
+    ] = None,
+    sparsity: Annotated[
+        Optional[float], typer.Option(help="Uniform block sparsity S for --model, 0 <= S < 1.")
+    ] = None,
+    compare: Annotated[
+        Optional[str],
+        typer.Option(
+            "--compare",
+            help="Run to compare: uniform, Block-Influence, searched and fine-tuned "
+            "schedules with the static, random and dynamic routers.",
+        ),
+    ] = None,
+    schedule: Annotated[
+        Optional[str], typer.Option(help="With --run: uniform, best or finetuned.")
+    ] = None,
+    router: Annotated[
+        Optional[str],
+        typer.Option(help="static, random, or (with --run) dynamic: the run's latest router."),
+    ] = None,
+    tasks: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tasks",
+            help="lm-eval tasks, comma-separated: names, local task YAML files or "
+            "include directories.",
+        ),
+    ] = None,
+    task_file: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--task-file",
+            help="BIG-bench task.json file (or its directory), or bigbench:<name>; "
+            "repeat for several.",
+        ),
+    ] = None,
+    text: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Held-out text source (its held-out split): builtin:pydoc, a .txt or .jsonl "
+            "file; default with no task: the run's calibration source, else builtin:pydoc."
+        ),
+    ] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(help="First N examples of each task (file order).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Sequences per forward (an example's choices always share one).")
+    ] = 8,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     dtype: Annotated[str, typer.Option(help="With --model: float32 or bfloat16.")] = "float32",
     device: Device = None,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Evaluate on data the run calibrated or trained on.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write the rows to this file (a JSON list).")] = None,
-    plot_out: Annotated[Optional[Path], typer.Option(
-        "--plot", help="Write a retention plot (PNG).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Evaluate on data the run calibrated or trained on.")
+    ] = False,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the rows to this file (a JSON list).")
+    ] = None,
+    plot_out: Annotated[
+        Optional[Path], typer.Option("--plot", help="Write a retention plot (PNG).")
+    ] = None,
     db: Db = None,
     quiet: Quiet = False,
 ) -> None:
     """Dense against routed, same examples and prompts: accuracy retention with paired
     bootstrap intervals, realized sparsity and FLOP saving."""
-    sources = [name for name, given in (("--run", run), ("--export", export),
-                                        ("--model", model), ("--compare", compare)) if given]
+    sources = [
+        name
+        for name, given in (
+            ("--run", run),
+            ("--export", export),
+            ("--model", model),
+            ("--compare", compare),
+        )
+        if given
+    ]
     if len(sources) != 1:
         _fail("give exactly one of --run, --export, --model (with --sparsity) or --compare")
     if (model is None) != (sparsity is None):
@@ -101,8 +145,10 @@ def eval_command(
     if router is not None and (export is not None or compare is not None):
         _fail("--router goes with --run or --model")
     if model is not None and router is not None and router not in _fixed_routers():
-        _fail("--router with --model must be static or random (evaluate a trained router "
-              "with --run or --export)")
+        _fail(
+            "--router with --model must be static or random (evaluate a trained router "
+            "with --run or --export)"
+        )
     if limit is not None and limit < 1:
         _fail("--limit must be at least 1")
     if batch_size < 1 or resamples < 1:
@@ -115,17 +161,48 @@ def eval_command(
     lm_tasks = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     with user_errors(), _task_errors():
         plan, targets, view, store = _prepare(
-            run or compare, compare is not None, export, model, sparsity, schedule, router,
-            lm_tasks, task_file or [], text, limit, batch_size, resamples, seed, dtype, force, db,
-            device)
+            run or compare,
+            compare is not None,
+            export,
+            model,
+            sparsity,
+            schedule,
+            router,
+            lm_tasks,
+            task_file or [],
+            text,
+            limit,
+            batch_size,
+            resamples,
+            seed,
+            dtype,
+            force,
+            db,
+            device,
+        )
         _execute(plan, targets, view, store, compare is not None, json_out, plot_out, quiet)
 
 
-def _prepare(ref: str | None, comparing: bool, export: Path | None, model: str | None,
-             sparsity: float | None, schedule: str | None, router: str | None, lm_tasks: list[str],
-             task_files: list[str], text: str | None, limit: int | None, batch_size: int,
-             resamples: int, seed: int, dtype: str, force: bool, db: str | None,
-             device: str | None) -> tuple[Any, Any, Any, Any]:
+def _prepare(
+    ref: str | None,
+    comparing: bool,
+    export: Path | None,
+    model: str | None,
+    sparsity: float | None,
+    schedule: str | None,
+    router: str | None,
+    lm_tasks: list[str],
+    task_files: list[str],
+    text: str | None,
+    limit: int | None,
+    batch_size: int,
+    resamples: int,
+    seed: int,
+    dtype: str,
+    force: bool,
+    db: str | None,
+    device: str | None,
+) -> tuple[Any, Any, Any, Any]:
     """Everything checked, nothing loaded: the plan, the targets (a function of the block
     count, or None for --compare), the run view and store (for runs)."""
     from ftprune.eval import EvalPlan, Target, check_hygiene, load_choice_tasks, run_target
@@ -174,19 +251,35 @@ def _prepare(ref: str | None, comparing: bool, export: Path | None, model: str |
 
         def targets(blocks: int) -> Target:
             return Target("uniform", [uniform] * blocks, kind)
+
     if text is not None:
         settings = dataclasses.replace(settings, source=text)
     if device is not None:
         settings = dataclasses.replace(settings, device=device)
     use_text = text is not None or not (choice_tasks or lm_tasks)
-    plan = EvalPlan(settings=settings, choice_tasks=choice_tasks, lm_tasks=lm_tasks,
-                    text=use_text, limit=limit, batch_size=batch_size, resamples=resamples,
-                    seed=seed)
+    plan = EvalPlan(
+        settings=settings,
+        choice_tasks=choice_tasks,
+        lm_tasks=lm_tasks,
+        text=use_text,
+        limit=limit,
+        batch_size=batch_size,
+        resamples=resamples,
+        seed=seed,
+    )
     return plan, targets, view, store
 
 
-def _execute(plan: Any, targets: Any, view: Any, store: Any, comparing: bool,
-             json_out: Path | None, plot_out: Path | None, quiet: bool) -> None:
+def _execute(
+    plan: Any,
+    targets: Any,
+    view: Any,
+    store: Any,
+    comparing: bool,
+    json_out: Path | None,
+    plot_out: Path | None,
+    quiet: bool,
+) -> None:
     from ftprune.eval import Evaluator, compare_targets, format_table, json_rows, plot
     from router.registry import checkpoint_dir
 
@@ -195,19 +288,25 @@ def _execute(plan: Any, targets: Any, view: Any, store: Any, comparing: bool,
             typer.echo(line, err=True)
 
     evaluator = Evaluator(plan, progress=not quiet, echo=echo)
-    chosen = (compare_targets(view, evaluator.scorer) if comparing
-              else [targets(evaluator.num_blocks)])
+    chosen = (
+        compare_targets(view, evaluator.scorer) if comparing else [targets(evaluator.num_blocks)]
+    )
     rows: list[dict[str, Any]] = []
     for target in chosen:
         target_rows = evaluator.evaluate(target)
         rows += target_rows
         if store is not None:
             store.add_eval_results(
-                view.run_id, target.label, target.router_kind,
+                view.run_id,
+                target.label,
+                target.router_kind,
                 [{**row, "samples": row["n"]} for row in target_rows],
-                router_id=view.router_id if checkpoint_dir(target.router) else None)
-    typer.echo(f"{plan.settings.model}: dense and routed on the same examples; retention = "
-               f"routed / dense, 95% paired bootstrap CI ({plan.resamples} resamples)")
+                router_id=view.router_id if checkpoint_dir(target.router) else None,
+            )
+    typer.echo(
+        f"{plan.settings.model}: dense and routed on the same examples; retention = "
+        f"routed / dense, 95% paired bootstrap CI ({plan.resamples} resamples)"
+    )
     typer.echo(format_table(rows))
     if store is not None:
         typer.echo(f"stored {len(rows)} rows against run {view.name!r}")

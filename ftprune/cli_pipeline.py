@@ -24,16 +24,21 @@ from ftprune.cli_common import (
 )
 
 router_app = typer.Typer(help="Train learned routers.", no_args_is_help=True)
-Weights = Annotated[str, typer.Option(
-    "--weights", help="Router training's loss weights, guide decay and lr: 'config' or "
-                      "'best' (stored by `ftprune tune` for the run, else the model and S).")]
-
+Weights = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        help="Router training's loss weights, guide decay and lr: 'config' or "
+        "'best' (stored by `ftprune tune` for the run, else the model and S).",
+    ),
+]
 
 
 def pipeline(
     config: Annotated[Path, typer.Option("--config", help="Run config (YAML).")],
-    rounds: Annotated[int, typer.Option(
-        help="Repeat steps 2 (train the router) and 3 (fine-tune the schedule).")] = 1,
+    rounds: Annotated[
+        int, typer.Option(help="Repeat steps 2 (train the router) and 3 (fine-tune the schedule).")
+    ] = 1,
     run_name: Annotated[Optional[str], typer.Option(help="Unique name for the run.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     pool: Pool = None,
@@ -53,10 +58,18 @@ def pipeline(
     from search.config import build_config
 
     with user_errors():
-        cfg = build_config(config, run_name=run_name, seed=seed, pool=pool, workers=workers,
-                           device=device, dtype=dtype)
+        cfg = build_config(
+            config,
+            run_name=run_name,
+            seed=seed,
+            pool=pool,
+            workers=workers,
+            device=device,
+            dtype=dtype,
+        )
         if _tuned(weights):
             from ftprune.tune import tuned_config
+
             cfg = tuned_config(cfg, open_store(db, create=False))
         run_pipeline_and_report(cfg, db, rounds, quiet)
 
@@ -71,18 +84,26 @@ def run_pipeline_and_report(cfg: Any, db: str | None, rounds: int, quiet: bool) 
     check_pipeline(cfg, None, rounds)  # before the database is created or touched
     store = open_store(url)
     started = time.perf_counter()
-    outcome = run_pipeline(cfg, store, rounds, show_progress=not quiet,
-                           echo=lambda line: typer.echo(f"\n== {line}", err=True))
+    outcome = run_pipeline(
+        cfg,
+        store,
+        rounds,
+        show_progress=not quiet,
+        echo=lambda line: typer.echo(f"\n== {line}", err=True),
+    )
     report(cfg, store, outcome, url, rounds, time.perf_counter() - started)
 
 
 @router_app.command("train")
 def router_train(
     run: Annotated[str, typer.Option("--run", help="Run id or name: its config and data.")],
-    schedule: Annotated[Optional[str], typer.Option(
-        help="Comma-separated block sparsities (default: the run's best schedule).")] = None,
-    label: Annotated[Optional[str], typer.Option(
-        help="Name of the router within the run (default: round-<n>).")] = None,
+    schedule: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated block sparsities (default: the run's best schedule)."),
+    ] = None,
+    label: Annotated[
+        Optional[str], typer.Option(help="Name of the router within the run (default: round-<n>).")
+    ] = None,
     steps: Annotated[Optional[int], typer.Option(help="Override the training steps.")] = None,
     weights: Weights = "config",
     device: Device = None,
@@ -107,10 +128,12 @@ def router_train(
         if steps is not None:
             if steps < 1:
                 raise ConfigError("--steps must be at least 1")
-            cfg = cfg.model_copy(update={"router_training": cfg.router_training.model_copy(
-                update={"steps": steps})})
+            cfg = cfg.model_copy(
+                update={"router_training": cfg.router_training.model_copy(update={"steps": steps})}
+            )
         if _tuned(weights):
             from ftprune.tune import tuned_config
+
             cfg = tuned_config(cfg, store, row.id)
         chosen = _parse_schedule(schedule) if schedule else row.best_schedule
         if not chosen:
@@ -121,19 +144,25 @@ def router_train(
         existing = store.routers(row.id)
         chosen_label = _router_label(label, len(existing))
         if any(r.label == chosen_label.to_json() for r in existing):
-            raise ConfigError(f"run {row.name!r} already has a router labelled "
-                              f"{chosen_label.to_json()!r}")
+            raise ConfigError(
+                f"run {row.name!r} already has a router labelled {chosen_label.to_json()!r}"
+            )
         with open_pool(cfg, workers=1) as pool:
             if len(chosen) != pool.num_blocks:
-                raise ConfigError(f"--schedule has {len(chosen)} entries; {cfg.model} has "
-                                  f"{pool.num_blocks} decoder blocks")
-            stored = train_router_step(cfg, store, row.id, row.name, chosen, chosen_label,
-                                       pool, not quiet)
+                raise ConfigError(
+                    f"--schedule has {len(chosen)} entries; {cfg.model} has "
+                    f"{pool.num_blocks} decoder blocks"
+                )
+            stored = train_router_step(
+                cfg, store, row.id, row.name, chosen, chosen_label, pool, not quiet
+            )
     heldout = stored.heldout
-    typer.echo(f"router {chosen_label.to_json()} (id {stored.router_id}) of run {row.name}, "
-               f"trained on {stored.device} ({stored.worker}): held-out window KL "
-               f"{heldout.kl:.4f}, top-1 {heldout.top1:.3f}, realized sparsity "
-               f"{heldout.realized_sparsity:.3f}\ncheckpoint: {stored.checkpoint}")
+    typer.echo(
+        f"router {chosen_label.to_json()} (id {stored.router_id}) of run {row.name}, "
+        f"trained on {stored.device} ({stored.worker}): held-out window KL "
+        f"{heldout.kl:.4f}, top-1 {heldout.top1:.3f}, realized sparsity "
+        f"{heldout.realized_sparsity:.3f}\ncheckpoint: {stored.checkpoint}"
+    )
 
 
 def export(
@@ -151,12 +180,15 @@ def export(
     with user_errors():
         if out.exists() and any(out.iterdir()):
             from search.config import ConfigError
+
             raise ConfigError(f"--out {out} exists and is not empty")
         with open_reader(db) as store:
             path, schedule = export_run(store, run, out)
-    typer.echo(f"wrote {path}: schedule mean {sum(schedule) / len(schedule):.3f}\n"
-               f"load it with:\n  from router.checkpoint import load_routed\n"
-               f"  model, tokenizer, routing = load_routed({str(path)!r})")
+    typer.echo(
+        f"wrote {path}: schedule mean {sum(schedule) / len(schedule):.3f}\n"
+        f"load it with:\n  from router.checkpoint import load_routed\n"
+        f"  model, tokenizer, routing = load_routed({str(path)!r})"
+    )
 
 
 def _tuned(weights: str) -> bool:
@@ -194,9 +226,12 @@ def summary_rows(rounds: int) -> list[tuple[Any, str]]:
     """(held-out label on the main run, what the row shows) of the pipeline's summary."""
     from search.records import BEST, UNIFORM, HeldoutLabel
 
-    return [(UNIFORM, "uniform + static router"), (BEST, "searched + static router"),
-            (HeldoutLabel("dynamic", rounds), "searched + dynamic router"),
-            (HeldoutLabel("finetuned", rounds), "fine-tuned + dynamic router")]
+    return [
+        (UNIFORM, "uniform + static router"),
+        (BEST, "searched + static router"),
+        (HeldoutLabel("dynamic", rounds), "searched + dynamic router"),
+        (HeldoutLabel("finetuned", rounds), "fine-tuned + dynamic router"),
+    ]
 
 
 def report(cfg: Any, store: Any, outcome: Any, url: str, rounds: int, elapsed: float) -> None:
@@ -205,14 +240,19 @@ def report(cfg: Any, store: Any, outcome: Any, url: str, rounds: int, elapsed: f
 
     first = outcome.search
     final = outcome.rounds[-1].finetune.search
-    typer.echo(f"\nrun {first.run_name} (id {first.run_id}): {cfg.model}, target sparsity "
-               f"{cfg.target_sparsity:.2f}, {rounds} round(s), {elapsed:.0f} s")
+    typer.echo(
+        f"\nrun {first.run_name} (id {first.run_id}): {cfg.model}, target sparsity "
+        f"{cfg.target_sparsity:.2f}, {rounds} round(s), {elapsed:.0f} s"
+    )
     typer.echo(f"searched schedule:   {format_schedule(first.search.best_schedule)}")
     typer.echo(f"fine-tuned schedule: {format_schedule(final.best_schedule)}")
     heldout = {row.label: row for row in store.heldout(first.run_id)}
-    echo_heldout_table(cfg, [(text, heldout[label.to_json()])
-                             for label, text in summary_rows(rounds)])
-    typer.echo(f"\nlook at the results:\n  ftprune search status {first.run_name} "
-               f"--db {redact(url)}\n  ftprune export --run {first.run_name} --out "
-               f"{first.run_name}-routed --db {redact(url)}\n  ftprune dashboard --db "
-               f"{redact(url)}")
+    echo_heldout_table(
+        cfg, [(text, heldout[label.to_json()]) for label, text in summary_rows(rounds)]
+    )
+    typer.echo(
+        f"\nlook at the results:\n  ftprune search status {first.run_name} "
+        f"--db {redact(url)}\n  ftprune export --run {first.run_name} --out "
+        f"{first.run_name}-routed --db {redact(url)}\n  ftprune dashboard --db "
+        f"{redact(url)}"
+    )

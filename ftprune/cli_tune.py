@@ -21,24 +21,37 @@ tune_app = typer.Typer(help="Tune the router's loss weights with Optuna (see `tu
 @tune_app.callback(invoke_without_command=True)
 def tune(
     ctx: typer.Context,
-    run: Annotated[Optional[str], typer.Option(
-        "--run", help="Tune on this run's best schedule (id or name).")] = None,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="Tune on this config's uniform schedule at its target sparsity.")
+    run: Annotated[
+        Optional[str], typer.Option("--run", help="Tune on this run's best schedule (id or name).")
     ] = None,
-    trials: Annotated[Optional[int], typer.Option(
-        help="Finished trials the study should hold (a resumed study continues to N).")
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config", help="Tune on this config's uniform schedule at its target sparsity."
+        ),
     ] = None,
-    workers: Annotated[int, typer.Option(
-        help="Worker processes (more than 1 needs PostgreSQL).")] = 1,
-    study: Annotated[Optional[str], typer.Option(
-        help="Study name (default: tune-<run name> or tune-<config file stem>).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(
-        help="Seconds after which no new trial starts.")] = None,
-    seed: Annotated[Optional[int], typer.Option(
-        help="Seed of the sampler and of router initialization.")] = None,
-    objectives: Annotated[str, typer.Option(
-        help="quality (held-out window KL), quality,flops or quality,latency.")] = "quality",
+    trials: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Finished trials the study should hold (a resumed study continues to N)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (more than 1 needs PostgreSQL).")
+    ] = 1,
+    study: Annotated[
+        Optional[str],
+        typer.Option(help="Study name (default: tune-<run name> or tune-<config file stem>)."),
+    ] = None,
+    timeout: Annotated[
+        Optional[float], typer.Option(help="Seconds after which no new trial starts.")
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help="Seed of the sampler and of router initialization.")
+    ] = None,
+    objectives: Annotated[
+        str, typer.Option(help="quality (held-out window KL), quality,flops or quality,latency.")
+    ] = "quality",
     device: Device = None,
     db: Db = None,
     quiet: Quiet = False,
@@ -80,10 +93,16 @@ def tune(
                 raise StorageError(f"run {row.name!r} has no best schedule yet")
             _check(cfg, names)
             run_id, schedule, name = row.id, list(row.best_schedule), study or f"tune-{row.name}"
-        spec = TuneSpec(url=url, study=name, trials=trials, config=cfg.model_dump(),
-                        schedule=schedule, objectives=names,
-                        deadline=time.time() + timeout if timeout else None,
-                        threads=max(1, (_cpus() // workers)) if workers > 1 else None)
+        spec = TuneSpec(
+            url=url,
+            study=name,
+            trials=trials,
+            config=cfg.model_dump(),
+            schedule=schedule,
+            objectives=names,
+            deadline=time.time() + timeout if timeout else None,
+            threads=max(1, (_cpus() // workers)) if workers > 1 else None,
+        )
         _run(spec, store, run_id, workers, quiet)
 
 
@@ -99,8 +118,9 @@ def _check(cfg: Any, objectives: tuple[str, ...]) -> None:
 def _cpus() -> int:
     import os
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def _run(spec: Any, store: Any, run_id: int | None, workers: int, quiet: bool) -> None:
@@ -119,23 +139,27 @@ def _run(spec: Any, store: Any, run_id: int | None, workers: int, quiet: bool) -
     typer.echo(f"study {spec.study}: {_counts(study)}, {time.perf_counter() - started:.0f} s")
     finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
     if finished < spec.trials and not (spec.deadline and time.time() > spec.deadline):
-        typer.echo(f"error: the study holds {finished} of {spec.trials} finished trials: its "
-                   "workers failed (see above)", err=True)
+        typer.echo(
+            f"error: the study holds {finished} of {spec.trials} finished trials: its "
+            "workers failed (see above)",
+            err=True,
+        )
         raise typer.Exit(1)
     _echo_table(study, max(len(rows), 5))
     if not rows:
         typer.echo("no feasible complete trial: nothing stored for --weights best")
     where = f"--db {redact(spec.url)}"
     use = f"router train --run {run_id}" if run_id else "pipeline --config FILE"
-    typer.echo(f"\nlook at the results:\n  ftprune tune status --study {spec.study} {where}\n"
-               f"  optuna-dashboard {redact(optuna_url(spec.url))}\n"
-               f"use them:\n  ftprune {use} --weights best {where}")
+    typer.echo(
+        f"\nlook at the results:\n  ftprune tune status --study {spec.study} {where}\n"
+        f"  optuna-dashboard {redact(optuna_url(spec.url))}\n"
+        f"use them:\n  ftprune {use} --weights best {where}"
+    )
 
 
 @tune_app.command("status")
 def tune_status(
-    study: Annotated[Optional[str], typer.Option(
-        help="Study name (default: the newest).")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: the newest).")] = None,
     top: Annotated[int, typer.Option(help="Trials to list.")] = 5,
     db: Db = None,
 ) -> None:
@@ -163,8 +187,7 @@ def tune_status(
             raise StorageError(f"no tuning study in {redact(url)}")
         name = study or names[-1]
         if name not in names:
-            raise StorageError(f"no study {name!r} in {redact(url)}; studies: "
-                               f"{', '.join(names)}")
+            raise StorageError(f"no study {name!r} in {redact(url)}; studies: {', '.join(names)}")
         found = optuna.load_study(study_name=name, storage=storage)
     typer.echo(f"study {name}: {_counts(found)}")
     _echo_table(found, top)
@@ -175,10 +198,12 @@ def _counts(study: Any) -> str:
 
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    return (f"{count[TrialState.COMPLETE] + count[TrialState.PRUNED]} finished trials "
-            f"({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned), "
-            f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running, "
-            f"{count[TrialState.WAITING]} waiting")
+    return (
+        f"{count[TrialState.COMPLETE] + count[TrialState.PRUNED]} finished trials "
+        f"({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned), "
+        f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running, "
+        f"{count[TrialState.WAITING]} waiting"
+    )
 
 
 def _echo_table(study: Any, top: int) -> None:
@@ -188,18 +213,24 @@ def _echo_table(study: Any, top: int) -> None:
     from ftprune.tune import best_trials
 
     best = {t.number for t in best_trials(study)}
-    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                      key=lambda t: (t.user_attrs.get("constraint", 0.0) > 0, t.values[0]))
+    complete = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        key=lambda t: (t.user_attrs.get("constraint", 0.0) > 0, t.values[0]),
+    )
     second = study.user_attrs.get("objectives", ["quality"])[1:]
     extra = f"{second[0]:>11}" if second else ""
-    typer.echo(f"  {'trial':>7}{'KL':>10}{extra}{'λ_g':>9}{'λ_s':>9}{'λ_d':>9}"
-               f"{'guide':>7}{'lr':>10}{'target S':>10}{'achieved':>10}  feasible")
+    typer.echo(
+        f"  {'trial':>7}{'KL':>10}{extra}{'λ_g':>9}{'λ_s':>9}{'λ_d':>9}"
+        f"{'guide':>7}{'lr':>10}{'target S':>10}{'achieved':>10}  feasible"
+    )
     for t in complete[:top]:
         p, a = t.params, t.user_attrs
         more = f"{t.values[1]:>11.4g}" if second else ""
-        typer.echo(f"  {('*' if t.number in best else '') + str(t.number):>7}"
-                   f"{t.values[0]:>10.4f}{more}{p['lambda_guide']:>9.3g}"
-                   f"{p['lambda_sparse']:>9.3g}{p['lambda_distill']:>9.3g}"
-                   f"{p['guide_steps']:>7}{p['lr']:>10.2e}{a.get('target_sparsity', 0):>10.3f}"
-                   f"{a.get('achieved_sparsity', 0):>10.3f}  "
-                   f"{'yes' if a.get('constraint', 0.0) <= 0 else 'no'}")
+        typer.echo(
+            f"  {('*' if t.number in best else '') + str(t.number):>7}"
+            f"{t.values[0]:>10.4f}{more}{p['lambda_guide']:>9.3g}"
+            f"{p['lambda_sparse']:>9.3g}{p['lambda_distill']:>9.3g}"
+            f"{p['guide_steps']:>7}{p['lr']:>10.2e}{a.get('target_sparsity', 0):>10.3f}"
+            f"{a.get('achieved_sparsity', 0):>10.3f}  "
+            f"{'yes' if a.get('constraint', 0.0) <= 0 else 'no'}"
+        )

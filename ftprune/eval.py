@@ -118,70 +118,114 @@ def check_hygiene(config: dict[str, Any], task_specs: Sequence[str], force: bool
     for spec in task_specs:
         overlap = source_keys(spec) & set(used)
         if overlap:
-            raise TaskError(f"{spec}: the run calibrated and trained on {used[overlap.pop()]}; "
-                            "evaluate on other data, or pass --force")
+            raise TaskError(
+                f"{spec}: the run calibrated and trained on {used[overlap.pop()]}; "
+                "evaluate on other data, or pass --force"
+            )
 
 
 # ----------------------------------------------------------------------------- scoring
-def choice_scores(model: Any, tokenizer: Any, task: ChoiceTask, batch_size: int,
-                  progress: bool) -> TaskScores:
+def choice_scores(
+    model: Any, tokenizer: Any, task: ChoiceTask, batch_size: int, progress: bool
+) -> TaskScores:
     from workers.choice import score_choices
 
     run = score_choices(model, tokenizer, task.examples, batch_size, progress)
-    return TaskScores(task.name, {"acc": run.acc, "acc_norm": run.acc_norm},
-                      run.realized_sparsity, run.flop_saving, run.loglik)
+    return TaskScores(
+        task.name,
+        {"acc": run.acc, "acc_norm": run.acc_norm},
+        run.realized_sparsity,
+        run.flop_saving,
+        run.loglik,
+    )
 
 
-def task_rows(dense: TaskScores, routed: TaskScores, resamples: int,
-              seed: int) -> list[dict[str, Any]]:
+def task_rows(
+    dense: TaskScores, routed: TaskScores, resamples: int, seed: int
+) -> list[dict[str, Any]]:
     """One row per metric of a task (see the module docstring)."""
     rows = []
     for metric in dense.metrics:
         d, r = dense.metrics[metric], routed.metrics[metric]
         dense_acc, routed_acc = _mean(d), _mean(r)
         low, high = paired_bootstrap(d, r, resamples, seed)
-        rows.append({"task": dense.task, "metric": metric, "dense": dense_acc,
-                     "routed": routed_acc, "retention": retention(dense_acc, routed_acc),
-                     "ci_low": low, "ci_high": high, "n": len(d),
-                     "realized_sparsity": routed.realized_sparsity,
-                     "flop_saving": routed.flop_saving})
+        rows.append(
+            {
+                "task": dense.task,
+                "metric": metric,
+                "dense": dense_acc,
+                "routed": routed_acc,
+                "retention": retention(dense_acc, routed_acc),
+                "ci_low": low,
+                "ci_high": high,
+                "n": len(d),
+                "realized_sparsity": routed.realized_sparsity,
+                "flop_saving": routed.flop_saving,
+            }
+        )
     return rows
 
 
-def summary_rows(dense: Sequence[TaskScores], routed: Sequence[TaskScores], resamples: int,
-                 seed: int) -> list[dict[str, Any]]:
+def summary_rows(
+    dense: Sequence[TaskScores], routed: Sequence[TaskScores], resamples: int, seed: int
+) -> list[dict[str, Any]]:
     """``(mean)`` and ``(mean retention)`` rows per metric over two or more tasks."""
     if len(dense) < 2:
         return []
     rows = []
     for metric in CHOICE_METRICS:
-        pairs = [(d.metrics[metric], r.metrics[metric]) for d, r in zip(dense, routed, strict=True)
-                 if metric in d.metrics]
+        pairs = [
+            (d.metrics[metric], r.metrics[metric])
+            for d, r in zip(dense, routed, strict=True)
+            if metric in d.metrics
+        ]
         if len(pairs) < 2:
             continue
         dense_accs = [_mean(d) for d, _ in pairs]
         routed_accs = [_mean(r) for _, r in pairs]
-        ci = paired_bootstrap_tasks([d for d, _ in pairs], [r for _, r in pairs], resamples,
-                                    seed)
+        ci = paired_bootstrap_tasks([d for d, _ in pairs], [r for _, r in pairs], resamples, seed)
         total = sum(len(d) for d, _ in pairs)
-        sparsity = _weighted([r.realized_sparsity for r in routed],
-                             [len(next(iter(r.metrics.values()))) for r in routed])
-        saving = _weighted([r.flop_saving for r in routed],
-                           [len(next(iter(r.metrics.values()))) for r in routed])
+        sparsity = _weighted(
+            [r.realized_sparsity for r in routed],
+            [len(next(iter(r.metrics.values()))) for r in routed],
+        )
+        saving = _weighted(
+            [r.flop_saving for r in routed], [len(next(iter(r.metrics.values()))) for r in routed]
+        )
         per_task = [retention(d, r) for d, r in zip(dense_accs, routed_accs, strict=True)]
         mean_dense, mean_routed = _mean(dense_accs), _mean(routed_accs)
-        common = {"metric": metric, "dense": mean_dense, "routed": mean_routed, "n": total,
-                  "realized_sparsity": sparsity, "flop_saving": saving}
-        rows.append({"task": "(mean)", **common,
-                     "retention": retention(mean_dense, mean_routed),
-                     "ci_low": ci["retention_of_mean"][0], "ci_high": ci["retention_of_mean"][1]})
-        rows.append({"task": "(mean retention)", **common, "retention": _mean(per_task),
-                     "ci_low": ci["mean_retention"][0], "ci_high": ci["mean_retention"][1]})
+        common = {
+            "metric": metric,
+            "dense": mean_dense,
+            "routed": mean_routed,
+            "n": total,
+            "realized_sparsity": sparsity,
+            "flop_saving": saving,
+        }
+        rows.append(
+            {
+                "task": "(mean)",
+                **common,
+                "retention": retention(mean_dense, mean_routed),
+                "ci_low": ci["retention_of_mean"][0],
+                "ci_high": ci["retention_of_mean"][1],
+            }
+        )
+        rows.append(
+            {
+                "task": "(mean retention)",
+                **common,
+                "retention": _mean(per_task),
+                "ci_low": ci["mean_retention"][0],
+                "ci_high": ci["mean_retention"][1],
+            }
+        )
     return rows
 
 
-def text_rows(scorer: Any, target: Target, dense_ppl: float, resamples: int,
-              seed: int) -> list[dict[str, Any]]:
+def text_rows(
+    scorer: Any, target: Target, dense_ppl: float, resamples: int, seed: int
+) -> list[dict[str, Any]]:
     """Held-out window metrics of ``target``: window KL (dense 0), top-1 agreement with the
     dense model (dense 1; retention is the agreement, its interval from resampling the
     sequences) and window perplexity; n is the number of sequences."""
@@ -193,21 +237,33 @@ def text_rows(scorer: Any, target: Target, dense_ppl: float, resamples: int,
     m = evaluation.metrics
     agree = [s.agree / s.positions for s in evaluation.per_sequence.values()]
     low, high = paired_bootstrap([1.0] * len(agree), agree, resamples, seed)
-    common = {"task": f"text:{scorer.settings.source}", "n": len(agree),
-              "realized_sparsity": m.realized_sparsity, "flop_saving": meter.flop_saving}
+    common = {
+        "task": f"text:{scorer.settings.source}",
+        "n": len(agree),
+        "realized_sparsity": m.realized_sparsity,
+        "flop_saving": meter.flop_saving,
+    }
     none = {"retention": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    return [{**common, "metric": "window_kl", "dense": 0.0, "routed": m.kl, **none},
-            {**common, "metric": "top1_agreement", "dense": 1.0, "routed": m.top1,
-             "retention": m.top1, "ci_low": low, "ci_high": high},
-            {**common, "metric": "window_ppl", "dense": dense_ppl, "routed": m.ppl, **none}]
+    return [
+        {**common, "metric": "window_kl", "dense": 0.0, "routed": m.kl, **none},
+        {
+            **common,
+            "metric": "top1_agreement",
+            "dense": 1.0,
+            "routed": m.top1,
+            "retention": m.top1,
+            "ci_low": low,
+            "ci_high": high,
+        },
+        {**common, "metric": "window_ppl", "dense": dense_ppl, "routed": m.ppl, **none},
+    ]
 
 
 class Evaluator:
     """Scores targets on a plan's sources with one loaded model (a
     :class:`workers.scoring.Scorer`); the dense model's scores are computed once."""
 
-    def __init__(self, plan: EvalPlan, progress: bool = True, echo: Echo = lambda s: None
-                 ) -> None:
+    def __init__(self, plan: EvalPlan, progress: bool = True, echo: Echo = lambda s: None) -> None:
         from workers import Scorer
 
         self.plan = plan
@@ -231,8 +287,7 @@ class Evaluator:
         if plan.lm_tasks:
             from workers.lmeval import lmeval_scores
 
-            scores += lmeval_scores(model, tokenizer, plan.lm_tasks, plan.limit,
-                                    plan.batch_size)
+            scores += lmeval_scores(model, tokenizer, plan.lm_tasks, plan.limit, plan.batch_size)
         return scores
 
     def dense(self) -> list[TaskScores]:
@@ -274,24 +329,28 @@ class Evaluator:
 # ----------------------------------------------------------------------------- output
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a terminal table."""
-    head = (f"{'schedule':<16}{'router':<9}{'task':<30}{'metric':<16}{'dense':>10}{'routed':>10}"
-            f"{'retention':>10}{'95% CI':>17}{'n':>6}{'real S':>8}{'FLOP sv':>8}")
+    head = (
+        f"{'schedule':<16}{'router':<9}{'task':<30}{'metric':<16}{'dense':>10}{'routed':>10}"
+        f"{'retention':>10}{'95% CI':>17}{'n':>6}{'real S':>8}{'FLOP sv':>8}"
+    )
     lines = [head, "-" * len(head)]
     for row in rows:
-        ci = ("" if math.isnan(row["ci_low"])
-              else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]")
+        ci = "" if math.isnan(row["ci_low"]) else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
         kept = "" if math.isnan(row["retention"]) else f"{row['retention']:.3f}"
         lines.append(
             f"{row['label'][:15]:<16}{row['router']:<9}{row['task'][:29]:<30}"
             f"{row['metric']:<16}{row['dense']:>10.4g}{row['routed']:>10.4g}{kept:>10}{ci:>17}"
-            f"{row['n']:>6}{row['realized_sparsity']:>8.3f}{row['flop_saving']:>8.3f}")
+            f"{row['n']:>6}{row['realized_sparsity']:>8.3f}{row['flop_saving']:>8.3f}"
+        )
     return "\n".join(lines)
 
 
 def json_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with NaN written as null (JSON has no NaN)."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in rows]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in rows
+    ]
 
 
 def plot(rows: Sequence[dict[str, Any]], out: Path) -> None:
@@ -310,8 +369,15 @@ def plot(rows: Sequence[dict[str, Any]], out: Path) -> None:
     for s, (label, router) in enumerate(series):
         xs, ys, err_low, err_high = [], [], [], []
         for g, group in enumerate(groups):
-            row = next((r for r in shown if (r["label"], r["router"]) == (label, router)
-                        and (r["task"], r["metric"]) == group), None)
+            row = next(
+                (
+                    r
+                    for r in shown
+                    if (r["label"], r["router"]) == (label, router)
+                    and (r["task"], r["metric"]) == group
+                ),
+                None,
+            )
             if row is None:
                 continue
             xs.append(g + (s - (len(series) - 1) / 2) * width)
@@ -367,14 +433,15 @@ def run_view(store: Any, ref: str) -> RunView:
         try:
             check_router_spec(router)
         except RouterSpecError as error:
-            raise TaskError(f"run {run.name!r}: its latest router is unusable ({error})"
-                            ) from None
+            raise TaskError(f"run {run.name!r}: its latest router is unusable ({error})") from None
         wanted = RouterLabel.from_json(latest.label).finetuned
-        rows = [h for h in store.heldout(run.id)
-                if wanted is not None and h.label == wanted.to_json()]
+        rows = [
+            h for h in store.heldout(run.id) if wanted is not None and h.label == wanted.to_json()
+        ]
         finetuned = rows[-1].schedule if rows else None
-    return RunView(run.id, run.name, RunConfig(**run.config), run.best_schedule, finetuned,
-                   router, router_id)
+    return RunView(
+        run.id, run.name, RunConfig(**run.config), run.best_schedule, finetuned, router, router_id
+    )
 
 
 def run_target(view: RunView, schedule: str | None, router: str | None) -> Callable[[int], Target]:
@@ -409,12 +476,13 @@ def compare_targets(view: RunView, scorer: Any) -> list[Target]:
     static, random and dynamic routers (those the run has), at the run's sparsity."""
     from ftprune.bench.quality import influence_allocation
 
-    schedules = [("uniform", [view.config.target_sparsity] * scorer.num_blocks),
-                 ("block_influence", influence_allocation(scorer, view.config))]
+    schedules = [
+        ("uniform", [view.config.target_sparsity] * scorer.num_blocks),
+        ("block_influence", influence_allocation(scorer, view.config)),
+    ]
     if view.best is not None:
         schedules.append(("searched", view.best))
     if view.finetuned is not None:
         schedules.append(("finetuned", view.finetuned))
     routers = ["static", "random"] + ([view.router] if view.router else [])
-    return [Target(label, schedule, router) for label, schedule in schedules
-            for router in routers]
+    return [Target(label, schedule, router) for label, schedule in schedules for router in routers]

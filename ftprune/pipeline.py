@@ -84,14 +84,21 @@ def check_pipeline(config: RunConfig, store: Store | None, rounds: int) -> None:
     if rounds < 1:
         raise ConfigError("--rounds must be at least 1")
     if config.router != "static" or config.seed_run is not None:
-        raise ConfigError("the pipeline's step 1 searches with the static router from "
-                          "scratch: leave router and seed_run unset")
+        raise ConfigError(
+            "the pipeline's step 1 searches with the static router from "
+            "scratch: leave router and seed_run unset"
+        )
     check_inputs(config, store)
 
 
-def run_pipeline(config: RunConfig, store: Store, rounds: int = 1, show_progress: bool = True,
-                 pool: EvaluationPool | None = None,
-                 echo: Callable[[str], None] = lambda line: None) -> PipelineOutcome:
+def run_pipeline(
+    config: RunConfig,
+    store: Store,
+    rounds: int = 1,
+    show_progress: bool = True,
+    pool: EvaluationPool | None = None,
+    echo: Callable[[str], None] = lambda line: None,
+) -> PipelineOutcome:
     """Steps 1-3 (2 and 3 ``rounds`` times) on one pool: ``pool`` if given (left open),
     else one opened from the config. Every search and every router training runs on the
     pool's workers."""
@@ -104,19 +111,36 @@ def run_pipeline(config: RunConfig, store: Store, rounds: int = 1, show_progress
         parent, schedule = first.run_name, first.search.best_schedule
         for round_ in range(1, rounds + 1):
             echo(f"round {round_}, step 2: train the {config.router_training.kind} router")
-            trained = train_router_step(config, store, first.run_id, first.run_name, schedule,
-                                        RouterLabel(round=round_), workers, show_progress)
-            store.add_heldout(first.run_id, HeldoutLabel("dynamic", round_).to_json(),
-                              HeldoutResult(schedule, "dynamic", trained.heldout,
-                                            trained.worker, trained.train_s))
+            trained = train_router_step(
+                config,
+                store,
+                first.run_id,
+                first.run_name,
+                schedule,
+                RouterLabel(round=round_),
+                workers,
+                show_progress,
+            )
+            store.add_heldout(
+                first.run_id,
+                HeldoutLabel("dynamic", round_).to_json(),
+                HeldoutResult(
+                    schedule, "dynamic", trained.heldout, trained.worker, trained.train_s
+                ),
+            )
             echo(f"round {round_}, step 3: search again with the trained router")
-            child = config.model_copy(update={
-                "run_name": f"{first.run_name}-finetune-{round_}",
-                "router": f"dynamic:{trained.checkpoint}", "seed_run": parent,
-                "generations": config.finetune_generations})
+            child = config.model_copy(
+                update={
+                    "run_name": f"{first.run_name}-finetune-{round_}",
+                    "router": f"dynamic:{trained.checkpoint}",
+                    "seed_run": parent,
+                    "generations": config.finetune_generations,
+                }
+            )
             finetune = launch(child, store, show_progress, workers)
-            store.add_heldout(first.run_id, HeldoutLabel("finetuned", round_).to_json(),
-                              finetune.heldout[BEST])
+            store.add_heldout(
+                first.run_id, HeldoutLabel("finetuned", round_).to_json(), finetune.heldout[BEST]
+            )
             outcomes.append(RoundOutcome(trained, finetune))
             parent, schedule = finetune.run_name, finetune.search.best_schedule
     finally:
@@ -125,9 +149,16 @@ def run_pipeline(config: RunConfig, store: Store, rounds: int = 1, show_progress
     return PipelineOutcome(first, outcomes)
 
 
-def train_router_step(config: RunConfig, store: Store, run_id: int, run_name: str,
-                      schedule: list[float], label: RouterLabel, pool: EvaluationPool,
-                      show_progress: bool = True) -> StoredRouter:
+def train_router_step(
+    config: RunConfig,
+    store: Store,
+    run_id: int,
+    run_name: str,
+    schedule: list[float],
+    label: RouterLabel,
+    pool: EvaluationPool,
+    show_progress: bool = True,
+) -> StoredRouter:
     """Train a router for ``schedule`` on a worker of ``pool`` (the run's calibration data,
     measured on its held-out data), write its checkpoint under
     ``artifacts_dir/<run>/<label>`` and record it with its curves and provenance."""
@@ -138,20 +169,35 @@ def train_router_step(config: RunConfig, store: Store, run_id: int, run_name: st
     checkpoint = (Path(config.artifacts_dir) / run_name / label.to_json()).resolve()
     save_router(checkpoint, trained.router(), schedule, config.model, config.dtype)
     history = trained.history
-    curves: dict[str, Sequence[float]] = {"step": list(range(settings.steps)),
-                                          **{name: history[name] for name in LOSS_SERIES}}
-    heldout_curve = {name: values for name, values in history.items()
-                     if name not in LOSS_SERIES}
+    curves: dict[str, Sequence[float]] = {
+        "step": list(range(settings.steps)),
+        **{name: history[name] for name in LOSS_SERIES},
+    }
+    heldout_curve = {name: values for name, values in history.items() if name not in LOSS_SERIES}
     router_id = store.add_router(
-        run_id, label.to_json(), schedule,
-        {"guide": settings.lambda_guide, "sparse": settings.lambda_sparse,
-         "distill": settings.lambda_distill},
-        str(checkpoint), weights_sha256(checkpoint), curves,
-        {"training": settings.model_dump(), "heldout_curve": heldout_curve,
-         "worker": trained.worker, "device": trained.device},
-        trained.heldout, trained.train_s)
-    return StoredRouter(router_id, checkpoint, trained.heldout, trained.worker, trained.device,
-                        trained.train_s)
+        run_id,
+        label.to_json(),
+        schedule,
+        {
+            "guide": settings.lambda_guide,
+            "sparse": settings.lambda_sparse,
+            "distill": settings.lambda_distill,
+        },
+        str(checkpoint),
+        weights_sha256(checkpoint),
+        curves,
+        {
+            "training": settings.model_dump(),
+            "heldout_curve": heldout_curve,
+            "worker": trained.worker,
+            "device": trained.device,
+        },
+        trained.heldout,
+        trained.train_s,
+    )
+    return StoredRouter(
+        router_id, checkpoint, trained.heldout, trained.worker, trained.device, trained.train_s
+    )
 
 
 def export_run(store: Store, ref: str | int, out: str | Path) -> tuple[Path, list[float]]:
@@ -165,8 +211,10 @@ def export_run(store: Store, ref: str | int, out: str | Path) -> tuple[Path, lis
     run = store.find_run(ref)
     routers = store.routers(run.id)
     if not routers:
-        raise StorageError(f"run {run.name!r} has no trained router: run `ftprune router "
-                           f"train --run {run.name}` or the pipeline first")
+        raise StorageError(
+            f"run {run.name!r} has no trained router: run `ftprune router "
+            f"train --run {run.name}` or the pipeline first"
+        )
     row = routers[-1]
     weights = Path(row.checkpoint) / WEIGHTS
     if not weights.is_file():
@@ -174,8 +222,9 @@ def export_run(store: Store, ref: str | int, out: str | Path) -> tuple[Path, lis
     if weights_sha256(row.checkpoint) != row.checkpoint_sha256:
         raise StorageError(f"router checkpoint {weights} changed since it was recorded")
     wanted = RouterLabel.from_json(row.label).finetuned
-    finetuned = [h for h in store.heldout(run.id)
-                 if wanted is not None and h.label == wanted.to_json()]
+    finetuned = [
+        h for h in store.heldout(run.id) if wanted is not None and h.label == wanted.to_json()
+    ]
     schedule = finetuned[-1].schedule if finetuned else row.schedule
     router, meta = load_router(row.checkpoint)
     save_router(out, router, schedule, meta["model"], meta["dtype"], meta["decode"])

@@ -50,7 +50,10 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import ConfigError, RunConfig
 
 OBJECTIVES: dict[str, Literal["minimize", "maximize"]] = {
-    "quality": "minimize", "flops": "maximize", "latency": "minimize"}
+    "quality": "minimize",
+    "flops": "maximize",
+    "latency": "minimize",
+}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WEIGHT_CHOICES = ("config", "best")
 SETTINGS = ("lambda_guide", "lambda_sparse", "lambda_distill", "guide_steps", "lr")
@@ -82,10 +85,15 @@ class TuneSpec:
 def parse_objectives(text: str) -> tuple[str, ...]:
     """``quality``, ``quality,flops`` or ``quality,latency``; ConfigError otherwise."""
     names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names or names[0] != "quality" or len(names) > 2 or (
-            len(names) == 2 and names[1] not in ("flops", "latency")):
-        raise ConfigError(f"--objectives must be quality, quality,flops or quality,latency; "
-                          f"got {text!r}")
+    if (
+        not names
+        or names[0] != "quality"
+        or len(names) > 2
+        or (len(names) == 2 and names[1] not in ("flops", "latency"))
+    ):
+        raise ConfigError(
+            f"--objectives must be quality, quality,flops or quality,latency; got {text!r}"
+        )
     return names
 
 
@@ -106,8 +114,10 @@ def check_workers(url: str, workers: int, trials: int) -> None:
     if trials < 1 or workers < 1:
         raise ConfigError("--trials and --workers must be at least 1")
     if workers > 1 and url.startswith("sqlite"):
-        raise ConfigError("parallel Optuna workers need PostgreSQL (SQLite serializes and "
-                          "drops heartbeats): use --workers 1 or a postgresql+psycopg:// --db")
+        raise ConfigError(
+            "parallel Optuna workers need PostgreSQL (SQLite serializes and "
+            "drops heartbeats): use --workers 1 or a postgresql+psycopg:// --db"
+        )
 
 
 def sparsity_range(config: RunConfig) -> tuple[float, float]:
@@ -126,13 +136,17 @@ def check_tuning(config: RunConfig, objectives: Sequence[str]) -> None:
         low, high = _bounds(config, name)
         value = getattr(training, name)
         if not low <= value <= high:
-            raise ConfigError(f"tuning.{name} [{low}, {high}] must contain router_training."
-                              f"{name} = {value} (the first trial)")
+            raise ConfigError(
+                f"tuning.{name} [{low}, {high}] must contain router_training."
+                f"{name} = {value} (the first trial)"
+            )
     if len(objectives) > 1:
         low, high = sparsity_range(config)
         if not 0 < low <= config.target_sparsity <= high <= config.max_block_sparsity:
-            raise ConfigError(f"tuning.sparsity [{low}, {high}] must contain target_sparsity "
-                              f"and stay within max_block_sparsity")
+            raise ConfigError(
+                f"tuning.sparsity [{low}, {high}] must contain target_sparsity "
+                f"and stay within max_block_sparsity"
+            )
 
 
 def _bounds(config: RunConfig, name: str) -> tuple[Any, Any]:
@@ -143,8 +157,9 @@ def _bounds(config: RunConfig, name: str) -> tuple[Any, Any]:
     return float(low), float(high)
 
 
-def trial_schedule(base: Sequence[float], target: float, sampled: float,
-                   ceiling: float) -> list[float]:
+def trial_schedule(
+    base: Sequence[float], target: float, sampled: float, ceiling: float
+) -> list[float]:
     """``base`` (mean ``target``) scaled to mean ``sampled``, each entry at most ``ceiling``."""
     if abs(sampled - target) < 1e-12:
         return [float(s) for s in base]
@@ -157,33 +172,46 @@ def open_study(spec: TuneSpec, worker: int = 0) -> optuna.Study:
     tuning = config.tuning
     with warnings.catch_warnings():  # heartbeats and multivariate TPE are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(optuna_url(spec.url), heartbeat_interval=tuning.heartbeat_interval,
-                             grace_period=tuning.grace_period,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                 max_retry=tuning.max_retry))
+        storage = RDBStorage(
+            optuna_url(spec.url),
+            heartbeat_interval=tuning.heartbeat_interval,
+            grace_period=tuning.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=tuning.max_retry
+            ),
+        )
         sampler = optuna.samplers.TPESampler(multivariate=True, seed=config.seed + worker)
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if len(spec.objectives) == 1:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=tuning.pruner_startup_trials,
-                                             n_warmup_steps=tuning.pruner_warmup_steps)
-    return optuna.create_study(storage=storage, study_name=spec.study, sampler=sampler,
-                               pruner=pruner, load_if_exists=True,
-                               directions=[OBJECTIVES[name] for name in spec.objectives])
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=tuning.pruner_startup_trials, n_warmup_steps=tuning.pruner_warmup_steps
+        )
+    return optuna.create_study(
+        storage=storage,
+        study_name=spec.study,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+        directions=[OBJECTIVES[name] for name in spec.objectives],
+    )
 
 
 def prepare_study(spec: TuneSpec, run_id: int | None) -> optuna.Study:
     """Create the study (first trial: the config's own settings) or check that the one
     found under the name tunes the same thing; raises ConfigError on a mismatch."""
     config = spec.run_config
-    setup = {"objectives": list(spec.objectives), "model": config.model,
-             "target_sparsity": config.target_sparsity, "schedule": spec.schedule,
-             "run_id": run_id}
+    setup = {
+        "objectives": list(spec.objectives),
+        "model": config.model,
+        "target_sparsity": config.target_sparsity,
+        "schedule": spec.schedule,
+        "run_id": run_id,
+    }
     study = open_study(spec)
     if not study.user_attrs and not study.trials:
         for key, value in setup.items():
             study.set_user_attr(key, value)
-        first: dict[str, Any] = {name: getattr(config.router_training, name)
-                                 for name in SETTINGS}
+        first: dict[str, Any] = {name: getattr(config.router_training, name) for name in SETTINGS}
         if len(spec.objectives) > 1:
             first["target_sparsity"] = config.target_sparsity
         study.enqueue_trial(first)
@@ -191,8 +219,9 @@ def prepare_study(spec: TuneSpec, run_id: int | None) -> optuna.Study:
     stored = {key: study.user_attrs.get(key) for key in setup}
     if stored != setup:
         changed = ", ".join(key for key in setup if stored[key] != setup[key])
-        raise ConfigError(f"study {spec.study!r} tunes something else ({changed} differ): "
-                          "choose another --study")
+        raise ConfigError(
+            f"study {spec.study!r} tunes something else ({changed} differ): choose another --study"
+        )
     return study
 
 
@@ -208,39 +237,57 @@ class Objective:
         from search.settings import train_config
         from workers.training import train_on_scorer
 
-        earlier = trial.study.get_trials(deepcopy=False,
-                                         states=(*FINISHED, TrialState.RUNNING))
+        earlier = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
         if sum(t.number < trial.number for t in earlier) >= self.spec.trials:
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"trial {trial.number} exceeds the study's {self.spec.trials}")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         config, multi = self.config, len(self.spec.objectives) > 1
-        settings = {name: (trial.suggest_int(name, *_bounds(config, name))
-                           if name == "guide_steps" else
-                           trial.suggest_float(name, *_bounds(config, name), log=True))
-                    for name in SETTINGS}
+        settings = {
+            name: (
+                trial.suggest_int(name, *_bounds(config, name))
+                if name == "guide_steps"
+                else trial.suggest_float(name, *_bounds(config, name), log=True)
+            )
+            for name in SETTINGS
+        }
         target = config.target_sparsity
         if multi:
             target = trial.suggest_float("target_sparsity", *sparsity_range(config))
-        schedule = trial_schedule(self.base, config.target_sparsity, target,
-                                  config.max_block_sparsity)
-        tuned = config.model_copy(update={"router_training": config.router_training.model_copy(
-            update=settings)})
-        report = _Reporter(trial, tuned.router_training.steps, tuned.router_training.eval_every,
-                           prunable=not multi)
+        schedule = trial_schedule(
+            self.base, config.target_sparsity, target, config.max_block_sparsity
+        )
+        tuned = config.model_copy(
+            update={"router_training": config.router_training.model_copy(update=settings)}
+        )
+        report = _Reporter(
+            trial, tuned.router_training.steps, tuned.router_training.eval_every, prunable=not multi
+        )
         training = tuned.router_training
-        trained = train_on_scorer(self.scorer, schedule, train_config(tuned, False),
-                                  training.kind, training.factors, observe=report)
-        cost = measure(self.scorer, schedule, trained.router, multi
-                       and self.spec.objectives[1] == "latency")
+        trained = train_on_scorer(
+            self.scorer,
+            schedule,
+            train_config(tuned, False),
+            training.kind,
+            training.factors,
+            observe=report,
+        )
+        cost = measure(
+            self.scorer, schedule, trained.router, multi and self.spec.objectives[1] == "latency"
+        )
         miss = abs(cost["achieved_sparsity"] - sum(schedule) / len(schedule))
         m = trained.heldout
         trial.set_constraint("sparsity_miss", miss - config.tuning.tolerance)
         trial.set_user_attr("constraint", miss - config.tuning.tolerance)
-        for key, value in {"schedule": schedule, "target_sparsity": target,
-                           "heldout_top1": m.top1, "heldout_ppl": m.ppl,
-                           "realized_sparsity": m.realized_sparsity,
-                           "train_s": trained.train_s, **cost}.items():
+        for key, value in {
+            "schedule": schedule,
+            "target_sparsity": target,
+            "heldout_top1": m.top1,
+            "heldout_ppl": m.ppl,
+            "realized_sparsity": m.realized_sparsity,
+            "train_s": trained.train_s,
+            **cost,
+        }.items():
             trial.set_user_attr(key, value)
         if not multi:
             return m.kl
@@ -282,8 +329,7 @@ class _Recorder:
         return scores
 
 
-def measure(scorer: Any, schedule: Sequence[float], router: Any,
-            latency: bool) -> dict[str, float]:
+def measure(scorer: Any, schedule: Sequence[float], router: Any, latency: bool) -> dict[str, float]:
     """One routed pass over the held-out sequences (one at a time): the router's achieved
     sparsity (blocks it does not learn count at their scheduled sparsity), the FLOP-weighted
     saving, and with ``latency`` the median of a few timed passes in milliseconds."""
@@ -301,17 +347,20 @@ def measure(scorer: Any, schedule: Sequence[float], router: Any,
             for repeat in range(LATENCY_REPEATS if latency else 1):
                 started = time.perf_counter()
                 for sequence in sequences:
-                    scorer.model(input_ids=sequence[None, :-1], use_cache=False,
-                                 logits_to_keep=1)
+                    scorer.model(input_ids=sequence[None, :-1], use_cache=False, logits_to_keep=1)
                     if repeat == 0 and routing.last_state is not None:
                         savings.append(routing.last_state.flop_saving)
                 times.append(1000 * (time.perf_counter() - started))
     finally:
         unroute(scorer.model)
-    achieved = [1.0 - recorder.sums[i] / recorder.counts[i]
-                if s > 0 and i in recorder.counts else s for i, s in enumerate(schedule)]
-    result = {"achieved_sparsity": statistics.fmean(achieved),
-              "flop_saving": statistics.fmean(savings)}
+    achieved = [
+        1.0 - recorder.sums[i] / recorder.counts[i] if s > 0 and i in recorder.counts else s
+        for i, s in enumerate(schedule)
+    ]
+    result = {
+        "achieved_sparsity": statistics.fmean(achieved),
+        "flop_saving": statistics.fmean(savings),
+    }
     if latency:
         result["latency_ms"] = statistics.median(times)
     return result
@@ -341,15 +390,20 @@ def worker_main(spec: TuneSpec, worker: int = 0, progress: bool = False) -> None
                 optuna.storages.fail_stale_trials(study)
                 continue
             if objective is None:
-                objective = Objective(spec, Scorer(dataclasses.replace(
-                    scorer_settings(config), threads=spec.threads)))
+                objective = Objective(
+                    spec, Scorer(dataclasses.replace(scorer_settings(config), threads=spec.threads))
+                )
             study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=True)
     finally:
         bar.close()
 
 
-def run_workers(spec: TuneSpec, workers: int, progress: bool = True,
-                echo: Callable[[str], None] = lambda line: None) -> None:
+def run_workers(
+    spec: TuneSpec,
+    workers: int,
+    progress: bool = True,
+    echo: Callable[[str], None] = lambda line: None,
+) -> None:
     """``workers`` processes (spawned, each with its own engine) run the study to its
     budget; one that dies is replaced while the study is unfinished, at most
     ``tuning.max_retry`` times per worker slot. One worker runs in this process."""
@@ -361,8 +415,9 @@ def run_workers(spec: TuneSpec, workers: int, progress: bool = True,
     context = multiprocessing.get_context("spawn")
     replacements = spec.run_config.tuning.max_retry * workers
     study = optuna.load_study(study_name=spec.study, storage=optuna_url(spec.url))
-    processes = [context.Process(target=worker_main, args=(spec, i), daemon=True)
-                 for i in range(workers)]
+    processes = [
+        context.Process(target=worker_main, args=(spec, i), daemon=True) for i in range(workers)
+    ]
     for process in processes:
         process.start()
     with tqdm(total=spec.trials, desc="trials", disable=not progress) as bar:
@@ -375,17 +430,23 @@ def run_workers(spec: TuneSpec, workers: int, progress: bool = True,
                     if replacements == 0:
                         continue
                     replacements -= 1
-                    echo(f"worker {index} (pid {process.pid}) exited with {process.exitcode}: "
-                         "replaced")
-                    processes[index] = context.Process(target=worker_main, args=(spec, index),
-                                                       daemon=True)
+                    echo(
+                        f"worker {index} (pid {process.pid}) exited with {process.exitcode}: "
+                        "replaced"
+                    )
+                    processes[index] = context.Process(
+                        target=worker_main, args=(spec, index), daemon=True
+                    )
                     processes[index].start()
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Feasible complete trials: the best (single objective) or the Pareto front."""
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if all(value <= 0 for value in t.constraints.values())]
+    feasible = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(value <= 0 for value in t.constraints.values())
+    ]
     if not feasible:
         return []
     if len(study.directions) == 1:
@@ -402,13 +463,18 @@ def _dominates(a: FrozenTrial, b: FrozenTrial, study: optuna.Study) -> bool:
 
 def tuned_rows(study: optuna.Study, objectives: Sequence[str], model: str) -> list[dict]:
     """``Store.set_tuned_weights`` rows of the study's best trials."""
-    return [{"trial": t.number, "model": model,
-             "target_sparsity": float(t.user_attrs["target_sparsity"]),
-             "schedule": t.user_attrs["schedule"],
-             **{name: t.params[name] for name in SETTINGS},
-             "heldout_kl": t.values[0],
-             "objectives": dict(zip(objectives, t.values, strict=True))}
-            for t in best_trials(study)]
+    return [
+        {
+            "trial": t.number,
+            "model": model,
+            "target_sparsity": float(t.user_attrs["target_sparsity"]),
+            "schedule": t.user_attrs["schedule"],
+            **{name: t.params[name] for name in SETTINGS},
+            "heldout_kl": t.values[0],
+            "objectives": dict(zip(objectives, t.values, strict=True)),
+        }
+        for t in best_trials(study)
+    ]
 
 
 def tuned_config(config: RunConfig, store: Any, run_id: int | None = None) -> RunConfig:
@@ -418,14 +484,16 @@ def tuned_config(config: RunConfig, store: Any, run_id: int | None = None) -> Ru
 
     row = store.tuned_weights(run_id, config.model, config.target_sparsity)
     if row is None:
-        raise StorageError(f"no tuned weights for {config.model} at target sparsity "
-                           f"{config.target_sparsity}: run `ftprune tune` first")
+        raise StorageError(
+            f"no tuned weights for {config.model} at target sparsity "
+            f"{config.target_sparsity}: run `ftprune tune` first"
+        )
     update = {name: getattr(row, name) for name in SETTINGS}
-    return config.model_copy(update={
-        "router_training": config.router_training.model_copy(update=update)})
+    return config.model_copy(
+        update={"router_training": config.router_training.model_copy(update=update)}
+    )
 
 
 def check_weights(choice: str) -> None:
     if choice not in WEIGHT_CHOICES:
-        raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, "
-                          f"not {choice!r}")
+        raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, not {choice!r}")

@@ -49,20 +49,30 @@ class AttentionProbe:
             raise RuntimeError("the probe's attention call has not run")
         return self.received
 
-    def fuses(self, module: Any, query: Tensor, key: Tensor, mask: Tensor | None,
-              sdpa_kwargs: dict[str, Any]) -> bool:
+    def fuses(
+        self,
+        module: Any,
+        query: Tensor,
+        key: Tensor,
+        mask: Tensor | None,
+        sdpa_kwargs: dict[str, Any],
+    ) -> bool:
         """Whether :meth:`attend` can serve this call: unpadded causal self-attention (no
         mask, no cache entries before the queries), no dropout, nothing added to scores."""
         causal = sdpa_kwargs.get("is_causal")
-        return (mask is None and self.query_valid is None
-                and query.shape[2] == key.shape[2] > 1
-                and not sdpa_kwargs.get("dropout")
-                and sdpa_kwargs.get("position_bias") is None
-                and sdpa_kwargs.get("softcap") is None
-                and (causal if causal is not None else getattr(module, "is_causal", True)))
+        return (
+            mask is None
+            and self.query_valid is None
+            and query.shape[2] == key.shape[2] > 1
+            and not sdpa_kwargs.get("dropout")
+            and sdpa_kwargs.get("position_bias") is None
+            and sdpa_kwargs.get("softcap") is None
+            and (causal if causal is not None else getattr(module, "is_causal", True))
+        )
 
-    def attend(self, module: Any, query: Tensor, key: Tensor, value: Tensor,
-               sdpa_kwargs: dict[str, Any]) -> Tensor:
+    def attend(
+        self, module: Any, query: Tensor, key: Tensor, value: Tensor, sdpa_kwargs: dict[str, Any]
+    ) -> Tensor:
         """Causal attention output (B, q, H, d) of a call :meth:`fuses` accepts, measuring
         ``received`` from the same probabilities.
 
@@ -77,8 +87,14 @@ class AttentionProbe:
         first = length - window
         outputs = []
         if first:
-            before, _ = sdpa_attention_forward(module, query[:, :, :first], key[:, :, :first],
-                                               value[:, :, :first], None, **sdpa_kwargs)
+            before, _ = sdpa_attention_forward(
+                module,
+                query[:, :, :first],
+                key[:, :, :first],
+                value[:, :, :first],
+                None,
+                **sdpa_kwargs,
+            )
             outputs.append(before)
         keys_t = key.float().transpose(-1, -2)  # (B, Hkv, d, kv)
         values = value.float()
@@ -111,18 +127,19 @@ class AttentionProbe:
         total = query.new_zeros(batch, kv, dtype=torch.float32)
         count = query.new_zeros(batch, kv, dtype=torch.float32)
         for start in range(0, rows.shape[1], self.chunk):
-            chunk_rows = rows[:, start:start + self.chunk]
+            chunk_rows = rows[:, start : start + self.chunk]
             if chunk_rows.shape[0] == 1:
                 picked = query.index_select(2, chunk_rows[0])
             else:
                 picked = query.gather(2, chunk_rows[:, None, :, None].expand(-1, heads, -1, dim))
             scores = _grouped_scores(picked, keys_t, scaling)
-            chunk_weight = weight[:, start:start + self.chunk, None]  # (B or 1, c, 1)
+            chunk_weight = weight[:, start : start + self.chunk, None]  # (B or 1, c, 1)
             if mask is None:
                 visible = torch.arange(kv, device=query.device) <= chunk_rows[:, :, None]
             else:
                 visible = mask[:, 0].gather(
-                    1, chunk_rows.expand(mask.shape[0], -1)[:, :, None].expand(-1, -1, kv))
+                    1, chunk_rows.expand(mask.shape[0], -1)[:, :, None].expand(-1, -1, kv)
+                )
             probs = scores.masked_fill_(~visible[:, None, None], -math.inf).softmax(dim=-1)
             total += (probs.sum(dim=(1, 2)) * chunk_weight).sum(dim=1)
             count += (visible * chunk_weight).sum(dim=1)
@@ -153,17 +170,24 @@ def _grouped_scores(picked: Tensor, keys_t: Tensor, scaling: float) -> Tensor:
     kv_heads = keys_t.shape[1]
     groups = heads // kv_heads
     scaled = picked.float() * scaling
-    return torch.matmul(scaled.reshape(batch, kv_heads, groups * size, dim),
-                        keys_t).view(batch, kv_heads, groups, size, keys_t.shape[-1])
+    return torch.matmul(scaled.reshape(batch, kv_heads, groups * size, dim), keys_t).view(
+        batch, kv_heads, groups, size, keys_t.shape[-1]
+    )
 
 
 def _scaling(query: Tensor, sdpa_kwargs: dict[str, Any]) -> float:
     return sdpa_kwargs.get("scaling") or query.shape[-1] ** -0.5
 
 
-def routed_sdpa(module: Any, query: Tensor, key: Tensor, value: Tensor,
-                attention_mask: Tensor | None, ftprune_probe: AttentionProbe | None = None,
-                **kwargs: Any) -> tuple[Tensor, None]:
+def routed_sdpa(
+    module: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    ftprune_probe: AttentionProbe | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
     """transformers' SDPA attention, plus the probe's measurement when one is attached
     (taken from the attention's own probabilities where the probe can compute its rows)."""
     probe = ftprune_probe

@@ -66,4 +66,5 @@ class CacheRecord:
         if held != stored:
             raise RuntimeError(
                 f"KV cache layer {layer} holds {stored} entries but the routed model wrote "
-                f"{held}: a routed model's cache cannot be cropped or shared with other models")
+                f"{held}: a routed model's cache cannot be cropped or shared with other models"
+            )

@@ -38,18 +38,32 @@ class CheckpointError(ValueError):
     """A router checkpoint that cannot be used; the message is one line for the user."""
 
 
-def save_router(directory: str | Path, router: nn.Module, schedule: Sequence[float],
-                model_spec: str, dtype: str = "float32", decode: str = "all") -> Path:
+def save_router(
+    directory: str | Path,
+    router: nn.Module,
+    schedule: Sequence[float],
+    model_spec: str,
+    dtype: str = "float32",
+    decode: str = "all",
+) -> Path:
     """Write ``router`` and its metadata into ``directory`` (created); returns it."""
     kind = kind_of(router)
     if kind is None:
-        raise CheckpointError(f"cannot save a {type(router).__name__}; routers: "
-                              f"{', '.join(k.cls.__name__ for k in TRAINED.values())}")
+        raise CheckpointError(
+            f"cannot save a {type(router).__name__}; routers: "
+            f"{', '.join(k.cls.__name__ for k in TRAINED.values())}"
+        )
     meta: dict[str, Any] = {
-        "format": FORMAT, "kind": kind, "hidden": router.hidden,
-        "schedule": [float(s) for s in schedule], "decode": decode,
-        "model": model_spec, "dtype": dtype, "versions": _versions(),
-        **TRAINED[kind].shape(router)}
+        "format": FORMAT,
+        "kind": kind,
+        "hidden": router.hidden,
+        "schedule": [float(s) for s in schedule],
+        "decode": decode,
+        "model": model_spec,
+        "dtype": dtype,
+        "versions": _versions(),
+        **TRAINED[kind].shape(router),
+    }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in router.state_dict().items()}
@@ -75,12 +89,16 @@ def load_router(directory: str | Path) -> tuple[LearnedRouter, dict[str, Any]]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
     expected = router.state_dict()
     if set(tensors) != set(expected):
-        raise CheckpointError(f"{path}: tensors {sorted(tensors)} do not match the "
-                              f"{meta['kind']} router's {sorted(expected)}")
+        raise CheckpointError(
+            f"{path}: tensors {sorted(tensors)} do not match the "
+            f"{meta['kind']} router's {sorted(expected)}"
+        )
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
-                                  f"the router needs {tuple(expected[name].shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
+                f"the router needs {tuple(expected[name].shape)}"
+            )
     router.load_state_dict(tensors)
     return router.eval(), meta
 
@@ -95,13 +113,17 @@ def load_routed(directory: str | Path, device: str = "cpu") -> tuple[Any, Any, R
         raise CheckpointError(f"{Path(directory) / META}: {error}") from None
     blocks = len(decoder_layers(model))
     if len(meta["schedule"]) != blocks:
-        raise CheckpointError(f"{Path(directory) / META}: schedule has "
-                              f"{len(meta['schedule'])} entries but {meta['model']} has "
-                              f"{blocks} decoder blocks")
+        raise CheckpointError(
+            f"{Path(directory) / META}: schedule has "
+            f"{len(meta['schedule'])} entries but {meta['model']} has "
+            f"{blocks} decoder blocks"
+        )
     if meta.get("hidden_size", model.config.hidden_size) != model.config.hidden_size:
-        raise CheckpointError(f"{Path(directory) / META}: router reads hidden size "
-                              f"{meta['hidden_size']}, {meta['model']} has "
-                              f"{model.config.hidden_size}")
+        raise CheckpointError(
+            f"{Path(directory) / META}: router reads hidden size "
+            f"{meta['hidden_size']}, {meta['model']} has "
+            f"{model.config.hidden_size}"
+        )
     router.to(device)
     try:
         routing = route(model, meta["schedule"], router, decode=meta["decode"])
@@ -127,14 +149,21 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: invalid JSON ({error})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a format-{FORMAT} router checkpoint")
-    required = {"kind": str, "hidden": int, "schedule": list, "decode": str, "model": str,
-                "dtype": str}
+    required = {
+        "kind": str,
+        "hidden": int,
+        "schedule": list,
+        "decode": str,
+        "model": str,
+        "dtype": str,
+    }
     for key, kind in required.items():
         if not isinstance(meta.get(key), kind):
             raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
     if meta["kind"] not in TRAINED:
-        raise CheckpointError(f"{path}: unknown router kind {meta['kind']!r}; kinds: "
-                              f"{', '.join(TRAINED)}")
+        raise CheckpointError(
+            f"{path}: unknown router kind {meta['kind']!r}; kinds: {', '.join(TRAINED)}"
+        )
     if meta["decode"] not in DECODE_POLICIES:
         raise CheckpointError(f"{path}: unknown decode policy {meta['decode']!r}")
     return meta

@@ -58,8 +58,10 @@ class DynamicRouter(nn.Module):
         super().__init__()
         unknown = sorted(set(factors) - set(FACTORS))
         if unknown or not factors:
-            raise ValueError(f"router factors must be a non-empty subset of "
-                             f"{', '.join(FACTORS)}; got {list(factors)}")
+            raise ValueError(
+                f"router factors must be a non-empty subset of "
+                f"{', '.join(FACTORS)}; got {list(factors)}"
+            )
         self.factors = tuple(name for name in FACTORS if name in factors)
         self.hidden = hidden
         columns = torch.tensor([FACTORS.index(name) for name in self.factors])

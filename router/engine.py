@@ -58,8 +58,14 @@ DECODE_POLICIES = ("all", "threshold")
 ROUTING_ATTRIBUTE = "_ftprune_routing"  # where a routed model keeps its Routing handle
 # Runs the unchanged layer: (hidden states, mask, rotary cos/sin, probe) -> hidden states.
 LayerRun = Callable[[Tensor, Tensor | None, tuple[Tensor, Tensor], AttentionProbe | None], Tensor]
-_MODEL_ARGS = ("input_ids", "attention_mask", "position_ids", "past_key_values",
-               "inputs_embeds", "use_cache")
+_MODEL_ARGS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "past_key_values",
+    "inputs_embeds",
+    "use_cache",
+)
 
 
 def keep_count(sparsity: float, seq_len: int) -> int:
@@ -85,7 +91,8 @@ class Routing:
     last_state: ForwardState | None = None
     windows: list[int | None] = field(default_factory=list)
     records: "weakref.WeakKeyDictionary[Any, CacheRecord]" = field(
-        default_factory=weakref.WeakKeyDictionary, repr=False)
+        default_factory=weakref.WeakKeyDictionary, repr=False
+    )
     _handles: list[Any] = field(default_factory=list, repr=False)
     _attention: str | None = field(default=None, repr=False)
 
@@ -100,13 +107,20 @@ def decoder_layers(model: CausalLM) -> nn.ModuleList:
     family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     layers = getattr(getattr(model, "model", None), "layers", None)
     if family not in SUPPORTED_FAMILIES or layers is None:
-        raise ValueError(f"cannot route model family {family!r}; supported families: "
-                         f"{', '.join(SUPPORTED_FAMILIES)}")
+        raise ValueError(
+            f"cannot route model family {family!r}; supported families: "
+            f"{', '.join(SUPPORTED_FAMILIES)}"
+        )
     return layers
 
 
-def route(model: CausalLM, schedule: Sequence[float], router: TokenRouter | None = None,
-          decode: str = "all", attention_window: int | None = 64) -> Routing:
+def route(
+    model: CausalLM,
+    schedule: Sequence[float],
+    router: TokenRouter | None = None,
+    decode: str = "all",
+    attention_window: int | None = 64,
+) -> Routing:
     """Route ``model`` in place with one sparsity per decoder block; returns the handle.
 
     ``decode`` is the policy for tokens fed after prefill ("all" or "threshold", see the
@@ -117,8 +131,9 @@ def route(model: CausalLM, schedule: Sequence[float], router: TokenRouter | None
     layers = decoder_layers(model)
     schedule = [float(s) for s in schedule]
     if len(schedule) != len(layers):
-        raise ValueError(f"schedule has {len(schedule)} entries but the model has "
-                         f"{len(layers)} decoder blocks")
+        raise ValueError(
+            f"schedule has {len(schedule)} entries but the model has {len(layers)} decoder blocks"
+        )
     if any(not 0.0 <= s < 1.0 for s in schedule):
         raise ValueError("every block sparsity must lie in [0, 1)")
     if decode not in DECODE_POLICIES:
@@ -128,21 +143,30 @@ def route(model: CausalLM, schedule: Sequence[float], router: TokenRouter | None
     unroute(model)
     config = cast(PretrainedConfig, model.config)
     if config._attn_implementation != "sdpa":
-        raise ValueError(f"routing needs SDPA attention, the model uses "
-                         f"{config._attn_implementation!r} (load it with "
-                         f"attn_implementation='sdpa')")
-    routing = Routing(schedule=schedule, router=router or StaticRouter(), decode=decode,
-                      attention_window=attention_window, flops=FlopModel.of(config),
-                      windows=_sliding_windows(config, len(layers)),
-                      _attention=config._attn_implementation)
+        raise ValueError(
+            f"routing needs SDPA attention, the model uses "
+            f"{config._attn_implementation!r} (load it with "
+            f"attn_implementation='sdpa')"
+        )
+    routing = Routing(
+        schedule=schedule,
+        router=router or StaticRouter(),
+        decode=decode,
+        attention_window=attention_window,
+        flops=FlopModel.of(config),
+        windows=_sliding_windows(config, len(layers)),
+        _attention=config._attn_implementation,
+    )
     for index, layer in enumerate(layers):
         layer.forward = functools.partial(_routed_forward, layer, routing, index)
     base = cast(nn.Module, model.model)
     routing._handles = [
-        base.register_forward_pre_hook(functools.partial(_begin_forward, routing),
-                                       with_kwargs=True),
-        base.register_forward_hook(functools.partial(_end_forward, routing), with_kwargs=True,
-                                   always_call=True),
+        base.register_forward_pre_hook(
+            functools.partial(_begin_forward, routing), with_kwargs=True
+        ),
+        base.register_forward_hook(
+            functools.partial(_end_forward, routing), with_kwargs=True, always_call=True
+        ),
     ]
     if routing.needs_attention:
         config._attn_implementation = ROUTED_ATTENTION
@@ -177,8 +201,9 @@ def _sliding_windows(config: Any, blocks: int) -> list[int | None]:
 
 
 # --------------------------------------------------------------------------- forward hooks
-def _begin_forward(routing: Routing, module: nn.Module, args: tuple,
-                   kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+def _begin_forward(
+    routing: Routing, module: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict[str, Any]]:
     """Create the forward's state; take over the padding mask and default positions."""
     kwargs = {**dict(zip(_MODEL_ARGS, args, strict=False)), **kwargs}
     source = kwargs.get("input_ids")
@@ -189,8 +214,10 @@ def _begin_forward(routing: Routing, module: nn.Module, args: tuple,
     batch, length = source.shape[:2]
     cache = kwargs.get("past_key_values")
     if cache is not None and not isinstance(cache, DynamicCache):
-        raise ValueError(f"a routed model caches into a DynamicCache (generate's default), "
-                         f"not a {type(cache).__name__}")
+        raise ValueError(
+            f"a routed model caches into a DynamicCache (generate's default), "
+            f"not a {type(cache).__name__}"
+        )
     record = routing.records.get(cache) if cache is not None else None
     if cache is not None and record is None and cache.get_seq_length() > 0:
         raise ValueError("past_key_values holds tokens this routed model did not write")
@@ -199,8 +226,10 @@ def _begin_forward(routing: Routing, module: nn.Module, args: tuple,
     mask = kwargs.get("attention_mask")
     if mask is not None:
         if mask.dim() != 2 or mask.shape[1] not in (length, past + length):
-            raise ValueError(f"a routed model takes a 2D attention_mask of shape (batch, "
-                             f"{past + length}); got {tuple(mask.shape)}")
+            raise ValueError(
+                f"a routed model takes a 2D attention_mask of shape (batch, "
+                f"{past + length}); got {tuple(mask.shape)}"
+            )
         new = mask[:, -length:].bool()
         valid = None if bool(new.all()) else new
         # The engine builds every layer's mask itself; transformers would size it by layer 0.
@@ -211,13 +240,22 @@ def _begin_forward(routing: Routing, module: nn.Module, args: tuple,
         if past:
             kwargs["position_ids"] = positions
     kwargs["ftprune_state"] = ForwardState(
-        routing.schedule, routing.flops, batch, length, positions, valid, past=past,
-        record=record, track_attention=routing.needs_attention)
+        routing.schedule,
+        routing.flops,
+        batch,
+        length,
+        positions,
+        valid,
+        past=past,
+        record=record,
+        track_attention=routing.needs_attention,
+    )
     return (), kwargs
 
 
-def _end_forward(routing: Routing, module: nn.Module, args: tuple, kwargs: dict[str, Any],
-                 output: Any) -> None:
+def _end_forward(
+    routing: Routing, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
+) -> None:
     state: ForwardState | None = kwargs.get("ftprune_state")
     if state is not None:
         state.finish()
@@ -225,11 +263,19 @@ def _end_forward(routing: Routing, module: nn.Module, args: tuple, kwargs: dict[
 
 
 # --------------------------------------------------------------------------- routed layers
-def _routed_forward(layer: nn.Module, routing: Routing, index: int, hidden_states: Tensor,
-                    attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                    past_key_values: Any = None, use_cache: bool | None = False,
-                    position_embeddings: tuple[Tensor, Tensor] | None = None,
-                    ftprune_state: ForwardState | None = None, **kwargs: Any) -> Tensor:
+def _routed_forward(
+    layer: nn.Module,
+    routing: Routing,
+    index: int,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    past_key_values: Any = None,
+    use_cache: bool | None = False,
+    position_embeddings: tuple[Tensor, Tensor] | None = None,
+    ftprune_state: ForwardState | None = None,
+    **kwargs: Any,
+) -> Tensor:
     state = ftprune_state
     if state is None:
         raise RuntimeError("a routed decoder layer runs only inside its model's forward")
@@ -244,19 +290,40 @@ def _routed_forward(layer: nn.Module, routing: Routing, index: int, hidden_state
     return _prefill(routing, index, hidden_states, state, cache, position_embeddings, run)
 
 
-def _run_layer(layer: nn.Module, cache: Any, use_cache: bool | None, kwargs: dict[str, Any],
-               hidden_states: Tensor, mask: Tensor | None, rotary: tuple[Tensor, Tensor],
-               probe: AttentionProbe | None) -> Tensor:
+def _run_layer(
+    layer: nn.Module,
+    cache: Any,
+    use_cache: bool | None,
+    kwargs: dict[str, Any],
+    hidden_states: Tensor,
+    mask: Tensor | None,
+    rotary: tuple[Tensor, Tensor],
+    probe: AttentionProbe | None,
+) -> Tensor:
     """The unchanged decoder layer on the tokens it computes."""
     if probe is not None:
         kwargs = {**kwargs, "ftprune_probe": probe}
-    return type(layer).forward(layer, hidden_states, attention_mask=mask, position_ids=None,
-                               past_key_values=cache, use_cache=use_cache,
-                               position_embeddings=rotary, **kwargs)
+    return type(layer).forward(
+        layer,
+        hidden_states,
+        attention_mask=mask,
+        position_ids=None,
+        past_key_values=cache,
+        use_cache=use_cache,
+        position_embeddings=rotary,
+        **kwargs,
+    )
 
 
-def _prefill(routing: Routing, index: int, hidden: Tensor, state: ForwardState, cache: Any,
-             rotary: tuple[Tensor, Tensor], run: LayerRun) -> Tensor:
+def _prefill(
+    routing: Routing,
+    index: int,
+    hidden: Tensor,
+    state: ForwardState,
+    cache: Any,
+    rotary: tuple[Tensor, Tensor],
+    run: LayerRun,
+) -> Tensor:
     """Block ``index`` on a sequence's first forward: top-k routing, gather, scatter."""
     batch, length = hidden.shape[:2]
     valid, window = state.valid, routing.windows[index]
@@ -269,28 +336,40 @@ def _prefill(routing: Routing, index: int, hidden: Tensor, state: ForwardState, 
         if mask is None and _needs_mask(valid, window, length):
             mask = state.dense_masks[window] = causal_mask(cols, cols, valid, window)
     else:
-        keep, kept, key_valid, mask, rotary = _selection(routing, index, hidden, state,
-                                                         rotary, k)
+        keep, kept, key_valid, mask, rotary = _selection(routing, index, hidden, state, rotary, k)
         cols = keep
         inputs = _gather_rows(hidden, keep)
     probe = _probe(routing, key_valid)
     out = run(inputs, mask, rotary, probe)
     if cache is not None:
-        state.cache_record().append(index, cols.expand(batch, -1),
-                                    _all_if_none(key_valid, cols, batch),
-                                    stored_entries(cache, index))
+        state.cache_record().append(
+            index,
+            cols.expand(batch, -1),
+            _all_if_none(key_valid, cols, batch),
+            stored_entries(cache, index),
+        )
     if probe is not None:
         state.update_attention(cols, probe.measurement(), key_valid)
-    state.account(index, kept=total(kept, batch), seen=total(state.real, batch),
-                  kept_pairs=causal_pairs(kept, batch), seen_pairs=causal_pairs(state.real, batch))
+    state.account(
+        index,
+        kept=total(kept, batch),
+        seen=total(state.real, batch),
+        kept_pairs=causal_pairs(kept, batch),
+        seen_pairs=causal_pairs(state.real, batch),
+    )
     if keep is None:
         return out
     return _scatter_rows(hidden, keep, out)
 
 
-def _selection(routing: Routing, index: int, hidden: Tensor, state: ForwardState,
-               rotary: tuple[Tensor, Tensor], k: int
-               ) -> tuple[Tensor, Count, Tensor | None, Tensor | None, tuple[Tensor, Tensor]]:
+def _selection(
+    routing: Routing,
+    index: int,
+    hidden: Tensor,
+    state: ForwardState,
+    rotary: tuple[Tensor, Tensor],
+    k: int,
+) -> tuple[Tensor, Count, Tensor | None, Tensor | None, tuple[Tensor, Tensor]]:
     """Block ``index``'s kept indices, kept counts, key validity, mask and rotary tables;
     a position-only router's selection is made once per forward and reused."""
     sparsity, window = routing.schedule[index], routing.windows[index]
@@ -302,8 +381,11 @@ def _selection(routing: Routing, index: int, hidden: Tensor, state: ForwardState
     scores = routing.router.scores(index, hidden, state).float()
     keep, kept = select_tokens(scores, k, state.valid, sparsity)
     key_valid = None if state.valid is None else state.valid.gather(1, keep)
-    mask = causal_mask(keep, keep, key_valid, window) if _needs_mask(
-        state.valid, window, length) else None
+    mask = (
+        causal_mask(keep, keep, key_valid, window)
+        if _needs_mask(state.valid, window, length)
+        else None
+    )
     rows = torch.arange(batch, device=hidden.device)[:, None]
     cos, sin = (table.expand(batch, -1, -1)[rows, keep] for table in rotary)
     rotary = (cos, sin)
@@ -331,8 +413,15 @@ def _scatter_rows(hidden: Tensor, keep: Tensor, out: Tensor) -> Tensor:
     return hidden.scatter(1, keep[..., None].expand(-1, -1, hidden.shape[-1]), out)
 
 
-def _decode(routing: Routing, index: int, hidden: Tensor, state: ForwardState, cache: Any,
-            rotary: tuple[Tensor, Tensor], run: LayerRun) -> Tensor:
+def _decode(
+    routing: Routing,
+    index: int,
+    hidden: Tensor,
+    state: ForwardState,
+    cache: Any,
+    rotary: tuple[Tensor, Tensor],
+    run: LayerRun,
+) -> Tensor:
     """Block ``index`` on tokens fed after prefill, attending to what the block cached."""
     batch, length, _ = hidden.shape
     record = state.cache_record()
@@ -347,9 +436,13 @@ def _decode(routing: Routing, index: int, hidden: Tensor, state: ForwardState, c
     real = _all_if_none(state.valid, cols, batch)
     # Pairs: each computed query attends to the valid entries before it and to itself.
     written, before = _before(record.written[index], batch), _before(record.real, batch)
-    state.account(index, kept=new_valid.sum(), seen=real.sum(),
-                  kept_pairs=(new_valid * (written + new_valid.cumsum(1))).sum(),
-                  seen_pairs=(real * (before + real.cumsum(1))).sum())
+    state.account(
+        index,
+        kept=new_valid.sum(),
+        seen=real.sum(),
+        kept_pairs=(new_valid * (written + new_valid.cumsum(1))).sum(),
+        seen_pairs=(real * (before + real.cumsum(1))).sum(),
+    )
     if routing.decode == "threshold" and not bool(new_valid.any()):
         return hidden
     key_cols, key_valid = record.keys(index, cols, new_valid)
@@ -391,8 +484,9 @@ def row_ends(length: int, device: torch.device) -> Tensor:
     return torch.arange(0, length, max(1, length - 1), device=device)
 
 
-def select_tokens(scores: Tensor, k: int, valid: Tensor | None,
-                  sparsity: float) -> tuple[Tensor, Count]:
+def select_tokens(
+    scores: Tensor, k: int, valid: Tensor | None, sparsity: float
+) -> tuple[Tensor, Count]:
     """Per-row top-k of ``scores`` (batch, L): sorted indices (batch, k) and the real
     tokens kept per row (an int when rows are unpadded, else a (batch,) tensor).
 
@@ -408,7 +502,8 @@ def select_tokens(scores: Tensor, k: int, valid: Tensor | None,
     first = valid.byte().argmax(dim=1)
     last = length - 1 - valid.flip(1).byte().argmax(dim=1)
     scores = scores.masked_fill(~valid, -math.inf).scatter(
-        1, torch.stack([first, last], dim=1), math.inf)
+        1, torch.stack([first, last], dim=1), math.inf
+    )
     budget = keep_counts(sparsity, valid.sum(dim=1))
     best = scores.topk(k, dim=1).indices  # real tokens by descending score
     pads = (~valid).float().topk(k, dim=1).indices  # padding positions first
@@ -418,8 +513,9 @@ def select_tokens(scores: Tensor, k: int, valid: Tensor | None,
     return keep.sort(dim=1).values, budget
 
 
-def causal_mask(query_cols: Tensor, key_cols: Tensor, key_valid: Tensor | None,
-                window: int | None) -> Tensor:
+def causal_mask(
+    query_cols: Tensor, key_cols: Tensor, key_valid: Tensor | None, window: int | None
+) -> Tensor:
     """Boolean SDPA mask (batch, 1, queries, keys) from input columns: a query sees a key
     at an earlier or equal column that is valid and, with a sliding window, fewer than
     ``window`` columns back. Every query sees itself, so no row is empty."""

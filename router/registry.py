@@ -61,13 +61,17 @@ FIXED: dict[str, Callable[[], TokenRouter]] = {
 
 TRAINED: dict[str, TrainedKind] = {
     "dynamic": TrainedKind(
-        DynamicRouter, new=lambda _size, factors: DynamicRouter(factors),
+        DynamicRouter,
+        new=lambda _size, factors: DynamicRouter(factors),
         shape=lambda router: {"factors": list(router.factors)},
-        restore=lambda fields: DynamicRouter(fields["factors"], fields["hidden"])),
+        restore=lambda fields: DynamicRouter(fields["factors"], fields["hidden"]),
+    ),
     "hidden_state": TrainedKind(
-        HiddenStateRouter, new=lambda size, _factors: HiddenStateRouter(size),
+        HiddenStateRouter,
+        new=lambda size, _factors: HiddenStateRouter(size),
         shape=lambda router: {"hidden_size": router.hidden_size},
-        restore=lambda fields: HiddenStateRouter(fields["hidden_size"], fields["hidden"])),
+        restore=lambda fields: HiddenStateRouter(fields["hidden_size"], fields["hidden"]),
+    ),
 }
 
 ROUTER_SPECS = (*FIXED, f"{CHECKPOINT_SPEC}:<checkpoint dir>")
@@ -117,8 +121,7 @@ def make_router(spec: str) -> TokenRouter:
 def trained_kind(name: str) -> TrainedKind:
     """The entry of a checkpoint kind; :class:`RouterSpecError` if there is none."""
     if name not in TRAINED:
-        raise RouterSpecError(f"unknown router kind {name!r}; choose one of "
-                              f"{', '.join(TRAINED)}")
+        raise RouterSpecError(f"unknown router kind {name!r}; choose one of {', '.join(TRAINED)}")
     return TRAINED[name]
 
 

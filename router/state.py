@@ -73,9 +73,18 @@ class ForwardState:
     ``block_sparsity``; overall: ``realized_sparsity`` and ``flop_saving``.
     """
 
-    def __init__(self, schedule: list[float], flops: FlopModel, batch: int, length: int,
-                 positions: Tensor, valid: Tensor | None, past: int = 0,
-                 record: CacheRecord | None = None, track_attention: bool = False) -> None:
+    def __init__(
+        self,
+        schedule: list[float],
+        flops: FlopModel,
+        batch: int,
+        length: int,
+        positions: Tensor,
+        valid: Tensor | None,
+        past: int = 0,
+        record: CacheRecord | None = None,
+        track_attention: bool = False,
+    ) -> None:
         self.schedule = schedule
         self.flops = flops
         self.batch = batch
@@ -122,9 +131,9 @@ class ForwardState:
             last = positions.masked_fill(~self.valid, 0.0).amax(dim=1, keepdim=True)
         shape = (self.batch, self.length)
         position = (positions / last.clamp(min=1.0)).expand(shape)
-        table = attention[:, self.past:]
+        table = attention[:, self.past :]
         received = table.masked_fill(table.isinf(), 0.0)
-        rank = self.attention_rank()[:, self.past:]
+        rank = self.attention_rank()[:, self.past :]
         sparsity = torch.full(shape, self.schedule[block], device=table.device)
         return torch.stack([position, received, rank, sparsity], dim=-1)
 
@@ -142,9 +151,9 @@ class ForwardState:
     def update_attention(self, cols: Tensor, received: Tensor, computed: Tensor | None) -> None:
         """Store the attention received by the tokens at input columns ``cols`` (batch, n),
         measured over keys whose last n entries are those tokens, where ``computed``."""
-        fresh = received[:, -cols.shape[1]:]
+        fresh = received[:, -cols.shape[1] :]
         cols = cols - self.past if self.past else cols
-        table = self.attention_table()[:, self.past:]
+        table = self.attention_table()[:, self.past :]
         if computed is not None:
             fresh = torch.where(computed, fresh, table.gather(1, cols.expand(self.batch, -1)))
         table.scatter_(1, cols.expand(self.batch, -1), fresh)
@@ -161,8 +170,9 @@ class ForwardState:
         return torch.cat([before, fresh], dim=1)
 
     # ------------------------------------------------------------------- accounting
-    def account(self, block: int, kept: Count, seen: Count, kept_pairs: Count,
-                seen_pairs: Count) -> None:
+    def account(
+        self, block: int, kept: Count, seen: Count, kept_pairs: Count, seen_pairs: Count
+    ) -> None:
         """Add a block's computed tokens and attention pairs next to the dense ones."""
         self._kept[block] += kept
         self._seen[block] += seen
@@ -175,8 +185,11 @@ class ForwardState:
         if record is None:
             return
         record.columns = self.past + self.length
-        real = self.real if isinstance(self.real, Tensor) else torch.full(
-            (self.batch,), self.real, device=self.positions.device)
+        real = (
+            self.real
+            if isinstance(self.real, Tensor)
+            else torch.full((self.batch,), self.real, device=self.positions.device)
+        )
         record.real = real if record.real is None else record.real + real
         record.attention = self.attention
 
@@ -205,8 +218,12 @@ class ForwardState:
         """Fraction of the dense decoder-block FLOPs (projections, MLP and the quadratic
         attention term, causal pairs among real tokens) this forward did not spend."""
         token, pair = self.flops.token, self.flops.pair
-        done = sum(token * int(k) + pair * int(p)
-                   for k, p in zip(self._kept, self._kept_pairs, strict=True))
-        dense = sum(token * int(s) + pair * int(p)
-                    for s, p in zip(self._seen, self._seen_pairs, strict=True))
+        done = sum(
+            token * int(k) + pair * int(p)
+            for k, p in zip(self._kept, self._kept_pairs, strict=True)
+        )
+        dense = sum(
+            token * int(s) + pair * int(p)
+            for s, p in zip(self._seen, self._seen_pairs, strict=True)
+        )
         return 0.0 if dense == 0 else 1.0 - done / dense

@@ -84,8 +84,9 @@ class TrainingOutput:
     decisions: list[BlockDecision]
 
 
-def training_forward(model: CausalLM, routing: Routing, input_ids: Tensor,
-                     window: int) -> TrainingOutput:
+def training_forward(
+    model: CausalLM, routing: Routing, input_ids: Tensor, window: int
+) -> TrainingOutput:
     """The routed forward of ``input_ids`` (batch, L), differentiable in the router.
 
     ``routing`` is the model's handle from ``route(model, schedule, router)``. Values equal
@@ -95,8 +96,15 @@ def training_forward(model: CausalLM, routing: Routing, input_ids: Tensor,
     base = model.model
     batch, length = input_ids.shape
     cols = torch.arange(length, device=input_ids.device)[None]
-    state = ForwardState(routing.schedule, routing.flops, batch, length, cols, None,
-                         track_attention=routing.needs_attention)
+    state = ForwardState(
+        routing.schedule,
+        routing.flops,
+        batch,
+        length,
+        cols,
+        None,
+        track_attention=routing.needs_attention,
+    )
     hidden = base.embed_tokens(input_ids)
     rotary = base.rotary_emb(hidden, position_ids=cols)
     decisions: list[BlockDecision] = []
@@ -115,9 +123,16 @@ def training_forward(model: CausalLM, routing: Routing, input_ids: Tensor,
         probe = None
         if routing.needs_attention:
             probe = extra["ftprune_probe"] = AttentionProbe(routing.attention_window, hard)
-        out = type(layer).forward(layer, hidden, attention_mask=mask, position_ids=None,
-                                  past_key_values=None, use_cache=False,
-                                  position_embeddings=rotary, **extra)
+        out = type(layer).forward(
+            layer,
+            hidden,
+            attention_mask=mask,
+            position_ids=None,
+            past_key_values=None,
+            use_cache=False,
+            position_embeddings=rotary,
+            **extra,
+        )
         if probe is not None:
             state.update_attention(cols, probe.measurement(), hard)
         if scores is None or hard is None:
@@ -146,8 +161,9 @@ def teacher_outputs(model: CausalLM, input_ids: Tensor, window: int) -> tuple[Te
 def static_keep_mask(sparsity: float, batch: int, length: int, device: Any = None) -> Tensor:
     """(batch, length) bool keep mask of the static position-priority router."""
     scores = position_priority(batch, length, device)
-    return _keep_mask(select_tokens(scores, keep_count(sparsity, length), None, sparsity)[0],
-                      length)
+    return _keep_mask(
+        select_tokens(scores, keep_count(sparsity, length), None, sparsity)[0], length
+    )
 
 
 def _keep_mask(keep: Tensor, length: int) -> Tensor:
@@ -156,9 +172,14 @@ def _keep_mask(keep: Tensor, length: int) -> Tensor:
     return mask.scatter_(1, keep, True)
 
 
-def router_losses(output: TrainingOutput, teacher_log_probs: Tensor, teacher_hidden: Tensor,
-                  schedule: Sequence[float], distill: str = "kl",
-                  two_sided: bool = False) -> dict[str, Tensor]:
+def router_losses(
+    output: TrainingOutput,
+    teacher_log_probs: Tensor,
+    teacher_hidden: Tensor,
+    schedule: Sequence[float],
+    distill: str = "kl",
+    two_sided: bool = False,
+) -> dict[str, Tensor]:
     """The three losses of one training forward (see :mod:`router.losses`); blocks without
     a learned decision contribute to none of them."""
     zero = output.logits.new_zeros(())
@@ -168,14 +189,20 @@ def router_losses(output: TrainingOutput, teacher_log_probs: Tensor, teacher_hid
         distill_value = hidden_mse(output.hidden, teacher_hidden)
     if not output.decisions:
         return {"guide": zero, "sparse": zero, "distill": distill_value}
-    guides = [guide_loss(d.keep_prob, static_keep_mask(schedule[d.block], d.hard.shape[0],
-                                                       d.hard.shape[1], d.hard.device))
-              for d in output.decisions]
+    guides = [
+        guide_loss(
+            d.keep_prob,
+            static_keep_mask(schedule[d.block], d.hard.shape[0], d.hard.shape[1], d.hard.device),
+        )
+        for d in output.decisions
+    ]
     achieved = torch.stack([achieved_sparsity(d.keep_prob) for d in output.decisions])
     targets = [schedule[d.block] for d in output.decisions]
-    return {"guide": torch.stack(guides).mean(),
-            "sparse": sparsity_loss(targets, achieved, two_sided),
-            "distill": distill_value}
+    return {
+        "guide": torch.stack(guides).mean(),
+        "sparse": sparsity_loss(targets, achieved, two_sided),
+        "distill": distill_value,
+    }
 
 
 @dataclass(frozen=True)
@@ -194,9 +221,14 @@ class TrainConfig:
     progress: bool = True
 
 
-def train_router(model: CausalLM, router: nn.Module, schedule: Sequence[float],
-                 calibration: list[Tensor], evaluate: Evaluate | None = None,
-                 config: TrainConfig = TrainConfig()) -> dict[str, list[float]]:
+def train_router(
+    model: CausalLM,
+    router: nn.Module,
+    schedule: Sequence[float],
+    calibration: list[Tensor],
+    evaluate: Evaluate | None = None,
+    config: TrainConfig = TrainConfig(),
+) -> dict[str, list[float]]:
     """Train ``router`` on ``calibration`` sequences (each L + 1 tokens, as built by
     ``workers.data.build_sequences``) with ``model`` frozen; returns the history.
 
@@ -224,11 +256,13 @@ def train_router(model: CausalLM, router: nn.Module, schedule: Sequence[float],
             routing = route(model, schedule, cast(TokenRouter, router))
             index = next(order)
             output = training_forward(model, routing, batches[index], config.window)
-            losses = router_losses(output, *teachers[index], schedule, config.distill,
-                                   config.two_sided)
+            losses = router_losses(
+                output, *teachers[index], schedule, config.distill, config.two_sided
+            )
             lambda_guide = guide_weight(step, config.weights.guide, config.weights.guide_steps)
-            loss = total_loss(losses["guide"], losses["sparse"], losses["distill"],
-                              lambda_guide, config.weights)
+            loss = total_loss(
+                losses["guide"], losses["sparse"], losses["distill"], lambda_guide, config.weights
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -245,8 +279,9 @@ def train_router(model: CausalLM, router: nn.Module, schedule: Sequence[float],
     return history
 
 
-def _evaluate(evaluate: Evaluate, router: nn.Module, step: int,
-              history: dict[str, list[float]]) -> None:
+def _evaluate(
+    evaluate: Evaluate, router: nn.Module, step: int, history: dict[str, list[float]]
+) -> None:
     router.eval()
     with torch.no_grad():
         metrics = evaluate(router)
@@ -261,5 +296,8 @@ def _batches(sequences: list[Tensor], batch_size: int) -> list[Tensor]:
     by_length: dict[int, list[Tensor]] = {}
     for sequence in sequences:
         by_length.setdefault(len(sequence), []).append(sequence)
-    return [torch.stack(group[i:i + batch_size]) for _, group in sorted(by_length.items())
-            for i in range(0, len(group), batch_size)]
+    return [
+        torch.stack(group[i : i + batch_size])
+        for _, group in sorted(by_length.items())
+        for i in range(0, len(group), batch_size)
+    ]

@@ -34,11 +34,12 @@ class RouterTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(
-        "dynamic", description="FTP's 4-factor router, or the hidden-state baseline")
+    kind: str = Field("dynamic", description="FTP's 4-factor router, or the hidden-state baseline")
     factors: list[Literal["position", "attention", "rank", "sparsity"]] = Field(
-        ["position", "attention", "rank", "sparsity"], min_length=1,
-        description="inputs of the dynamic router")
+        ["position", "attention", "rank", "sparsity"],
+        min_length=1,
+        description="inputs of the dynamic router",
+    )
     steps: int = Field(40, ge=1)
     lr: float = Field(0.001, gt=0.0)
     batch_size: int = Field(4, ge=1)
@@ -71,12 +72,17 @@ class TuningConfig(BaseModel):
     lambda_distill: list[float] = Field([0.1, 10.0], min_length=2, max_length=2)
     lr: list[float] = Field([0.0001, 0.01], min_length=2, max_length=2)
     guide_steps: list[int] | None = Field(
-        None, min_length=2, max_length=2, description="default: 1 to router_training.steps")
+        None, min_length=2, max_length=2, description="default: 1 to router_training.steps"
+    )
     sparsity: list[float] | None = Field(
-        None, min_length=2, max_length=2,
-        description="two-objective studies: target sparsity range; default target ± 0.1")
-    tolerance: float = Field(0.1, gt=0.0, description="largest |achieved - target| sparsity "
-                                                         "of a feasible trial")
+        None,
+        min_length=2,
+        max_length=2,
+        description="two-objective studies: target sparsity range; default target ± 0.1",
+    )
+    tolerance: float = Field(
+        0.1, gt=0.0, description="largest |achieved - target| sparsity of a feasible trial"
+    )
     pruner_startup_trials: int = Field(2, ge=0, description="trials before pruning starts")
     pruner_warmup_steps: int = Field(1, ge=0, description="steps before a trial can be pruned")
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
@@ -85,8 +91,14 @@ class TuningConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> "TuningConfig":
-        for name in ("lambda_guide", "lambda_sparse", "lambda_distill", "lr", "guide_steps",
-                     "sparsity"):
+        for name in (
+            "lambda_guide",
+            "lambda_sparse",
+            "lambda_distill",
+            "lr",
+            "guide_steps",
+            "sparsity",
+        ):
             bounds = getattr(self, name)
             if bounds is not None and not 0 < bounds[0] <= bounds[1]:
                 raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
@@ -103,15 +115,19 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     run_name: str | None = Field(None, description="unique name; defaults to run-<id>")
-    model: str = Field("smollm2-135m",
-                       description="alias, .gguf file, directory, hub id or random:<preset>")
+    model: str = Field(
+        "smollm2-135m", description="alias, .gguf file, directory, hub id or random:<preset>"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = Field("auto", description="where workers put the model: auto (CUDA if the "
-                                            "worker sees it, else CPU), cpu, cuda or cuda:N")
-    calibration: str = Field("builtin:pydoc",
-                             description="builtin:pydoc, a .txt or a .jsonl file")
-    seq_lens: list[int] = Field([256, 512], min_length=1,
-                                description="calibration sequence lengths")
+    device: str = Field(
+        "auto",
+        description="where workers put the model: auto (CUDA if the "
+        "worker sees it, else CPU), cpu, cuda or cuda:N",
+    )
+    calibration: str = Field("builtin:pydoc", description="builtin:pydoc, a .txt or a .jsonl file")
+    seq_lens: list[int] = Field(
+        [256, 512], min_length=1, description="calibration sequence lengths"
+    )
     sequences_per_length: int = Field(4, ge=1)
     heldout_seq_lens: list[int] = Field([512], min_length=1)
     heldout_sequences_per_length: int = Field(4, ge=1)
@@ -126,20 +142,26 @@ class RunConfig(BaseModel):
     crossover_prob: float = Field(0.5, ge=0.0, le=1.0)
     max_moves: int = Field(3, ge=1, description="most level moves per mutation")
     stages: list[StageConfig] | None = Field(
-        None, description="multi-fidelity selection; default: see default_stages()")
+        None, description="multi-fidelity selection; default: see default_stages()"
+    )
     block_influence_profile: bool = Field(
-        True, description="seed the population with a Block-Influence-informed profile")
+        True, description="seed the population with a Block-Influence-informed profile"
+    )
     teacher_top_k: int | None = Field(None, ge=1, description="keep only top-K dense logits")
     seed: int = 0
-    router: str = Field("static", description="router that scores candidates: static, random "
-                                              "or dynamic:<checkpoint dir>")
+    router: str = Field(
+        "static",
+        description="router that scores candidates: static, random or dynamic:<checkpoint dir>",
+    )
     seed_run: str | None = Field(
-        None, description="start from this run's final parents (the pipeline's step 3)")
+        None, description="start from this run's final parents (the pipeline's step 3)"
+    )
     router_training: RouterTrainingConfig = Field(default_factory=RouterTrainingConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     finetune_generations: int = Field(4, ge=1, description="step 3 generations per round")
-    artifacts_dir: str = Field("ftprune-artifacts",
-                               description="where router checkpoints are written")
+    artifacts_dir: str = Field(
+        "ftprune-artifacts", description="where router checkpoints are written"
+    )
     pool: Literal["local", "ray"] = "ray"
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
@@ -177,8 +199,9 @@ class RunConfig(BaseModel):
             sizes = [stage.sequences for stage in self.stages]
             keeps = [stage.keep for stage in self.stages]
             if any(a >= b for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[-1] > pool:
-                raise ValueError(f"stage sequences must grow and stay within the {pool} "
-                                 "calibration sequences")
+                raise ValueError(
+                    f"stage sequences must grow and stay within the {pool} calibration sequences"
+                )
             if keeps != sorted(keeps, reverse=True) or keeps[-1] < self.parents:
                 raise ValueError("stage keep counts must shrink and end at least at parents")
         return self
@@ -193,8 +216,9 @@ class RunConfig(BaseModel):
         if self.stages:
             return list(self.stages)
         pool = self.num_calibration_sequences
-        first = StageConfig(sequences=max(1, pool // 4),
-                            keep=max(self.parents, self.offspring // 4))
+        first = StageConfig(
+            sequences=max(1, pool // 4), keep=max(self.parents, self.offspring // 4)
+        )
         last = StageConfig(sequences=pool, keep=self.parents)
         return [first, last] if first.sequences < pool else [last]
 

@@ -73,14 +73,14 @@ class FitnessCache:
         self.hits += len(data) - len(missing)
         return missing
 
-    def add(self, schedule: Sequence[float], router: str,
-            per_sequence: dict[int, WindowStats]) -> None:
+    def add(
+        self, schedule: Sequence[float], router: str, per_sequence: dict[int, WindowStats]
+    ) -> None:
         key = tuple(schedule)
         for index, stats in per_sequence.items():
             self.stats[(key, router, index)] = stats
 
-    def merged(self, schedule: Sequence[float], router: str,
-               data: Sequence[int]) -> WindowStats:
+    def merged(self, schedule: Sequence[float], router: str, data: Sequence[int]) -> WindowStats:
         from workers.scoring import merge_stats
 
         key = tuple(schedule)
@@ -102,12 +102,12 @@ def check_inputs(config: RunConfig, store: Store | None = None) -> None:
         raise StorageError(f"a run named {config.run_name!r} already exists")
     if store is not None and config.seed_run is not None:
         if store.search_state(store.find_run(config.seed_run).id) is None:
-            raise StorageError(f"run {config.seed_run!r} has no finished generation to "
-                               "start from")
+            raise StorageError(f"run {config.seed_run!r} has no finished generation to start from")
 
 
-def launch(config: RunConfig, store: Store, show_progress: bool = True,
-           pool: EvaluationPool | None = None) -> SearchOutcome:
+def launch(
+    config: RunConfig, store: Store, show_progress: bool = True, pool: EvaluationPool | None = None
+) -> SearchOutcome:
     """Create a run, search, then evaluate the best and the uniform schedule on held-out
     text. Uses ``pool`` if given (left open), else opens and closes one from the config."""
     check_inputs(config, store)
@@ -115,8 +115,13 @@ def launch(config: RunConfig, store: Store, show_progress: bool = True,
     return _drive(config, store, run.id, run.name, pool, show_progress)
 
 
-def resume(ref: str | int, store: Store, show_progress: bool = True,
-           pool: EvaluationPool | None = None, device: str | None = None) -> SearchOutcome:
+def resume(
+    ref: str | int,
+    store: Store,
+    show_progress: bool = True,
+    pool: EvaluationPool | None = None,
+    device: str | None = None,
+) -> SearchOutcome:
     """Continue a stored run from its last generation boundary (``device`` overrides the
     stored config's for this process's workers; the stored config is left as it was)."""
     from workers.devices import check_device_spec
@@ -131,8 +136,14 @@ def resume(ref: str | int, store: Store, show_progress: bool = True,
     return _drive(config, store, run.id, run.name, pool, show_progress)
 
 
-def _drive(config: RunConfig, store: Store, run_id: int, run_name: str,
-           pool: EvaluationPool | None, show_progress: bool) -> SearchOutcome:
+def _drive(
+    config: RunConfig,
+    store: Store,
+    run_id: int,
+    run_name: str,
+    pool: EvaluationPool | None,
+    show_progress: bool,
+) -> SearchOutcome:
     from workers.pool import ScoreRequest
 
     owned = pool is None
@@ -141,9 +152,12 @@ def _drive(config: RunConfig, store: Store, run_id: int, run_name: str,
         try:
             progress = run_search(config, store, workers, run_id, show_progress)
             uniform = [config.target_sparsity] * workers.num_blocks
-            results = workers.evaluate([
-                ScoreRequest(progress.best_schedule, "heldout", config.router),
-                ScoreRequest(uniform, "heldout", config.router)])
+            results = workers.evaluate(
+                [
+                    ScoreRequest(progress.best_schedule, "heldout", config.router),
+                    ScoreRequest(uniform, "heldout", config.router),
+                ]
+            )
         finally:
             if owned:
                 workers.close()
@@ -152,8 +166,9 @@ def _drive(config: RunConfig, store: Store, run_id: int, run_name: str,
             store.add_heldout(run_id, label.to_json(), evaluation)
         store.set_status(run_id, "finished")
     except BaseException as exc:
-        store.set_status(run_id, "failed", "".join(
-            traceback.format_exception_only(type(exc), exc)).strip())
+        store.set_status(
+            run_id, "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        )
         raise
     return SearchOutcome(run_id, run_name, progress, heldout)
 
@@ -165,10 +180,15 @@ def minibatch_order(seed: int, generation: int, num_sequences: int) -> list[int]
     return order
 
 
-def run_search(config: RunConfig, store: Store, pool: EvaluationPool, run_id: int,
-               show_progress: bool = True, token_budget: int | None = None,
-               after_generation: Callable[[int, list[float], int], None] | None = None
-               ) -> SearchProgress:
+def run_search(
+    config: RunConfig,
+    store: Store,
+    pool: EvaluationPool,
+    run_id: int,
+    show_progress: bool = True,
+    token_budget: int | None = None,
+    after_generation: Callable[[int, list[float], int], None] | None = None,
+) -> SearchProgress:
     """The generation loop, from the run's stored state if it has one.
 
     Stops after ``config.generations`` generations, or after the first generation that
@@ -205,8 +225,9 @@ def run_search(config: RunConfig, store: Store, pool: EvaluationPool, run_id: in
         if token_budget is not None and tokens_used >= token_budget:
             break
         candidates = search.ask()
-        if not all(is_feasible(s, config.target_sparsity, config.max_block_sparsity)
-                   for s in candidates):
+        if not all(
+            is_feasible(s, config.target_sparsity, config.max_block_sparsity) for s in candidates
+        ):
             raise RuntimeError("the search produced a schedule that breaks the budget")
         order = minibatch_order(config.seed, generation, num_sequences)
         records: list[EvaluationRecord] = []
@@ -215,35 +236,55 @@ def run_search(config: RunConfig, store: Store, pool: EvaluationPool, run_id: in
         incumbents = [s for s in candidates if s in parents]
         started = time.perf_counter()
         for index, stage in enumerate(stages):
-            data = sorted(order[:stage.sequences])
-            fitness = _score_stage(pool, cache, survivors, config.router, data, generation,
-                                   index, records, show_progress)
-            survivors = sorted(survivors, key=lambda s: fitness[tuple(s)])[:stage.keep]
+            data = sorted(order[: stage.sequences])
+            fitness = _score_stage(
+                pool,
+                cache,
+                survivors,
+                config.router,
+                data,
+                generation,
+                index,
+                records,
+                show_progress,
+            )
+            survivors = sorted(survivors, key=lambda s: fitness[tuple(s)])[: stage.keep]
             if index < len(stages) - 1:
                 survivors += [s for s in incumbents if s not in survivors]
             best_fitness = fitness[tuple(survivors[0])]
         search.tell(survivors)
         best_schedule = survivors[0]
-        store.record_generation(run_id, generation, records, best_fitness, best_schedule,
-                                search.state())
+        store.record_generation(
+            run_id, generation, records, best_fitness, best_schedule, search.state()
+        )
         tokens_used += sum(r.forward_tokens for r in records)
         if show_progress:
-            tqdm.write(f"generation {generation + 1}/{config.generations}: "
-                       f"{len(records)} evaluations, {sum(r.forward_tokens for r in records)} "
-                       f"forward tokens, best window KL {best_fitness:.4f} on "
-                       f"{stages[-1].sequences} sequences "
-                       f"({time.perf_counter() - started:.0f} s)")
+            tqdm.write(
+                f"generation {generation + 1}/{config.generations}: "
+                f"{len(records)} evaluations, {sum(r.forward_tokens for r in records)} "
+                f"forward tokens, best window KL {best_fitness:.4f} on "
+                f"{stages[-1].sequences} sequences "
+                f"({time.perf_counter() - started:.0f} s)"
+            )
         if after_generation:
             after_generation(generation, best_schedule, tokens_used)
     totals = store.run_totals(run_id)
-    return SearchProgress(best_schedule, best_fitness, totals["evaluations"],
-                          totals["forward_tokens"], cache.hits)
+    return SearchProgress(
+        best_schedule, best_fitness, totals["evaluations"], totals["forward_tokens"], cache.hits
+    )
 
 
-def _score_stage(pool: EvaluationPool, cache: FitnessCache, candidates: list[list[float]],
-                 router_spec: str, data: list[int], generation: int, stage: int,
-                 records: list[EvaluationRecord], show_progress: bool
-                 ) -> dict[tuple[float, ...], float]:
+def _score_stage(
+    pool: EvaluationPool,
+    cache: FitnessCache,
+    candidates: list[list[float]],
+    router_spec: str,
+    data: list[int],
+    generation: int,
+    stage: int,
+    records: list[EvaluationRecord],
+    show_progress: bool,
+) -> dict[tuple[float, ...], float]:
     """Score ``candidates`` on ``data`` through the cache; append a record per candidate
     that needed new work; return each candidate's fitness on ``data``."""
     from tqdm.auto import tqdm
@@ -257,20 +298,32 @@ def _score_stage(pool: EvaluationPool, cache: FitnessCache, candidates: list[lis
     for schedule in candidates:
         missing = cache.missing(schedule, router, data)
         if missing:
-            requests.append(ScoreRequest(schedule, "calibration", router_spec,
-                                         tuple(missing)))
+            requests.append(ScoreRequest(schedule, "calibration", router_spec, tuple(missing)))
             owners.append(schedule)
-    with tqdm(total=len(requests), desc=f"generation {generation + 1} stage {stage + 1}",
-              unit="cand", disable=not show_progress, leave=False) as bar:
+    with tqdm(
+        total=len(requests),
+        desc=f"generation {generation + 1} stage {stage + 1}",
+        unit="cand",
+        disable=not show_progress,
+        leave=False,
+    ) as bar:
         results = pool.evaluate(requests, on_result=lambda _: bar.update())
     for schedule, result in zip(owners, results, strict=True):
         cache.add(schedule, router, result.per_sequence)
         metrics = cache.merged(schedule, router, data).metrics()
-        records.append(EvaluationRecord(
-            schedule=schedule, router=router, metrics=metrics, duration_s=result.duration_s,
-            worker=result.worker, stage=stage, sequences=data,
-            forward_tokens=result.forward_tokens,
-            per_sequence={str(i): s.to_json() for i, s in result.per_sequence.items()}))
+        records.append(
+            EvaluationRecord(
+                schedule=schedule,
+                router=router,
+                metrics=metrics,
+                duration_s=result.duration_s,
+                worker=result.worker,
+                stage=stage,
+                sequences=data,
+                forward_tokens=result.forward_tokens,
+                per_sequence={str(i): s.to_json() for i, s in result.per_sequence.items()},
+            )
+        )
     return {tuple(s): cache.merged(s, router, data).metrics().kl for s in candidates}
 
 

@@ -63,8 +63,9 @@ def repair(values: Sequence[float], target: float, s_max: float) -> list[float]:
 
 def is_feasible(schedule: Sequence[float], target: float, s_max: float) -> bool:
     """Whether ``schedule`` meets the budget: exact mean (1e-9) and bounds [0, s_max]."""
-    return (abs(math.fsum(schedule) / len(schedule) - target) <= MEAN_TOLERANCE
-            and all(0.0 <= s <= s_max + MEAN_TOLERANCE for s in schedule))
+    return abs(math.fsum(schedule) / len(schedule) - target) <= MEAN_TOLERANCE and all(
+        0.0 <= s <= s_max + MEAN_TOLERANCE for s in schedule
+    )
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,9 @@ class Grid:
     total: int
 
     @classmethod
-    def for_budget(cls, num_blocks: int, target: float, s_max: float,
-                   step: float = 0.025) -> "Grid":
+    def for_budget(
+        cls, num_blocks: int, target: float, s_max: float, step: float = 0.025
+    ) -> "Grid":
         """The grid whose step is the one closest to ``step`` that hits ``target`` exactly
         and can still reach it under ``s_max`` (a finer step when the target is near it)."""
         if not 0.0 <= target <= s_max:
@@ -97,14 +99,18 @@ class Grid:
         return [level * self.step for level in levels]
 
     def is_valid(self, levels: Sequence[int]) -> bool:
-        return (len(levels) == self.num_blocks and sum(levels) == self.total
-                and all(0 <= level <= self.max_level for level in levels))
+        return (
+            len(levels) == self.num_blocks
+            and sum(levels) == self.total
+            and all(0 <= level <= self.max_level for level in levels)
+        )
 
     def from_profile(self, values: Sequence[float]) -> list[int]:
         """The grid point nearest a float profile: project onto the budget, then round by
         largest remainders (never past ``max_level``)."""
-        floats = repair(values, self.total * self.step / self.num_blocks,
-                        self.max_level * self.step)
+        floats = repair(
+            values, self.total * self.step / self.num_blocks, self.max_level * self.step
+        )
         units = [v / self.step for v in floats]
         levels = [min(self.max_level, math.floor(u + 1e-9)) for u in units]
         by_remainder = sorted(range(self.num_blocks), key=lambda i: levels[i] - units[i])
@@ -151,8 +157,7 @@ def repair_levels(levels: list[int], grid: Grid) -> list[int]:
     while sum(levels) > grid.total:
         levels[random.choice([i for i, level in enumerate(levels) if level > 0])] -= 1
     while sum(levels) < grid.total:
-        levels[random.choice([i for i, level in enumerate(levels)
-                              if level < grid.max_level])] += 1
+        levels[random.choice([i for i, level in enumerate(levels) if level < grid.max_level])] += 1
     return levels
 
 
@@ -180,15 +185,20 @@ class EvolutionarySearch:
     depth ramps, an optional Block-Influence-informed profile, then random feasible points.
     """
 
-    def __init__(self, params: GAParams, block_influence: Sequence[float] | None = None,
-                 seed_parents: Sequence[Sequence[float]] | None = None) -> None:
+    def __init__(
+        self,
+        params: GAParams,
+        block_influence: Sequence[float] | None = None,
+        seed_parents: Sequence[Sequence[float]] | None = None,
+    ) -> None:
         """A fresh search. With ``seed_parents`` (distinct schedules on this grid, e.g. the
         final parents of an earlier search) the first generation is those parents plus
         offspring bred from them, with this search's own random state and no memory of the
         earlier search's candidates; otherwise it is the initial population."""
         self.params = params
-        self.grid = Grid.for_budget(params.num_blocks, params.target, params.s_max,
-                                    params.level_step)
+        self.grid = Grid.for_budget(
+            params.num_blocks, params.target, params.s_max, params.level_step
+        )
         self.generation = 0
         self._random_state = random.Random(params.seed).getstate()
         self._seen: set[tuple[int, ...]] = set()
@@ -211,7 +221,7 @@ class EvolutionarySearch:
         """Take candidates of the last ``ask()``, best first; breed the next generation."""
         by_schedule = {tuple(self.grid.schedule(c)): c for c in self._candidates}
         try:
-            best = [by_schedule[tuple(s)] for s in ranked[:self.params.parents]]
+            best = [by_schedule[tuple(s)] for s in ranked[: self.params.parents]]
         except KeyError:
             raise ValueError("tell() takes schedules from the last ask()") from None
         if len(best) < min(self.params.parents, len(self._candidates)):
@@ -228,17 +238,25 @@ class EvolutionarySearch:
     def state(self) -> dict[str, Any]:
         """Everything needed to continue this search exactly (JSON-serializable)."""
         version, internal, gauss = self._random_state
-        return {"params": asdict(self.params), "generation": self.generation,
-                "random_state": [version, list(internal), gauss],
-                "seen": sorted(list(s) for s in self._seen),
-                "parents": self._parents, "candidates": self._candidates}
+        return {
+            "params": asdict(self.params),
+            "generation": self.generation,
+            "random_state": [version, list(internal), gauss],
+            "seen": sorted(list(s) for s in self._seen),
+            "parents": self._parents,
+            "candidates": self._candidates,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "EvolutionarySearch":
         search = cls.__new__(cls)
         search.params = GAParams(**state["params"])
-        search.grid = Grid.for_budget(search.params.num_blocks, search.params.target,
-                                      search.params.s_max, search.params.level_step)
+        search.grid = Grid.for_budget(
+            search.params.num_blocks,
+            search.params.target,
+            search.params.s_max,
+            search.params.level_step,
+        )
         search.generation = state["generation"]
         version, internal, gauss = state["random_state"]
         search._random_state = (version, tuple(internal), gauss)
@@ -271,8 +289,7 @@ class EvolutionarySearch:
         depth = [i / max(1, n - 1) for i in range(n)]  # 0 .. 1 through the stack
         profiles = [[p.target] * n]
         for edge in (2, 4):  # U shapes: the first and last blocks kept denser
-            profiles.append([p.target * min(1.0, 0.5 + min(i, n - 1 - i) / edge)
-                             for i in range(n)])
+            profiles.append([p.target * min(1.0, 0.5 + min(i, n - 1 - i) / edge) for i in range(n)])
         for slope in (0.5, -0.5):
             profiles.append([p.target * (1 + slope * (d - 0.5)) for d in depth])
         if block_influence:

@@ -25,13 +25,18 @@ def scorer_settings(config: RunConfig) -> ScorerSettings:
     from workers.scoring import ScorerSettings
 
     return ScorerSettings(
-        model=config.model, dtype=config.dtype, device=config.device,
-        source=config.calibration, calibration_lens=tuple(config.seq_lens),
+        model=config.model,
+        dtype=config.dtype,
+        device=config.device,
+        source=config.calibration,
+        calibration_lens=tuple(config.seq_lens),
         calibration_per_length=config.sequences_per_length,
         heldout_lens=tuple(config.heldout_seq_lens),
         heldout_per_length=config.heldout_sequences_per_length,
-        window=config.window, batch_size=config.batch_size,
-        teacher_top_k=config.teacher_top_k)
+        window=config.window,
+        batch_size=config.batch_size,
+        teacher_top_k=config.teacher_top_k,
+    )
 
 
 def check_device(config: RunConfig) -> None:
@@ -43,26 +48,40 @@ def check_device(config: RunConfig) -> None:
     if config.pool == "local":
         check_device_available(config.device)
     else:
-        check_device_available(config.device, config.gpus_per_worker,
-                               remote=config.ray_address is not None)
+        check_device_available(
+            config.device, config.gpus_per_worker, remote=config.ray_address is not None
+        )
 
 
 def open_pool(config: RunConfig, workers: int | None = None) -> EvaluationPool:
     """The pool the config asks for (``workers`` overrides its worker count)."""
     from workers.pool import make_pool
 
-    return make_pool(scorer_settings(config), config.pool, workers or config.workers,
-                     config.ray_address, config.cpus_per_worker, config.gpus_per_worker,
-                     config.task_timeout_s, config.max_retries)
+    return make_pool(
+        scorer_settings(config),
+        config.pool,
+        workers or config.workers,
+        config.ray_address,
+        config.cpus_per_worker,
+        config.gpus_per_worker,
+        config.task_timeout_s,
+        config.max_retries,
+    )
 
 
 def ga_params(config: RunConfig, num_blocks: int) -> GAParams:
     """The genetic algorithm's parameters for a model of ``num_blocks`` decoder blocks."""
-    return GAParams(num_blocks=num_blocks, target=config.target_sparsity,
-                    s_max=config.max_block_sparsity, level_step=config.level_step,
-                    offspring=config.offspring, parents=config.parents,
-                    crossover_prob=config.crossover_prob, max_moves=config.max_moves,
-                    seed=config.seed)
+    return GAParams(
+        num_blocks=num_blocks,
+        target=config.target_sparsity,
+        s_max=config.max_block_sparsity,
+        level_step=config.level_step,
+        offspring=config.offspring,
+        parents=config.parents,
+        crossover_prob=config.crossover_prob,
+        max_moves=config.max_moves,
+        seed=config.seed,
+    )
 
 
 def train_config(config: RunConfig, show_progress: bool = True) -> TrainConfig:
@@ -71,22 +90,41 @@ def train_config(config: RunConfig, show_progress: bool = True) -> TrainConfig:
     from router.training import TrainConfig
 
     settings = config.router_training
-    weights = LossWeights(guide=settings.lambda_guide, guide_steps=settings.guide_steps,
-                          sparse=settings.lambda_sparse, distill=settings.lambda_distill)
+    weights = LossWeights(
+        guide=settings.lambda_guide,
+        guide_steps=settings.guide_steps,
+        sparse=settings.lambda_sparse,
+        distill=settings.lambda_distill,
+    )
     return TrainConfig(
-        steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
-        window=config.window, weights=weights, distill=settings.distill,
-        two_sided=settings.two_sided, eval_every=settings.eval_every, seed=config.seed,
-        progress=show_progress)
+        steps=settings.steps,
+        lr=settings.lr,
+        batch_size=settings.batch_size,
+        window=config.window,
+        weights=weights,
+        distill=settings.distill,
+        two_sided=settings.two_sided,
+        eval_every=settings.eval_every,
+        seed=config.seed,
+        progress=show_progress,
+    )
 
 
-def training_request(config: RunConfig, schedule: Sequence[float], show_progress: bool = True,
-                     kind: str | None = None, factors: Sequence[str] | None = None
-                     ) -> TrainRequest:
+def training_request(
+    config: RunConfig,
+    schedule: Sequence[float],
+    show_progress: bool = True,
+    kind: str | None = None,
+    factors: Sequence[str] | None = None,
+) -> TrainRequest:
     """A pool's request to train a router for ``schedule``: the config's kind and factors
     unless ``kind`` / ``factors`` replace them (the ablation's variants)."""
     from workers.training import TrainRequest
 
     settings = config.router_training
-    return TrainRequest([float(s) for s in schedule], train_config(config, show_progress),
-                        kind or settings.kind, tuple(factors or settings.factors))
+    return TrainRequest(
+        [float(s) for s in schedule],
+        train_config(config, show_progress),
+        kind or settings.kind,
+        tuple(factors or settings.factors),
+    )

@@ -4,5 +4,13 @@ PostgreSQL); :mod:`storage.queries` returns what dashboards and reports show as 
 from storage.engine import DEFAULT_URL, StorageError, check_url, default_url, redact
 from storage.store import EvaluationRecord, Store, open_reader
 
-__all__ = ["DEFAULT_URL", "EvaluationRecord", "Store", "StorageError", "check_url",
-           "default_url", "open_reader", "redact"]
+__all__ = [
+    "DEFAULT_URL",
+    "EvaluationRecord",
+    "Store",
+    "StorageError",
+    "check_url",
+    "default_url",
+    "open_reader",
+    "redact",
+]

@@ -75,15 +75,20 @@ def check_url(url: str) -> None:
     parsed = _parse(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise StorageError(f"unsupported database {backend!r}: use "
-                           "sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+        raise StorageError(
+            f"unsupported database {backend!r}: use "
+            "sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
+        )
     if backend == "postgresql" and parsed.drivername != POSTGRES_DRIVER:
-        raise StorageError(f"unsupported PostgreSQL driver {parsed.drivername!r}: use "
-                           "postgresql+psycopg://USER@HOST/DB")
+        raise StorageError(
+            f"unsupported PostgreSQL driver {parsed.drivername!r}: use "
+            "postgresql+psycopg://USER@HOST/DB"
+        )
     path = _sqlite_file(parsed)
     if path is not None and not path.resolve().parent.is_dir():
         raise StorageError(
-            f"directory for the SQLite database does not exist: {path.resolve().parent}")
+            f"directory for the SQLite database does not exist: {path.resolve().parent}"
+        )
 
 
 def require_existing(url: str) -> None:
@@ -130,8 +135,11 @@ def make_reader_engine(url: str) -> Engine:
     check_url(url)
     parsed = _parse(url)
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, connect_args={
-            "connect_timeout": 15, "options": "-c default_transaction_read_only=on"})
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 15, "options": "-c default_transaction_read_only=on"},
+        )
     path = _sqlite_file(parsed)
     if path is None:
         raise StorageError("an in-memory SQLite database holds nothing to read")
@@ -210,5 +218,4 @@ def database_errors(url: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise StorageError(
-            f"database {redact(url)}: {_scrub(str(exc.orig), url)}") from None
+        raise StorageError(f"database {redact(url)}: {_scrub(str(exc.orig), url)}") from None

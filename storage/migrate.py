@@ -60,8 +60,12 @@ def include_name(name: str | None, type_: str, _parent_names: Any) -> bool:
 
 def context_options() -> dict[str, Any]:
     """The options every Alembic context over ftprune's tables is configured with."""
-    return {"target_metadata": Base.metadata, "version_table": VERSION_TABLE,
-            "include_name": include_name, "compare_type": True}
+    return {
+        "target_metadata": Base.metadata,
+        "version_table": VERSION_TABLE,
+        "include_name": include_name,
+        "compare_type": True,
+    }
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -95,10 +99,13 @@ def revision_problem(current: str | None) -> str | None:
     if current == head:
         return None
     if current is None or current in known_revisions():
-        return (f"at revision {current or 'none'}, this ftprune needs {head}: "
-                "run `ftprune db upgrade`")
-    return (f"at revision {current}, which this ftprune does not know (its migrations end "
-            f"at {head}): it was written by a newer ftprune, upgrade ftprune")
+        return (
+            f"at revision {current or 'none'}, this ftprune needs {head}: run `ftprune db upgrade`"
+        )
+    return (
+        f"at revision {current}, which this ftprune does not know (its migrations end "
+        f"at {head}): it was written by a newer ftprune, upgrade ftprune"
+    )
 
 
 def require_head(engine: Engine, name: str) -> None:
@@ -118,14 +125,16 @@ def current_revision(connection: Connection) -> str | None:
 
 def _lock(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                           {"key": _POSTGRES_LOCK_KEY})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _POSTGRES_LOCK_KEY})
     # SQLite: the transaction began with BEGIN IMMEDIATE, which already holds the write lock.
 
 
 def _own_tables(connection: Connection) -> set[str]:
-    return {name for name in inspect(connection).get_table_names()
-            if name.startswith(TABLE_PREFIX) and name != VERSION_TABLE}
+    return {
+        name
+        for name in inspect(connection).get_table_names()
+        if name.startswith(TABLE_PREFIX) and name != VERSION_TABLE
+    }
 
 
 def _alembic(action: Callable[..., None], connection: Connection, revision: str) -> None:
@@ -152,8 +161,10 @@ def upgrade(engine: Engine) -> Upgrade:
                 _alembic(command.stamp, connection, SKELETON_REVISION)
                 adopted = True
             elif own:
-                raise StorageError(f"unversioned database holds ftprune tables {sorted(own)} "
-                                   "that match no known schema")
+                raise StorageError(
+                    f"unversioned database holds ftprune tables {sorted(own)} "
+                    "that match no known schema"
+                )
         if before != head:
             _alembic(command.upgrade, connection, "head")
     return Upgrade(before, head, adopted)

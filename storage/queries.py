@@ -17,8 +17,15 @@ from typing import Any, Unpack
 import pandas as pd
 from sqlalchemy import DateTime, Float, Integer, Select, String, func, select
 
-from storage.schema import (BenchmarkRow, EvalResultRow, EvaluationRow, GenerationRow,
-                            HeldoutRow, RouterRow, RunRow)
+from storage.schema import (
+    BenchmarkRow,
+    EvalResultRow,
+    EvaluationRow,
+    GenerationRow,
+    HeldoutRow,
+    RouterRow,
+    RunRow,
+)
 from storage.store import Store
 
 CURVE_X = "step"
@@ -36,7 +43,8 @@ def _frame(store: Store, statement: Select[Unpack[tuple[Any, ...]]]) -> pd.DataF
             frame[name] = pd.to_datetime(frame[name], utc=True).dt.as_unit("us")
         elif isinstance(column.type, Integer):
             frame[name] = frame[name].astype(
-                "Int64" if getattr(column, "nullable", False) else "int64")
+                "Int64" if getattr(column, "nullable", False) else "int64"
+            )
         elif isinstance(column.type, Float):
             frame[name] = frame[name].astype("float64")
         elif isinstance(column.type, String):
@@ -48,20 +56,40 @@ def runs(store: Store) -> pd.DataFrame:
     """One row per run, newest first: identity, status, model, target sparsity, progress,
     evaluation count, best fitness and schedule, timings (``wall_s``: created to finished,
     or to the last update while running), the resolved ``config`` and any error."""
-    counts = (select(EvaluationRow.run_id, func.count(EvaluationRow.id).label("evaluations"))
-              .group_by(EvaluationRow.run_id).subquery())
-    frame = _frame(store, select(
-        RunRow.id, RunRow.name, RunRow.status, RunRow.seed, RunRow.code_version,
-        RunRow.generations_done, func.coalesce(counts.c.evaluations, 0).label("evaluations"),
-        RunRow.best_fitness, RunRow.best_schedule, RunRow.config, RunRow.error,
-        RunRow.created_at, RunRow.updated_at, RunRow.finished_at,
-    ).outerjoin(counts, counts.c.run_id == RunRow.id).order_by(RunRow.id.desc()))
+    counts = (
+        select(EvaluationRow.run_id, func.count(EvaluationRow.id).label("evaluations"))
+        .group_by(EvaluationRow.run_id)
+        .subquery()
+    )
+    frame = _frame(
+        store,
+        select(
+            RunRow.id,
+            RunRow.name,
+            RunRow.status,
+            RunRow.seed,
+            RunRow.code_version,
+            RunRow.generations_done,
+            func.coalesce(counts.c.evaluations, 0).label("evaluations"),
+            RunRow.best_fitness,
+            RunRow.best_schedule,
+            RunRow.config,
+            RunRow.error,
+            RunRow.created_at,
+            RunRow.updated_at,
+            RunRow.finished_at,
+        )
+        .outerjoin(counts, counts.c.run_id == RunRow.id)
+        .order_by(RunRow.id.desc()),
+    )
     config = frame["config"]
     frame.insert(3, "model", pd.array([c.get("model") for c in config], dtype="str"))
-    frame.insert(4, "target_sparsity", pd.array([c.get("target_sparsity") for c in config],
-                                                dtype="Float64"))
-    frame.insert(7, "generations_planned", pd.array([c.get("generations") for c in config],
-                                                    dtype="Int64"))
+    frame.insert(
+        4, "target_sparsity", pd.array([c.get("target_sparsity") for c in config], dtype="Float64")
+    )
+    frame.insert(
+        7, "generations_planned", pd.array([c.get("generations") for c in config], dtype="Int64")
+    )
     end = frame["finished_at"].fillna(frame["updated_at"])
     frame["wall_s"] = (end - frame["created_at"]).dt.total_seconds()
     return frame
@@ -70,34 +98,67 @@ def runs(store: Store) -> pd.DataFrame:
 def convergence(store: Store, run_id: int) -> pd.DataFrame:
     """Summary statistics per generation and stage (ordered so): fidelity, evaluations,
     best/mean/std/worst fitness of the stage, the run's best so far, summed worker time."""
-    return _frame(store, select(
-        GenerationRow.generation, GenerationRow.stage, GenerationRow.fidelity,
-        GenerationRow.evaluations, GenerationRow.best_fitness, GenerationRow.mean_fitness,
-        GenerationRow.std_fitness, GenerationRow.worst_fitness, GenerationRow.best_so_far,
-        GenerationRow.compute_s, GenerationRow.created_at,
-    ).where(GenerationRow.run_id == run_id)
-        .order_by(GenerationRow.generation, GenerationRow.stage))
+    return _frame(
+        store,
+        select(
+            GenerationRow.generation,
+            GenerationRow.stage,
+            GenerationRow.fidelity,
+            GenerationRow.evaluations,
+            GenerationRow.best_fitness,
+            GenerationRow.mean_fitness,
+            GenerationRow.std_fitness,
+            GenerationRow.worst_fitness,
+            GenerationRow.best_so_far,
+            GenerationRow.compute_s,
+            GenerationRow.created_at,
+        )
+        .where(GenerationRow.run_id == run_id)
+        .order_by(GenerationRow.generation, GenerationRow.stage),
+    )
 
 
 def _evaluation_columns() -> tuple[Any, ...]:
-    return (EvaluationRow.id, EvaluationRow.generation, EvaluationRow.stage,
-            EvaluationRow.fidelity, EvaluationRow.schedule, EvaluationRow.router,
-            EvaluationRow.fitness, EvaluationRow.top1, EvaluationRow.ppl,
-            EvaluationRow.realized_sparsity, EvaluationRow.duration_s,
-            EvaluationRow.forward_tokens, EvaluationRow.worker, EvaluationRow.created_at)
+    return (
+        EvaluationRow.id,
+        EvaluationRow.generation,
+        EvaluationRow.stage,
+        EvaluationRow.fidelity,
+        EvaluationRow.schedule,
+        EvaluationRow.router,
+        EvaluationRow.fitness,
+        EvaluationRow.top1,
+        EvaluationRow.ppl,
+        EvaluationRow.realized_sparsity,
+        EvaluationRow.duration_s,
+        EvaluationRow.forward_tokens,
+        EvaluationRow.worker,
+        EvaluationRow.created_at,
+    )
 
 
 def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
     """Per generation (ordered), its best evaluation at the generation's highest fidelity
     (ties go to the earlier evaluation), with the same columns as :func:`population`."""
-    ranked = select(*_evaluation_columns(), func.row_number().over(
-        partition_by=EvaluationRow.generation,
-        order_by=(func.coalesce(EvaluationRow.fidelity, 0).desc(), EvaluationRow.fitness,
-                  EvaluationRow.id)).label("rank"),
-    ).where(EvaluationRow.run_id == run_id).subquery()
+    ranked = (
+        select(
+            *_evaluation_columns(),
+            func.row_number()
+            .over(
+                partition_by=EvaluationRow.generation,
+                order_by=(
+                    func.coalesce(EvaluationRow.fidelity, 0).desc(),
+                    EvaluationRow.fitness,
+                    EvaluationRow.id,
+                ),
+            )
+            .label("rank"),
+        )
+        .where(EvaluationRow.run_id == run_id)
+        .subquery()
+    )
     columns = [ranked.c[c.key] for c in _evaluation_columns()]
-    return _frame(store, select(*columns).where(ranked.c.rank == 1)
-                  .order_by(ranked.c.generation))
+    return _frame(store, select(*columns).where(ranked.c.rank == 1).order_by(ranked.c.generation))
 
 
 def population(store: Store, run_id: int, generation: int | None = None) -> pd.DataFrame:
@@ -112,11 +173,22 @@ def population(store: Store, run_id: int, generation: int | None = None) -> pd.D
 
 def heldout_results(store: Store, run_id: int) -> pd.DataFrame:
     """Held-out window metrics of a run's labelled schedules, in the order recorded."""
-    return _frame(store, select(
-        HeldoutRow.id, HeldoutRow.label, HeldoutRow.router, HeldoutRow.kl, HeldoutRow.top1,
-        HeldoutRow.ppl, HeldoutRow.realized_sparsity, HeldoutRow.schedule,
-        HeldoutRow.created_at,
-    ).where(HeldoutRow.run_id == run_id).order_by(HeldoutRow.id))
+    return _frame(
+        store,
+        select(
+            HeldoutRow.id,
+            HeldoutRow.label,
+            HeldoutRow.router,
+            HeldoutRow.kl,
+            HeldoutRow.top1,
+            HeldoutRow.ppl,
+            HeldoutRow.realized_sparsity,
+            HeldoutRow.schedule,
+            HeldoutRow.created_at,
+        )
+        .where(HeldoutRow.run_id == run_id)
+        .order_by(HeldoutRow.id),
+    )
 
 
 def routers(store: Store, run_id: int | None = None) -> pd.DataFrame:
@@ -124,11 +196,23 @@ def routers(store: Store, run_id: int | None = None) -> pd.DataFrame:
     location and SHA-256, held-out metrics, training time and settings (curves: see
     :func:`router_curves`)."""
     statement = select(
-        RouterRow.id, RouterRow.run_id, RouterRow.label, RouterRow.lambda_guide,
-        RouterRow.lambda_sparse, RouterRow.lambda_distill, RouterRow.heldout_kl,
-        RouterRow.heldout_top1, RouterRow.heldout_ppl, RouterRow.realized_sparsity,
-        RouterRow.train_s, RouterRow.checkpoint, RouterRow.checkpoint_sha256,
-        RouterRow.schedule, RouterRow.config, RouterRow.created_at)
+        RouterRow.id,
+        RouterRow.run_id,
+        RouterRow.label,
+        RouterRow.lambda_guide,
+        RouterRow.lambda_sparse,
+        RouterRow.lambda_distill,
+        RouterRow.heldout_kl,
+        RouterRow.heldout_top1,
+        RouterRow.heldout_ppl,
+        RouterRow.realized_sparsity,
+        RouterRow.train_s,
+        RouterRow.checkpoint,
+        RouterRow.checkpoint_sha256,
+        RouterRow.schedule,
+        RouterRow.config,
+        RouterRow.created_at,
+    )
     if run_id is not None:
         statement = statement.where(RouterRow.run_id == run_id)
     return _frame(store, statement.order_by(RouterRow.id))
@@ -143,15 +227,25 @@ def router_curves(store: Store, run_id: int | None = None) -> pd.DataFrame:
         statement = statement.where(RouterRow.run_id == run_id)
     records: list[tuple[Any, ...]] = []
     for router_id, label, curves in _frame(store, statement.order_by(RouterRow.id)).itertuples(
-            index=False):
+        index=False
+    ):
         length = max((len(values) for values in curves.values()), default=0)
         steps = curves.get(CURVE_X, range(length))
         for series in sorted(set(curves) - {CURVE_X}):
-            records.extend((router_id, label, series, step, value)
-                           for step, value in zip(steps, curves[series], strict=False))
+            records.extend(
+                (router_id, label, series, step, value)
+                for step, value in zip(steps, curves[series], strict=False)
+            )
     frame = pd.DataFrame(records, columns=["router_id", "label", "series", "step", "value"])
-    return frame.astype({"router_id": "int64", "label": "str", "series": "str",
-                         "step": "float64", "value": "float64"})
+    return frame.astype(
+        {
+            "router_id": "int64",
+            "label": "str",
+            "series": "str",
+            "step": "float64",
+            "value": "float64",
+        }
+    )
 
 
 def eval_results(store: Store, run_id: int | None = None) -> pd.DataFrame:
@@ -160,11 +254,22 @@ def eval_results(store: Store, run_id: int | None = None) -> pd.DataFrame:
     interval ``ci_low`` / ``ci_high`` and the routed model's ``realized_sparsity`` and
     ``flop_saving`` (NaN where not recorded)."""
     statement = select(
-        EvalResultRow.id, EvalResultRow.run_id, EvalResultRow.router_id, EvalResultRow.label,
-        EvalResultRow.router, EvalResultRow.task, EvalResultRow.metric, EvalResultRow.dense,
-        EvalResultRow.routed, EvalResultRow.samples, EvalResultRow.ci_low,
-        EvalResultRow.ci_high, EvalResultRow.realized_sparsity, EvalResultRow.flop_saving,
-        EvalResultRow.created_at)
+        EvalResultRow.id,
+        EvalResultRow.run_id,
+        EvalResultRow.router_id,
+        EvalResultRow.label,
+        EvalResultRow.router,
+        EvalResultRow.task,
+        EvalResultRow.metric,
+        EvalResultRow.dense,
+        EvalResultRow.routed,
+        EvalResultRow.samples,
+        EvalResultRow.ci_low,
+        EvalResultRow.ci_high,
+        EvalResultRow.realized_sparsity,
+        EvalResultRow.flop_saving,
+        EvalResultRow.created_at,
+    )
     if run_id is not None:
         statement = statement.where(EvalResultRow.run_id == run_id)
     frame = _frame(store, statement.order_by(EvalResultRow.id))
@@ -176,8 +281,14 @@ def benchmark_rows(store: Store, kind: str | None = None) -> pd.DataFrame:
     """Benchmark rows (of one kind, or all), oldest first: the columns of
     :data:`storage.store.BENCHMARK_META`, then each row's own fields (NaN where a row lacks
     one)."""
-    statement = select(BenchmarkRow.id, BenchmarkRow.kind, BenchmarkRow.run_id,
-                       BenchmarkRow.code_version, BenchmarkRow.created_at, BenchmarkRow.row)
+    statement = select(
+        BenchmarkRow.id,
+        BenchmarkRow.kind,
+        BenchmarkRow.run_id,
+        BenchmarkRow.code_version,
+        BenchmarkRow.created_at,
+        BenchmarkRow.row,
+    )
     if kind is not None:
         statement = statement.where(BenchmarkRow.kind == kind)
     frame = _frame(store, statement.order_by(BenchmarkRow.id))

@@ -11,8 +11,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
-                        UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -91,8 +100,9 @@ class SearchStateRow(Base):
 
     __tablename__ = "ftp_search_states"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("ftp_runs.id", ondelete="CASCADE"),
-                                        primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("ftp_runs.id", ondelete="CASCADE"), primary_key=True
+    )
     generation: Mapped[int] = mapped_column(Integer)  # the next generation to run
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -171,8 +181,7 @@ class EvalResultRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("ftp_runs.id", ondelete="CASCADE"))
-    router_id: Mapped[int | None] = mapped_column(
-        ForeignKey("ftp_routers.id", ondelete="SET NULL"))
+    router_id: Mapped[int | None] = mapped_column(ForeignKey("ftp_routers.id", ondelete="SET NULL"))
     label: Mapped[str] = mapped_column(String(100))  # which schedule, e.g. best or uniform
     router: Mapped[str] = mapped_column(String(40))  # static, random or dynamic
     task: Mapped[str] = mapped_column(String(200))

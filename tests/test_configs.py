@@ -10,8 +10,11 @@ import yaml
 from search.config import RunConfig, build_config
 
 # devsuite.yaml is the evaluation suite, not a run config (tests/eval/test_devsuite.py).
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-                 if p.name != "devsuite.yaml")
+CONFIGS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+    if p.name != "devsuite.yaml"
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -7,8 +7,14 @@ import json
 import pytest
 
 from router.loading import byte_tokenizer
-from workers.data import (DataSpec, DataSpecError, build_sequences, documents, split_documents,
-                          split_text)
+from workers.data import (
+    DataSpec,
+    DataSpecError,
+    build_sequences,
+    documents,
+    split_documents,
+    split_text,
+)
 
 
 def test_pydoc_splits_are_disjoint_and_cover_the_text():
@@ -37,8 +43,9 @@ def test_text_and_jsonl_files(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(f"document {i} " + "word " * 50 for i in range(20)))
     jsonl = tmp_path / "corpus.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"text": f"record {i} " + "token " * 50})
-                               for i in range(20)))
+    jsonl.write_text(
+        "\n".join(json.dumps({"text": f"record {i} " + "token " * 50}) for i in range(20))
+    )
     for path in (text, jsonl):
         docs = documents(str(path))
         assert len(docs) == 20

@@ -31,8 +31,13 @@ def demo_run(tmp_path_factory):
 
 def test_quick_demo_records_every_step(demo_run):
     db_url, output = demo_run
-    for text in ("searched schedule", "uniform + static router", "searched + static router",
-                 "searched + dynamic router", "fine-tuned + dynamic router"):
+    for text in (
+        "searched schedule",
+        "uniform + static router",
+        "searched + static router",
+        "searched + dynamic router",
+        "fine-tuned + dynamic router",
+    ):
         assert text in output
     store = Store(db_url, create=False)
     child = store.latest_run()
@@ -81,13 +86,15 @@ def test_export_loads_into_the_same_routed_model(demo_run, tmp_path):
     store = Store(db_url, create=False)
     main = store.find_run(store.latest_run().config["seed_run"])
     out = tmp_path / "routed"
-    result = CliRunner().invoke(app, ["export", "--run", main.name, "--out", str(out),
-                                      "--db", db_url])
+    result = CliRunner().invoke(
+        app, ["export", "--run", main.name, "--out", str(out), "--db", db_url]
+    )
     assert result.exit_code == 0, result.output
     model, tokenizer, routing = load_routed(out)
     assert routing.schedule == store.latest_run().best_schedule
-    ids = tokenizer("def search(population):\n    return sorted(population)",
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        "def search(population):\n    return sorted(population)", return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         exported = model(ids).logits
     reference, _ = load_model("smollm2-135m")
@@ -95,6 +102,7 @@ def test_export_loads_into_the_same_routed_model(demo_run, tmp_path):
     route(reference, routing.schedule, load_router(router_row.checkpoint)[0])
     with torch.no_grad():
         assert torch.equal(exported, reference(ids).logits)
-    again = CliRunner().invoke(app, ["export", "--run", main.name, "--out", str(out),
-                                     "--db", db_url])
+    again = CliRunner().invoke(
+        app, ["export", "--run", main.name, "--out", str(out), "--db", db_url]
+    )
     assert again.exit_code == 2 and "not empty" in again.output

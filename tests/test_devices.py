@@ -28,15 +28,27 @@ runner = CliRunner()
 
 
 def _settings(device: str) -> ScorerSettings:
-    return ScorerSettings(model="random:llama-tiny", device=device, calibration_lens=(48, 64),
-                          calibration_per_length=2, heldout_lens=(64,), heldout_per_length=2,
-                          window=8, batch_size=2)
+    return ScorerSettings(
+        model="random:llama-tiny",
+        device=device,
+        calibration_lens=(48, 64),
+        calibration_per_length=2,
+        heldout_lens=(64,),
+        heldout_per_length=2,
+        window=8,
+        batch_size=2,
+    )
 
 
 def _request(steps: int = 3):
-    return training_request(build_config(TINY, router_training={
-        "steps": steps, "batch_size": 2, "eval_every": 2, "guide_steps": 2}),
-        [0.2, 0.4, 0.3, 0.3], show_progress=False)
+    return training_request(
+        build_config(
+            TINY,
+            router_training={"steps": steps, "batch_size": 2, "eval_every": 2, "guide_steps": 2},
+        ),
+        [0.2, 0.4, 0.3, 0.3],
+        show_progress=False,
+    )
 
 
 @pytest.mark.parametrize("spec", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
@@ -79,23 +91,30 @@ def test_cuda_on_a_machine_without_it_is_refused():
         check_device(build_config(TINY, device="cuda:0", pool="local"))
 
 
-@pytest.mark.parametrize("command", [
-    ["search", "launch", "--config", str(TINY)],
-    ["pipeline", "--config", str(TINY)],
-    ["bench", "quality", "--config", str(TINY)],
-    ["bench", "ablation", "--config", str(TINY)],
-    ["bench", "search", "--config", str(TINY)],
-    ["demo", "--quick"],
-])
-@pytest.mark.parametrize("device,message", [
-    ("gpu", "unknown device 'gpu'"),
-    pytest.param("cuda", "cuda", marks=no_cuda),  # no CUDA here, or no GPU reserved (demo)
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["search", "launch", "--config", str(TINY)],
+        ["pipeline", "--config", str(TINY)],
+        ["bench", "quality", "--config", str(TINY)],
+        ["bench", "ablation", "--config", str(TINY)],
+        ["bench", "search", "--config", str(TINY)],
+        ["demo", "--quick"],
+    ],
+)
+@pytest.mark.parametrize(
+    "device,message",
+    [
+        ("gpu", "unknown device 'gpu'"),
+        pytest.param("cuda", "cuda", marks=no_cuda),  # no CUDA here, or no GPU reserved (demo)
+    ],
+)
 def test_bad_device_is_one_line_before_any_work(tmp_path, command, device, message):
     db = tmp_path / "never.db"
     has_db = command[0] in ("search", "pipeline", "demo")
-    result = runner.invoke(app, [*command, "--device", device,
-                                 *(["--db", f"sqlite:///{db}"] if has_db else [])])
+    result = runner.invoke(
+        app, [*command, "--device", device, *(["--db", f"sqlite:///{db}"] if has_db else [])]
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0].lower()
@@ -118,8 +137,12 @@ def test_scorer_uses_the_sequences_it_is_given():
     given["calibration"] = given["calibration"][:3]  # distinguishable from its own build
     scorer = Scorer(settings, given)
     assert scorer.num_sequences("calibration") == 3
-    assert all(torch.equal(a, b) for a, b in zip(scorer.comparator("calibration").sequences,
-                                                  given["calibration"], strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            scorer.comparator("calibration").sequences, given["calibration"], strict=True
+        )
+    )
 
 
 def test_teacher_cache_and_training_honour_an_explicit_cpu_device():
@@ -140,7 +163,11 @@ def test_local_pool_trains_on_its_own_scorer():
         first = pool.train(_request())
         again = pool.train(_request())
     assert first.kind == "dynamic" and first.fields["factors"] == [
-        "position", "attention", "rank", "sparsity"]
+        "position",
+        "attention",
+        "rank",
+        "sparsity",
+    ]
     for name, tensor in first.state_dict.items():  # seeded: the same router twice
         assert torch.equal(tensor, again.state_dict[name])
     router = first.router()

@@ -9,8 +9,15 @@ import random
 
 import pytest
 
-from search.ga import (EvolutionarySearch, GAParams, Grid, is_feasible, move_levels, repair,
-                       repair_levels)
+from search.ga import (
+    EvolutionarySearch,
+    GAParams,
+    Grid,
+    is_feasible,
+    move_levels,
+    repair,
+    repair_levels,
+)
 
 
 def test_repair_meets_budget_on_thousands_of_random_vectors():
@@ -29,9 +36,16 @@ def test_repair_rejects_impossible_targets():
         repair([0.1, 0.2], 0.9, 0.8)
 
 
-@pytest.mark.parametrize("blocks,target,s_max,step", [
-    (30, 0.3, 0.8, 0.025), (32, 0.22, 0.9, 0.025), (7, 0.37, 0.6, 0.05), (24, 0.0, 0.5, 0.1),
-    (16, 0.5, 0.5, 0.025)])
+@pytest.mark.parametrize(
+    "blocks,target,s_max,step",
+    [
+        (30, 0.3, 0.8, 0.025),
+        (32, 0.22, 0.9, 0.025),
+        (7, 0.37, 0.6, 0.05),
+        (24, 0.0, 0.5, 0.1),
+        (16, 0.5, 0.5, 0.025),
+    ],
+)
 def test_grid_schedules_hit_the_target_exactly(blocks, target, s_max, step):
     grid = Grid.for_budget(blocks, target, s_max, step)
     assert grid.max_level * grid.step <= s_max + 1e-12
@@ -95,8 +109,10 @@ def test_every_candidate_feasible_and_never_repeated():
 
 def test_initial_population_holds_uniform_profiles_and_block_influence():
     influence = [0.5] + [0.05] * 6 + [0.4]
-    search = EvolutionarySearch(GAParams(num_blocks=8, target=0.25, s_max=0.6, offspring=10,
-                                         parents=2, level_step=0.025), influence)
+    search = EvolutionarySearch(
+        GAParams(num_blocks=8, target=0.25, s_max=0.6, offspring=10, parents=2, level_step=0.025),
+        influence,
+    )
     population = search.ask()
     assert population[0] == pytest.approx([0.25] * 8)
     assert len({tuple(s) for s in population}) == 12

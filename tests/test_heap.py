@@ -31,8 +31,13 @@ print(json.dumps({"mode": mode, "faults": faults, "light": light}))
 
 
 def _probe(action: str, **env: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, action], capture_output=True, text=True,
-                         check=True, env={**os.environ, **env})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, action],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
     return json.loads(out.stdout)
 
 

@@ -18,9 +18,14 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
     """Run import-linter on the packages under ``tree`` (which shadow the installed ones)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(tree / "pyproject.toml"),
-                           "--no-cache"], cwd=tree, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(tree / "pyproject.toml"), "--no-cache"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def copy_tree(dest: Path) -> Path:
@@ -39,8 +44,10 @@ def test_the_tree_keeps_its_layers() -> None:
 def test_a_lower_package_importing_a_higher_one_breaks_the_contract(tmp_path: Path) -> None:
     tree = copy_tree(tmp_path)
     engine = tree / "router" / "engine.py"
-    engine.write_text(engine.read_text() + "\n\ndef _breach() -> None:\n"
-                      "    from search import coordinator  # noqa: F401\n")
+    engine.write_text(
+        engine.read_text() + "\n\ndef _breach() -> None:\n"
+        "    from search import coordinator  # noqa: F401\n"
+    )
     result = lint_imports(tree)
     assert result.returncode != 0
     assert "router.engine -> search.coordinator" in result.stdout, result.stdout

@@ -27,8 +27,21 @@ def tiny_pipeline(tmp_path_factory):
     db_url = f"sqlite:///{root / 'ftprune.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        result = runner.invoke(app, ["pipeline", "--config", str(TINY), "--rounds", "2",
-                                     "--run-name", "tiny", "--db", db_url, "--quiet"])
+        result = runner.invoke(
+            app,
+            [
+                "pipeline",
+                "--config",
+                str(TINY),
+                "--rounds",
+                "2",
+                "--run-name",
+                "tiny",
+                "--db",
+                db_url,
+                "--quiet",
+            ],
+        )
     assert result.exit_code == 0, result.output
     return db_url, result.output, root
 
@@ -59,8 +72,7 @@ def test_pipeline_records_each_step_and_round(tiny_pipeline):
         assert router.config["worker"].endswith(f":{os.getpid()}")
         assert {r.router for r in store.evaluations(child.id)} == {"dynamic"}
     labels = [h.label for h in store.heldout(main.id)]
-    assert labels == ["best", "uniform", "dynamic-1", "finetuned-1", "dynamic-2",
-                      "finetuned-2"]
+    assert labels == ["best", "uniform", "dynamic-1", "finetuned-1", "dynamic-2", "finetuned-2"]
     # Step 3 starts from step 1's parents: they are re-scored with the trained router first.
     parents = EvolutionarySearch.from_state(store.search_state(main.id)).parents
     generation0 = [r.schedule for r in store.evaluations(first.id) if r.generation == 0]
@@ -76,9 +88,24 @@ def test_router_train_and_export_round_trip(tiny_pipeline, tmp_path):
     schedule = ",".join(["0.5"] * 4)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        result = runner.invoke(app, ["router", "train", "--run", "tiny", "--schedule", schedule,
-                                     "--label", "manual", "--steps", "2", "--db", db_url,
-                                     "--quiet"])
+        result = runner.invoke(
+            app,
+            [
+                "router",
+                "train",
+                "--run",
+                "tiny",
+                "--schedule",
+                schedule,
+                "--label",
+                "manual",
+                "--steps",
+                "2",
+                "--db",
+                db_url,
+                "--quiet",
+            ],
+        )
     assert result.exit_code == 0, result.output
     manual = store.routers(store.find_run("tiny").id)[-1]
     assert manual.label == "manual" and manual.schedule == [0.5] * 4
@@ -105,21 +132,26 @@ def test_export_refuses_a_changed_checkpoint(tiny_pipeline, tmp_path):
     original = weights.read_bytes()
     try:
         weights.write_bytes(original[:-4] + b"\0\0\0\0")
-        result = runner.invoke(app, ["export", "--run", "tiny", "--out",
-                                     str(tmp_path / "out"), "--db", db_url])
+        result = runner.invoke(
+            app, ["export", "--run", "tiny", "--out", str(tmp_path / "out"), "--db", db_url]
+        )
     finally:
         weights.write_bytes(original)
     assert result.exit_code == 2 and "changed since it was recorded" in result.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--rounds", "0"], "--rounds"),
-    (["--pool", "nowhere"], "pool"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rounds", "0"], "--rounds"),
+        (["--pool", "nowhere"], "pool"),
+    ],
+)
 def test_pipeline_bad_input_is_one_line_and_touches_no_database(tmp_path, args, message):
     db = tmp_path / "never.db"
-    result = runner.invoke(app, ["pipeline", "--config", str(TINY), "--db", f"sqlite:///{db}",
-                                 *args])
+    result = runner.invoke(
+        app, ["pipeline", "--config", str(TINY), "--db", f"sqlite:///{db}", *args]
+    )
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
@@ -135,23 +167,28 @@ def test_pipeline_refuses_a_config_that_is_not_a_step_1(tmp_path):
     assert not db.exists()
 
 
-@pytest.mark.parametrize("router,message", [
-    ("dynamic:/no/such/dir", "not a router checkpoint"),
-    ("learned", "unknown router"),
-])
+@pytest.mark.parametrize(
+    "router,message",
+    [
+        ("dynamic:/no/such/dir", "not a router checkpoint"),
+        ("learned", "unknown router"),
+    ],
+)
 def test_bad_router_spec_is_refused_before_the_search(tmp_path, router, message):
     config = tmp_path / "bad.yaml"
     config.write_text(TINY.read_text() + f"router: {router}\n")
     db = tmp_path / "never.db"
-    result = runner.invoke(app, ["search", "launch", "--config", str(config), "--db",
-                                 f"sqlite:///{db}"])
+    result = runner.invoke(
+        app, ["search", "launch", "--config", str(config), "--db", f"sqlite:///{db}"]
+    )
     assert result.exit_code == 2 and message in result.output
     assert not db.exists()
 
 
 def test_seeded_search_starts_from_the_given_parents():
-    params = GAParams(num_blocks=6, target=0.3, s_max=0.8, level_step=0.05, offspring=5,
-                      parents=2, seed=1)
+    params = GAParams(
+        num_blocks=6, target=0.3, s_max=0.8, level_step=0.05, offspring=5, parents=2, seed=1
+    )
     parents = [[0.3] * 6, [0.2, 0.4, 0.3, 0.3, 0.2, 0.4]]
     search = EvolutionarySearch(params, seed_parents=parents)
     candidates = search.ask()
@@ -166,32 +203,59 @@ def test_seeded_search_starts_from_the_given_parents():
 
 def test_bench_quality_rows_cover_every_allocation_seed_and_length(tmp_path):
     out = tmp_path / "quality.json"
-    result = runner.invoke(app, ["bench", "quality", "--config", str(TINY), "--seeds", "2",
-                                 "--seq-len", "48", "--seq-len", "64", "--json", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "quality",
+            "--config",
+            str(TINY),
+            "--seeds",
+            "2",
+            "--seq-len",
+            "48",
+            "--seq-len",
+            "64",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
-    expected = {("uniform", "static"), ("block_influence", "static"), ("searched", "static"),
-                ("searched", "dynamic"), ("finetuned", "dynamic")}
+    expected = {
+        ("uniform", "static"),
+        ("block_influence", "static"),
+        ("searched", "static"),
+        ("searched", "dynamic"),
+        ("finetuned", "dynamic"),
+    }
     assert {(r["allocation"], r["router"]) for r in rows} == expected
     assert len(rows) == len(expected) * 2 * 2
     assert {(r["seed"], r["seq_len"]) for r in rows} == {(0, 48), (0, 64), (1, 48), (1, 64)}
     for row in rows:
         assert abs(row["realized_sparsity"] - 0.3) <= 1 / row["seq_len"]
         assert row["heldout_kl"] >= 0 and 0 <= row["heldout_top1"] <= 1
-    uniform = [r["heldout_kl"] for r in rows if r["allocation"] == "uniform"
-               and r["seq_len"] == 64]
+    uniform = [r["heldout_kl"] for r in rows if r["allocation"] == "uniform" and r["seq_len"] == 64]
     assert uniform[0] == uniform[1]  # no seed in it: same schedule, same router, same data
     assert "finetuned" in result.output and "±" in result.output
 
 
 def test_bench_ablation_trains_every_variant(tmp_path):
     out = tmp_path / "ablation.json"
-    result = runner.invoke(app, ["bench", "ablation", "--config", str(TINY), "--seeds", "1",
-                                 "--json", str(out)])
+    result = runner.invoke(
+        app, ["bench", "ablation", "--config", str(TINY), "--seeds", "1", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     routers = [r["router"] for r in json.loads(out.read_text())]
-    assert routers == ["static", "dynamic", "dynamic-no-position", "dynamic-no-attention",
-                       "dynamic-no-rank", "dynamic-no-sparsity", "hidden_state"]
+    assert routers == [
+        "static",
+        "dynamic",
+        "dynamic-no-position",
+        "dynamic-no-attention",
+        "dynamic-no-rank",
+        "dynamic-no-sparsity",
+        "hidden_state",
+    ]
 
 
 def test_labels_round_trip_and_refuse_what_they_are_not():
@@ -215,6 +279,8 @@ def test_labels_round_trip_and_refuse_what_they_are_not():
 
 def test_router_train_refuses_a_label_that_reads_as_a_heldout_row(tiny_pipeline):
     db_url, _, _ = tiny_pipeline
-    result = runner.invoke(app, ["router", "train", "--run", "tiny", "--label", "finetuned-1",
-                                 "--db", db_url, "--quiet"])
+    result = runner.invoke(
+        app,
+        ["router", "train", "--run", "tiny", "--label", "finetuned-1", "--db", db_url, "--quiet"],
+    )
     assert result.exit_code == 2 and "--label" in result.output

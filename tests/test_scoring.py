@@ -11,9 +11,15 @@ from workers.data import build_sequences
 from workers.pool import LocalPool, ScoreRequest
 from workers.scoring import merge_stats
 
-TINY = ScorerSettings(model="random:llama-tiny", calibration_lens=(48, 64),
-                      calibration_per_length=2, heldout_lens=(64,), heldout_per_length=2,
-                      window=8, batch_size=2)
+TINY = ScorerSettings(
+    model="random:llama-tiny",
+    calibration_lens=(48, 64),
+    calibration_per_length=2,
+    heldout_lens=(64,),
+    heldout_per_length=2,
+    window=8,
+    batch_size=2,
+)
 
 
 @pytest.fixture
@@ -56,18 +62,21 @@ def test_top_k_teacher_ranks_schedules_like_full_kl(tiny_llama, sequences):
     full = WindowComparator(tiny_llama[0], sequences, window=8)
     top = WindowComparator(tiny_llama[0], sequences, window=8, teacher_top_k=64)
     schedules = [[s] * 4 for s in (0.05, 0.2, 0.35, 0.5, 0.65)]
-    full_kl = [merge_stats(list(full.compare(s, StaticRouter()).values())).metrics().kl
-               for s in schedules]
-    top_kl = [merge_stats(list(top.compare(s, StaticRouter()).values())).metrics().kl
-              for s in schedules]
+    full_kl = [
+        merge_stats(list(full.compare(s, StaticRouter()).values())).metrics().kl for s in schedules
+    ]
+    top_kl = [
+        merge_stats(list(top.compare(s, StaticRouter()).values())).metrics().kl for s in schedules
+    ]
     assert sorted(range(5), key=full_kl.__getitem__) == sorted(range(5), key=top_kl.__getitem__)
     # coarsening to the top K lowers KL
     assert all(0.0 <= t <= f + 1e-6 for t, f in zip(top_kl, full_kl, strict=True))
 
 
 def test_window_longer_than_sequences_is_rejected(tiny_llama):
-    sequences = build_sequences(DataSpec("builtin:pydoc", "calibration", (16,), 2),
-                                byte_tokenizer())
+    sequences = build_sequences(
+        DataSpec("builtin:pydoc", "calibration", (16,), 2), byte_tokenizer()
+    )
     with pytest.raises(ValueError, match="window"):
         WindowComparator(tiny_llama[0], sequences, window=17)
 
@@ -94,8 +103,7 @@ def test_block_influence_is_positive_per_block():
 def test_window_stats_round_trip_through_json_by_field():
     from workers.scoring import WindowStats
 
-    stats = WindowStats(kl_sum=0.5, agree=7, nll_sum=9.25, positions=8, kept=10, seen=12,
-                        tokens=64)
+    stats = WindowStats(kl_sum=0.5, agree=7, nll_sum=9.25, positions=8, kept=10, seen=12, tokens=64)
     assert stats.to_json() == [0.5, 7, 9.25, 8, 10, 12, 64]
     assert WindowStats.from_json(stats.to_json()) == stats
     with pytest.raises(ValueError, match="7 values"):

@@ -24,8 +24,9 @@ TINY = ROOT / "configs/tiny.yaml"
 
 
 def _rows(store: Store, run_id: int) -> list[tuple]:
-    return sorted((r.generation, r.stage, tuple(r.schedule), r.fitness)
-                  for r in store.evaluations(run_id))
+    return sorted(
+        (r.generation, r.stage, tuple(r.schedule), r.fitness) for r in store.evaluations(run_id)
+    )
 
 
 def test_stages_record_fidelity_and_cache_never_changes_a_result(db_url):
@@ -55,20 +56,32 @@ def test_parents_skip_the_screen_so_the_best_never_gets_worse(db_url):
     """A one-sequence screen keeping two of ten candidates would drop a parent whenever two
     offspring happen to beat it there; parents compete only on the final stage's data
     (every sequence), so no generation's best is worse than the previous one's."""
-    config = build_config(TINY, generations=6, offspring=10, run_name="elitism",
-                          stages=[{"sequences": 1, "keep": 2}, {"sequences": 6, "keep": 2}])
+    config = build_config(
+        TINY,
+        generations=6,
+        offspring=10,
+        run_name="elitism",
+        stages=[{"sequences": 1, "keep": 2}, {"sequences": 6, "keep": 2}],
+    )
     store = Store(db_url)
     run = store.create_run("elitism", config.model_dump(), config.seed)
     settings = scorer_settings(config)
     bests: list[list[float]] = []
     with LocalPool(settings) as pool:
-        run_search(config, store, pool, run.id, show_progress=False,
-                   after_generation=lambda generation, best, tokens: bests.append(best))
+        run_search(
+            config,
+            store,
+            pool,
+            run.id,
+            show_progress=False,
+            after_generation=lambda generation, best, tokens: bests.append(best),
+        )
     scorer = Scorer(settings)
     fitness = [scorer.score(best, sequences=list(range(6))).fitness for best in bests]
     assert len(fitness) == config.generations
-    assert all(later <= earlier + 1e-9
-               for earlier, later in zip(fitness, fitness[1:], strict=False))
+    assert all(
+        later <= earlier + 1e-9 for earlier, later in zip(fitness, fitness[1:], strict=False)
+    )
 
 
 @pytest.mark.ray
@@ -85,6 +98,7 @@ def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
                     os.kill(self.victim, signal.SIGKILL)
                 if on_result:
                     on_result(result)
+
             return super().evaluate(requests, kill_once)
 
     pool = KillingPool(scorer_settings(config), workers=2)
@@ -107,10 +121,25 @@ def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
 
 def test_coordinator_killed_mid_run_resumes_to_the_identical_result(tmp_path):
     killed_db = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [sys.executable, "-m", "ftprune.cli", "search", "launch", "--config", str(TINY),
-               "--generations", "6", "--run-name", "crash", "--db", killed_db, "--quiet"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "ftprune.cli",
+        "search",
+        "launch",
+        "--config",
+        str(TINY),
+        "--generations",
+        "6",
+        "--run-name",
+        "crash",
+        "--db",
+        killed_db,
+        "--quiet",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     store = None
     while time.monotonic() < deadline:
@@ -126,9 +155,22 @@ def test_coordinator_killed_mid_run_resumes_to_the_identical_result(tmp_path):
     process.wait()
     status = store.run_status("crash")
     assert status["status"] == "running" and 2 <= status["generations"] < 6
-    resumed = subprocess.run([sys.executable, "-m", "ftprune.cli", "search", "resume", "crash",
-                              "--db", killed_db, "--quiet"], cwd=ROOT, capture_output=True,
-                             text=True)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftprune.cli",
+            "search",
+            "resume",
+            "crash",
+            "--db",
+            killed_db,
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
 
     config = build_config(TINY, generations=6, run_name="reference")

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.ray
 def test_search_on_local_ray_stores_every_evaluation(db_url, tmp_path):
     from pathlib import Path
 
-    config = build_config(Path(__file__).resolve().parents[1] / "configs/tiny.yaml",
-                          pool="ray", workers=2, run_name="ray-e2e", generations=3)
+    config = build_config(
+        Path(__file__).resolve().parents[1] / "configs/tiny.yaml",
+        pool="ray",
+        workers=2,
+        run_name="ray-e2e",
+        generations=3,
+    )
     store = Store(db_url)
     outcome = launch(config, store, show_progress=False)
     rows = store.evaluations(outcome.run_id)

@@ -10,23 +10,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _HOMES = {
-    "BUILTIN_PYDOC": "data", "DataSpec": "data", "DataSpecError": "data",
-    "build_sequences": "data", "check_source": "data",
-    "DeviceError": "devices", "check_device_spec": "devices", "resolve_device": "devices",
-    "EvaluationPool": "pool", "LocalPool": "pool", "RayPool": "pool", "make_pool": "pool",
-    "Evaluation": "scoring", "Scorer": "scoring", "ScorerSettings": "scoring",
-    "WindowComparator": "scoring", "WindowMetrics": "scoring",
-    "TrainRequest": "training", "TrainedRouterState": "training",
+    "BUILTIN_PYDOC": "data",
+    "DataSpec": "data",
+    "DataSpecError": "data",
+    "build_sequences": "data",
+    "check_source": "data",
+    "DeviceError": "devices",
+    "check_device_spec": "devices",
+    "resolve_device": "devices",
+    "EvaluationPool": "pool",
+    "LocalPool": "pool",
+    "RayPool": "pool",
+    "make_pool": "pool",
+    "Evaluation": "scoring",
+    "Scorer": "scoring",
+    "ScorerSettings": "scoring",
+    "WindowComparator": "scoring",
+    "WindowMetrics": "scoring",
+    "TrainRequest": "training",
+    "TrainedRouterState": "training",
 }
 __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:
-    from workers.data import (BUILTIN_PYDOC, DataSpec, DataSpecError, build_sequences,
-                              check_source)
+    from workers.data import BUILTIN_PYDOC, DataSpec, DataSpecError, build_sequences, check_source
     from workers.devices import DeviceError, check_device_spec, resolve_device
     from workers.pool import EvaluationPool, LocalPool, RayPool, make_pool
-    from workers.scoring import (Evaluation, Scorer, ScorerSettings, WindowComparator,
-                                 WindowMetrics)
+    from workers.scoring import Evaluation, Scorer, ScorerSettings, WindowComparator, WindowMetrics
     from workers.training import TrainedRouterState, TrainRequest
 
 

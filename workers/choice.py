@@ -85,8 +85,10 @@ class SparsityMeter:
     def add(self, state: ForwardState) -> None:
         """Count one finished prefill forward."""
         blocks = len(state.schedule)
-        dense = blocks * (state.flops.token * int(total(state.real, state.batch))
-                          + state.flops.pair * int(causal_pairs(state.real, state.batch)))
+        dense = blocks * (
+            state.flops.token * int(total(state.real, state.batch))
+            + state.flops.pair * int(causal_pairs(state.real, state.batch))
+        )
         self.kept += sum(state.kept)
         self.seen += sum(state.seen)
         self.dense_flops += dense
@@ -138,7 +140,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         context = context[:-spaces]
     whole = encode(tokenizer, context + continuation)
     ctx = encode(tokenizer, context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def max_length(model: Any) -> int:
@@ -167,9 +169,11 @@ def rows_of(tokenizer: Any, examples: Sequence[ChoiceExample], limit: int) -> li
         for c, choice in enumerate(example.choices):
             ctx, cont = encode_pair(tokenizer, example.context, choice)
             if not cont or len(cont) > limit:
-                raise ValueError(f"example {e}: choice {choice!r} has {len(cont)} tokens; "
-                                 f"a choice needs 1 to {limit}")
-            inputs = tuple((ctx + cont)[-(limit + 1):][:-1])
+                raise ValueError(
+                    f"example {e}: choice {choice!r} has {len(cont)} tokens; "
+                    f"a choice needs 1 to {limit}"
+                )
+            inputs = tuple((ctx + cont)[-(limit + 1) :][:-1])
             rows.setdefault(inputs, []).append((c, tuple(cont)))
         out.append([_Row(e, inputs, tuple(targets)) for inputs, targets in rows.items()])
     return out
@@ -213,9 +217,11 @@ def _loglik(model: Any, batch: list[_Row], pad_id: int) -> list[list[float]]:
     # A dense causal model needs no mask for right padding (real positions never see it)
     # and runs faster without one; a routed model needs it to budget each row by its length.
     routed = routing_of(model) is not None
-    hidden = model.model(input_ids=ids.to(device),
-                         attention_mask=mask.to(device) if routed else None,
-                         use_cache=False).last_hidden_state
+    hidden = model.model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device) if routed else None,
+        use_cache=False,
+    ).last_hidden_state
     picked = hidden.gather(1, where.to(device)[..., None].expand(-1, -1, hidden.shape[-1]))
     logits = model.lm_head(picked)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -227,13 +233,18 @@ def _loglik(model: Any, batch: list[_Row], pad_id: int) -> list[list[float]]:
         for _, targets in r.targets:
             k = len(targets)
             index = torch.tensor(targets, device=device)[:, None]
-            values.append(float(log_probs[row, k_row - k:k_row].gather(-1, index).sum()))
+            values.append(float(log_probs[row, k_row - k : k_row].gather(-1, index).sum()))
         out.append(values)
     return out
 
 
-def score_choices(model: Any, tokenizer: Any, examples: Sequence[ChoiceExample],
-                  batch_size: int = 8, progress: bool = True) -> ChoiceRun:
+def score_choices(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[ChoiceExample],
+    batch_size: int = 8,
+    progress: bool = True,
+) -> ChoiceRun:
     """Score every choice of every example with ``model`` (routed or dense; see the module
     docstring). Raises ValueError for ``batch_size < 1`` or a choice that encodes to no
     tokens."""
@@ -246,8 +257,12 @@ def score_choices(model: Any, tokenizer: Any, examples: Sequence[ChoiceExample],
     meter = SparsityMeter()
     batches = _batches(groups, batch_size)
     tokens = 0
-    with meter.measure(model), tqdm(total=len(groups), desc="examples", unit="ex",
-                                    disable=not progress, leave=False) as bar:
+    with (
+        meter.measure(model),
+        tqdm(
+            total=len(groups), desc="examples", unit="ex", disable=not progress, leave=False
+        ) as bar,
+    ):
         for batch in batches:
             for row, values in zip(batch, _loglik(model, batch, pad_id), strict=True):
                 for (choice, _), value in zip(row.targets, values, strict=True):
@@ -259,9 +274,15 @@ def score_choices(model: Any, tokenizer: Any, examples: Sequence[ChoiceExample],
         acc.append(float(_argmax(lls) in example.correct))
         normed = [ll / len(choice) for ll, choice in zip(lls, example.choices, strict=True)]
         acc_norm.append(float(_argmax(normed) in example.correct))
-    return ChoiceRun(loglik=[tuple(s) for s in scores], acc=acc, acc_norm=acc_norm,
-                     realized_sparsity=meter.realized_sparsity, flop_saving=meter.flop_saving,
-                     tokens=tokens, seconds=time.perf_counter() - start)
+    return ChoiceRun(
+        loglik=[tuple(s) for s in scores],
+        acc=acc,
+        acc_norm=acc_norm,
+        realized_sparsity=meter.realized_sparsity,
+        flop_saving=meter.flop_saving,
+        tokens=tokens,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _argmax(values: Sequence[float]) -> int:

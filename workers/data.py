@@ -64,8 +64,10 @@ def check_source(source: str) -> None:
         return
     path = Path(source)
     if path.suffix not in (".txt", ".jsonl"):
-        raise DataSpecError(f"calibration source {source!r}: use 'builtin:pydoc', a .txt "
-                            "file or a .jsonl file with a 'text' field")
+        raise DataSpecError(
+            f"calibration source {source!r}: use 'builtin:pydoc', a .txt "
+            "file or a .jsonl file with a 'text' field"
+        )
     if not path.is_file():
         raise DataSpecError(f"calibration file not found: {source}")
 
@@ -75,6 +77,7 @@ def documents(source: str) -> list[str]:
     check_source(source)
     if source == BUILTIN_PYDOC:
         from pydoc_data.topics import topics
+
         return [topics[name] for name in sorted(topics)]
     path = Path(source)
     if path.suffix == ".jsonl":
@@ -85,8 +88,9 @@ def documents(source: str) -> list[str]:
             try:
                 docs.append(str(json.loads(line)["text"]))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataSpecError(f"{source}:{line_no}: expected a JSON object with a "
-                                    "'text' field") from None
+                raise DataSpecError(
+                    f"{source}:{line_no}: expected a JSON object with a 'text' field"
+                ) from None
         return docs
     return [doc for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
 
@@ -118,20 +122,23 @@ def build_sequences(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
     Raises :class:`DataSpecError` when the split holds too few tokens.
     """
     text = split_text(spec.source, spec.split)
-    tokens = tokenizer(text, add_special_tokens=False, return_attention_mask=False,
-                       verbose=False)["input_ids"]
+    tokens = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+        "input_ids"
+    ]
     lengths = sorted(L for L in spec.seq_lens for _ in range(spec.per_length))
     slot = max(spec.seq_lens) + 1
     slots = len(tokens) // slot
     if slots < len(lengths):
         raise DataSpecError(
             f"{spec.source} ({spec.split}) has {len(tokens)} tokens: too few for "
-            f"{len(lengths)} sequences of up to {slot - 1} tokens")
+            f"{len(lengths)} sequences of up to {slot - 1} tokens"
+        )
     # Evenly spaced, non-overlapping slots; interleave lengths across the source.
     order = sorted(range(len(lengths)), key=lambda i: (i % spec.per_length, i))
     sequences: list[torch.Tensor | None] = [None] * len(lengths)
     for position, index in enumerate(order):
         start = round(position * slots / len(lengths)) * slot
-        sequences[index] = torch.tensor(tokens[start:start + lengths[index] + 1],
-                                        dtype=torch.long)
+        sequences[index] = torch.tensor(
+            tokens[start : start + lengths[index] + 1], dtype=torch.long
+        )
     return sequences  # type: ignore[return-value]

@@ -35,8 +35,9 @@ def _index(spec: str) -> int:
     return int(spec.partition(":")[2] or 0)
 
 
-def check_device_available(spec: str, gpus_per_worker: float | None = None,
-                           remote: bool = False) -> None:
+def check_device_available(
+    spec: str, gpus_per_worker: float | None = None, remote: bool = False
+) -> None:
     """Raise :class:`DeviceError` unless the workers can put a model on ``spec``.
 
     ``gpus_per_worker=None``: the worker is this process, which must see the CUDA device.
@@ -47,9 +48,11 @@ def check_device_available(spec: str, gpus_per_worker: float | None = None,
     check_device_spec(spec)
     cuda = spec.startswith("cuda")
     if gpus_per_worker is not None and cuda and _index(spec) >= math.ceil(gpus_per_worker):
-        raise DeviceError(f"device {spec}: each Ray worker sees only the GPUs it reserves, "
-                          f"and gpus_per_worker is {gpus_per_worker:g} (raise it; fractions "
-                          "share a GPU)")
+        raise DeviceError(
+            f"device {spec}: each Ray worker sees only the GPUs it reserves, "
+            f"and gpus_per_worker is {gpus_per_worker:g} (raise it; fractions "
+            "share a GPU)"
+        )
     wants_gpu = cuda if gpus_per_worker is None else gpus_per_worker > 0
     if not wants_gpu or remote:
         return

@@ -48,5 +48,5 @@ def tune_heap() -> str:
 
 
 def heap_mode() -> str:
-    """"tuned" once :func:`tune_heap` has applied its settings here, else "default"."""
+    """ "tuned" once :func:`tune_heap` has applied its settings here, else "default"."""
     return _mode

@@ -43,8 +43,7 @@ def _yaml_tasks(path: Path) -> list[str]:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise TaskError(f"{path}: not a valid task YAML ({str(error).splitlines()[0]})"
-                        ) from None
+        raise TaskError(f"{path}: not a valid task YAML ({str(error).splitlines()[0]})") from None
     task = data.get("task") if isinstance(data, dict) else None
     return [task] if isinstance(task, str) else []
 
@@ -93,12 +92,15 @@ def check_lm_tasks(specs: Sequence[str]) -> None:
     known = set(manager.all_tasks)
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise TaskError(f"unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`, or give "
-                        "a local task YAML / include directory)")
+        raise TaskError(
+            f"unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`, or give "
+            "a local task YAML / include directory)"
+        )
 
 
-def lmeval_scores(model: Any, tokenizer: Any, specs: Sequence[str], limit: int | None,
-                  batch_size: int) -> list[TaskScores]:
+def lmeval_scores(
+    model: Any, tokenizer: Any, specs: Sequence[str], limit: int | None, batch_size: int
+) -> list[TaskScores]:
     """Per-example ``acc`` / ``acc_norm`` of every leaf task of ``specs`` (examples in
     lm-eval's document order, the first ``limit`` of each task)."""
     from lm_eval import simple_evaluate
@@ -109,19 +111,27 @@ def lmeval_scores(model: Any, tokenizer: Any, specs: Sequence[str], limit: int |
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1 if routed else batch_size)
     meter = SparsityMeter()
     with meter.measure(model):
-        results = simple_evaluate(model=lm, tasks=list(names),
-                                  task_manager=_task_manager(paths, builtin), limit=limit,
-                                  log_samples=True, verbosity="ERROR", bootstrap_iters=0)
+        results = simple_evaluate(
+            model=lm,
+            tasks=list(names),
+            task_manager=_task_manager(paths, builtin),
+            limit=limit,
+            log_samples=True,
+            verbosity="ERROR",
+            bootstrap_iters=0,
+        )
     if results is None:
         raise RuntimeError("lm-eval returned no results")
     scores = []
     for task, samples in sorted(results["samples"].items()):
         ordered = sorted(samples, key=lambda sample: sample["doc_id"])
-        metrics = {metric: [float(s[metric]) for s in ordered]
-                   for metric in METRICS if ordered and metric in ordered[0]}
+        metrics = {
+            metric: [float(s[metric]) for s in ordered]
+            for metric in METRICS
+            if ordered and metric in ordered[0]
+        }
         if not metrics:
             raise TaskError(f"lm-eval task {task!r} reports neither acc nor acc_norm")
         loglik = [tuple(float(resp[0]) for resp in s["filtered_resps"]) for s in ordered]
-        scores.append(TaskScores(task, metrics, meter.realized_sparsity, meter.flop_saving,
-                                 loglik))
+        scores.append(TaskScores(task, metrics, meter.realized_sparsity, meter.flop_saving, loglik))
     return scores

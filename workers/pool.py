@@ -41,9 +41,13 @@ class ScorerLike(Protocol):
 
     def model_device(self) -> str: ...
 
-    def score(self, schedule: Sequence[float], split: Split = "calibration",
-              router: str = "static", sequences: Sequence[int] | None = None
-              ) -> Evaluation: ...
+    def score(
+        self,
+        schedule: Sequence[float],
+        split: Split = "calibration",
+        router: str = "static",
+        sequences: Sequence[int] | None = None,
+    ) -> Evaluation: ...
 
     def block_influence(self) -> list[float]: ...
 
@@ -73,8 +77,9 @@ class EvaluationPool(abc.ABC):
     num_sequences: dict[str, int]
 
     @abc.abstractmethod
-    def evaluate(self, requests: Sequence[ScoreRequest],
-                 on_result: OnResult | None = None) -> list[Evaluation]:
+    def evaluate(
+        self, requests: Sequence[ScoreRequest], on_result: OnResult | None = None
+    ) -> list[Evaluation]:
         """Score every request; ``on_result`` is called as each result arrives."""
 
     @abc.abstractmethod
@@ -119,12 +124,16 @@ class LocalPool(EvaluationPool):
         self.scorer = scorer_factory(settings, None)
         self.num_blocks, self.num_sequences = _describe(self.scorer)
 
-    def evaluate(self, requests: Sequence[ScoreRequest],
-                 on_result: OnResult | None = None) -> list[Evaluation]:
+    def evaluate(
+        self, requests: Sequence[ScoreRequest], on_result: OnResult | None = None
+    ) -> list[Evaluation]:
         results = []
         for request in requests:
-            results.append(self.scorer.score(request.schedule, request.split, request.router,
-                                             request.sequences))
+            results.append(
+                self.scorer.score(
+                    request.schedule, request.split, request.router, request.sequences
+                )
+            )
             if on_result:
                 on_result(results[-1])
         return results
@@ -151,10 +160,17 @@ class RayPool(EvaluationPool):
     replaced and the request runs again, at most ``max_retries`` times.
     """
 
-    def __init__(self, settings: ScorerSettings, workers: int, address: str | None = None,
-                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                 task_timeout_s: float | None = None, max_retries: int = 3,
-                 scorer_factory: ScorerFactory = Scorer) -> None:
+    def __init__(
+        self,
+        settings: ScorerSettings,
+        workers: int,
+        address: str | None = None,
+        cpus_per_worker: float = 1.0,
+        gpus_per_worker: float = 0.0,
+        task_timeout_s: float | None = None,
+        max_retries: int = 3,
+        scorer_factory: ScorerFactory = Scorer,
+    ) -> None:
         import ray
 
         self._owns_ray = not ray.is_initialized()
@@ -165,7 +181,8 @@ class RayPool(EvaluationPool):
                 ray.init(include_dashboard=False, log_to_driver=False)
         threads = settings.threads or max(1, int(cpus_per_worker))
         self._actor_class = ray.remote(_ScorerActor).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0
+        )
         self._settings = replace(settings, threads=threads)
         self._scorer_factory = scorer_factory
         self.sequences_ref = ray.put(build_splits(settings, load_tokenizer(settings.model)))
@@ -176,8 +193,9 @@ class RayPool(EvaluationPool):
         described = ray.get([a.describe.remote() for a in self._actors])
         self.num_blocks, self.num_sequences = described[0]
 
-    def evaluate(self, requests: Sequence[ScoreRequest],
-                 on_result: OnResult | None = None) -> list[Evaluation]:
+    def evaluate(
+        self, requests: Sequence[ScoreRequest], on_result: OnResult | None = None
+    ) -> list[Evaluation]:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError
 
@@ -208,13 +226,18 @@ class RayPool(EvaluationPool):
                     if now - started > self.task_timeout_s:
                         del pending[ref]
                         ray.kill(actor)
-                        self._retry(index, actor, attempts, queue, idle,
-                                    TimeoutError(f"no result in {self.task_timeout_s} s"))
+                        self._retry(
+                            index,
+                            actor,
+                            attempts,
+                            queue,
+                            idle,
+                            TimeoutError(f"no result in {self.task_timeout_s} s"),
+                        )
         return results  # type: ignore[return-value]
 
     def _new_actor(self) -> Any:
-        return self._actor_class.remote(self._settings, self._scorer_factory,
-                                        self.sequences_ref)
+        return self._actor_class.remote(self._settings, self._scorer_factory, self.sequences_ref)
 
     def _replace(self, dead: Any) -> Any:
         fresh = self._new_actor()
@@ -222,8 +245,15 @@ class RayPool(EvaluationPool):
         self.replaced += 1
         return fresh
 
-    def _retry(self, index: int, dead: Any, attempts: list[int], queue: list[int],
-               idle: list[Any], cause: Exception) -> None:
+    def _retry(
+        self,
+        index: int,
+        dead: Any,
+        attempts: list[int],
+        queue: list[int],
+        idle: list[Any],
+        cause: Exception,
+    ) -> None:
         attempts[index] += 1
         if attempts[index] > self.max_retries:
             raise WorkerFailure(f"request {index} failed {attempts[index]} times: {cause}")
@@ -247,8 +277,7 @@ class RayPool(EvaluationPool):
             except (RayActorError, WorkerCrashedError) as exc:
                 failures += 1
                 if failures > self.max_retries:
-                    raise WorkerFailure(f"router training failed {failures} times: {exc}"
-                                        ) from None
+                    raise WorkerFailure(f"router training failed {failures} times: {exc}") from None
                 log.warning("worker lost (%s); replacing it and training again", exc)
                 actor = self._replace(actor)
 
@@ -283,8 +312,9 @@ class _ScorerActor:
     """The Ray actor body: a scorer built once in the actor process, on the sequences the
     pool put into the object store."""
 
-    def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory,
-                 sequences: SplitSequences) -> None:
+    def __init__(
+        self, settings: ScorerSettings, scorer_factory: ScorerFactory, sequences: SplitSequences
+    ) -> None:
         tune_heap()
         self.scorer = scorer_factory(settings, sequences)
 
@@ -293,14 +323,14 @@ class _ScorerActor:
 
     def pid(self) -> int:
         import os
+
         return os.getpid()
 
     def heap_mode(self) -> str:
         return heap_mode()
 
     def score(self, request: ScoreRequest) -> Evaluation:
-        return self.scorer.score(request.schedule, request.split, request.router,
-                                 request.sequences)
+        return self.scorer.score(request.schedule, request.split, request.router, request.sequences)
 
     def block_influence(self) -> list[float]:
         return self.scorer.block_influence()
@@ -312,14 +342,29 @@ class _ScorerActor:
         return self.scorer.model_device()
 
 
-def make_pool(settings: ScorerSettings, kind: str, workers: int = 1,
-              address: str | None = None, cpus_per_worker: float = 1.0,
-              gpus_per_worker: float = 0.0, task_timeout_s: float | None = None,
-              max_retries: int = 3, scorer_factory: ScorerFactory = Scorer) -> EvaluationPool:
+def make_pool(
+    settings: ScorerSettings,
+    kind: str,
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    task_timeout_s: float | None = None,
+    max_retries: int = 3,
+    scorer_factory: ScorerFactory = Scorer,
+) -> EvaluationPool:
     """The pool a run config asks for: ``local`` or ``ray``."""
     if kind == "local":
         return LocalPool(settings, scorer_factory)
     if kind == "ray":
-        return RayPool(settings, workers, address, cpus_per_worker, gpus_per_worker,
-                       task_timeout_s, max_retries, scorer_factory)
+        return RayPool(
+            settings,
+            workers,
+            address,
+            cpus_per_worker,
+            gpus_per_worker,
+            task_timeout_s,
+            max_retries,
+            scorer_factory,
+        )
     raise ValueError(f"unknown pool {kind!r}; choose 'local' or 'ray'")

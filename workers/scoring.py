@@ -65,8 +65,7 @@ class ScorerSettings:
     def data_spec(self, split: Split) -> DataSpec:
         """Which sequences make up ``split``."""
         if split == "calibration":
-            return DataSpec(self.source, split, self.calibration_lens,
-                            self.calibration_per_length)
+            return DataSpec(self.source, split, self.calibration_lens, self.calibration_per_length)
         return DataSpec(self.source, split, self.heldout_lens, self.heldout_per_length)
 
 
@@ -112,15 +111,19 @@ class WindowStats:
     def from_json(cls, values: Sequence[Any]) -> "WindowStats":
         names = [f.name for f in fields(cls)]
         if len(values) != len(names):
-            raise ValueError(f"window stats need {len(names)} values ({', '.join(names)}), "
-                             f"got {len(values)}")
+            raise ValueError(
+                f"window stats need {len(names)} values ({', '.join(names)}), got {len(values)}"
+            )
         return cls(**dict(zip(names, values, strict=True)))
 
     def metrics(self) -> WindowMetrics:
-        return WindowMetrics(kl=self.kl_sum / self.positions, top1=self.agree / self.positions,
-                             ppl=math.exp(self.nll_sum / self.positions),
-                             realized_sparsity=1.0 - self.kept / self.seen if self.seen else 0.0,
-                             positions=self.positions)
+        return WindowMetrics(
+            kl=self.kl_sum / self.positions,
+            top1=self.agree / self.positions,
+            ppl=math.exp(self.nll_sum / self.positions),
+            realized_sparsity=1.0 - self.kept / self.seen if self.seen else 0.0,
+            positions=self.positions,
+        )
 
 
 def merge_stats(stats: Sequence[WindowStats]) -> WindowStats:
@@ -187,8 +190,14 @@ class WindowComparator:
     scored with it (up to float rounding of batched matmuls).
     """
 
-    def __init__(self, model: Any, sequences: list[torch.Tensor], window: int,
-                 batch_size: int = 4, teacher_top_k: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        sequences: list[torch.Tensor],
+        window: int,
+        batch_size: int = 4,
+        teacher_top_k: int | None = None,
+    ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         shortest = min(len(seq) - 1 for seq in sequences)
@@ -201,8 +210,12 @@ class WindowComparator:
         self.teacher_top_k = teacher_top_k
         self._teachers: dict[int, _Teacher] = {}
 
-    def compare(self, schedule: Sequence[float] | None, router: TokenRouter | None = None,
-                indices: Sequence[int] | None = None) -> dict[int, WindowStats]:
+    def compare(
+        self,
+        schedule: Sequence[float] | None,
+        router: TokenRouter | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> dict[int, WindowStats]:
         """Per-sequence window statistics of the routed model (``schedule=None``: dense)."""
         indices = list(range(len(self.sequences))) if indices is None else list(indices)
         self._ensure_teachers(indices)
@@ -221,12 +234,16 @@ class WindowComparator:
                     kept = seen = length * len(self.model.model.layers)
                 for row, index in enumerate(batch_indices):
                     teacher = self._teachers[index]
-                    targets = self.sequences[index][-self.window:]
+                    targets = self.sequences[index][-self.window :]
                     stats[index] = WindowStats(
                         kl_sum=teacher.kl_sum(routed[row]),
                         agree=int((teacher.argmax == routed[row].argmax(-1)).sum()),
                         nll_sum=-routed[row].gather(-1, targets[:, None]).sum().item(),
-                        positions=self.window, kept=kept, seen=seen, tokens=length)
+                        positions=self.window,
+                        kept=kept,
+                        seen=seen,
+                        tokens=length,
+                    )
         finally:
             unroute(self.model)
         return stats
@@ -246,13 +263,17 @@ class WindowComparator:
         by_length: dict[int, list[int]] = {}
         for index in sorted(set(indices)):
             by_length.setdefault(len(self.sequences[index]), []).append(index)
-        return [group[i:i + self.batch_size] for _, group in sorted(by_length.items())
-                for i in range(0, len(group), self.batch_size)]
+        return [
+            group[i : i + self.batch_size]
+            for _, group in sorted(by_length.items())
+            for i in range(0, len(group), self.batch_size)
+        ]
 
     @torch.inference_mode()
     def _window_log_probs(self, batch: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids=batch[:, :-1], use_cache=False,
-                            logits_to_keep=self.window).logits
+        logits = self.model(
+            input_ids=batch[:, :-1], use_cache=False, logits_to_keep=self.window
+        ).logits
         return logits.float().log_softmax(-1)
 
 
@@ -266,16 +287,14 @@ class Scorer:
     search workers that never evaluate held-out text never pay for its teacher outputs.
     """
 
-    def __init__(self, settings: ScorerSettings, sequences: SplitSequences | None = None
-                 ) -> None:
+    def __init__(self, settings: ScorerSettings, sequences: SplitSequences | None = None) -> None:
         from router import load_model
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.model, self.tokenizer = load_model(settings.model, settings.dtype,
-                                                str(self.device))
+        self.model, self.tokenizer = load_model(settings.model, settings.dtype, str(self.device))
         self.num_blocks = len(self.model.model.layers)
         self._sequences = dict(sequences or {})
         self._comparators: dict[str, WindowComparator] = {}
@@ -288,8 +307,12 @@ class Scorer:
             if sequences is None:
                 sequences = build_sequences(s.data_spec(split), self.tokenizer)
             self._comparators[split] = WindowComparator(
-                self.model, [seq.to(self.device) for seq in sequences], s.window,
-                s.batch_size, s.teacher_top_k)
+                self.model,
+                [seq.to(self.device) for seq in sequences],
+                s.window,
+                s.batch_size,
+                s.teacher_top_k,
+            )
         return self._comparators[split]
 
     def num_sequences(self, split: Split) -> int:
@@ -299,8 +322,13 @@ class Scorer:
         """Where the model's weights are (``cpu``, ``cuda:0``, ...)."""
         return str(next(self.model.parameters()).device)
 
-    def score(self, schedule: Sequence[float], split: Split = "calibration",
-              router: str = "static", sequences: Sequence[int] | None = None) -> Evaluation:
+    def score(
+        self,
+        schedule: Sequence[float],
+        split: Split = "calibration",
+        router: str = "static",
+        sequences: Sequence[int] | None = None,
+    ) -> Evaluation:
         """Score ``schedule`` on the given sequence indices of ``split`` (default: all)."""
         comparator = self.comparator(split)
         start = time.perf_counter()
@@ -314,9 +342,13 @@ class Scorer:
                     scorer_router.to(self.device)
                 self._routers[router] = scorer_router
         per_sequence = comparator.compare(schedule, scorer_router, sequences)
-        return Evaluation(schedule=[float(s) for s in schedule], split=split,
-                          router=router_kind(router), per_sequence=per_sequence,
-                          duration_s=time.perf_counter() - start)
+        return Evaluation(
+            schedule=[float(s) for s in schedule],
+            split=split,
+            router=router_kind(router),
+            per_sequence=per_sequence,
+            duration_s=time.perf_counter() - start,
+        )
 
     def block_influence(self) -> list[float]:
         """ShortGPT Block Influence per block on the calibration sequences:
@@ -328,13 +360,15 @@ class Scorer:
         with torch.inference_mode():
             for batch_indices in comparator._batches(list(range(len(comparator.sequences)))):
                 batch = torch.stack([comparator.sequences[i] for i in batch_indices])[:, :-1]
-                hidden = self.model.model(input_ids=batch, output_hidden_states=True,
-                                          use_cache=False).hidden_states
+                hidden = self.model.model(
+                    input_ids=batch, output_hidden_states=True, use_cache=False
+                ).hidden_states
                 # hidden[0] is the embedding output; hidden[-1] is after the final norm, so
                 # the last block's output is compared through the norm as transformers gives it.
                 for block in range(self.num_blocks):
                     cos = torch.nn.functional.cosine_similarity(
-                        hidden[block].float(), hidden[block + 1].float(), dim=-1)
+                        hidden[block].float(), hidden[block + 1].float(), dim=-1
+                    )
                     totals[block] += (1.0 - cos).sum().item()
                 count += batch.numel()
         return [t / count for t in totals]

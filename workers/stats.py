@@ -19,11 +19,13 @@ def retention(dense: float, routed: float) -> float:
     return routed / dense if dense else math.nan
 
 
-def _check(dense: Sequence[float], routed: Sequence[float], resamples: int,
-           confidence: float) -> None:
+def _check(
+    dense: Sequence[float], routed: Sequence[float], resamples: int, confidence: float
+) -> None:
     if len(dense) != len(routed):
-        raise ValueError(f"paired scores differ in length: {len(dense)} dense, "
-                         f"{len(routed)} routed")
+        raise ValueError(
+            f"paired scores differ in length: {len(dense)} dense, {len(routed)} routed"
+        )
     if not dense:
         raise ValueError("no scores to resample")
     if resamples < 1:
@@ -32,8 +34,13 @@ def _check(dense: Sequence[float], routed: Sequence[float], resamples: int,
         raise ValueError("confidence must lie in (0, 1)")
 
 
-def paired_bootstrap(dense: Sequence[float], routed: Sequence[float], resamples: int = 2000,
-                     seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+def paired_bootstrap(
+    dense: Sequence[float],
+    routed: Sequence[float],
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
     """Percentile interval of the retention mean(routed) / mean(dense) over paired
     resamples of the examples; (NaN, NaN) when no resample has a positive dense mean."""
     _check(dense, routed, resamples, confidence)
@@ -49,9 +56,13 @@ def paired_bootstrap(dense: Sequence[float], routed: Sequence[float], resamples:
     return float(low), float(high)
 
 
-def paired_bootstrap_tasks(dense: Sequence[Sequence[float]], routed: Sequence[Sequence[float]],
-                           resamples: int = 2000, seed: int = 0, confidence: float = 0.95
-                           ) -> dict[str, tuple[float, float]]:
+def paired_bootstrap_tasks(
+    dense: Sequence[Sequence[float]],
+    routed: Sequence[Sequence[float]],
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float]]:
     """Intervals of the two summaries over several tasks, examples resampled within each
     task (paired): ``mean_retention`` (the mean over tasks of routed / dense) and
     ``retention_of_mean`` (mean routed accuracy over mean dense accuracy, tasks weighted

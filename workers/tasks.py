@@ -35,11 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESERVED_TASKS: tuple[str, ...] = (
-    "contextual_parametric_knowledge_conflicts", "vitaminc_fact_verification", "physics",
-    "general_knowledge")
+    "contextual_parametric_knowledge_conflicts",
+    "vitaminc_fact_verification",
+    "physics",
+    "general_knowledge",
+)
 BIGBENCH_PREFIX = "bigbench:"
-_DEFAULTS = {"task_prefix": "", "example_input_prefix": "\nQ: ",
-             "example_output_prefix": "\nA: ", "choice_prefix": "\n  choice: "}
+_DEFAULTS = {
+    "task_prefix": "",
+    "example_input_prefix": "\nQ: ",
+    "example_output_prefix": "\nA: ",
+    "choice_prefix": "\n  choice: ",
+}
 
 
 class TaskError(ValueError):
@@ -68,7 +75,7 @@ def task_name(spec: str | Path) -> str | None:
     otherwise. Reads nothing but the directory entry."""
     text = str(spec)
     if text.startswith(BIGBENCH_PREFIX):
-        return text[len(BIGBENCH_PREFIX):].strip("/") or None
+        return text[len(BIGBENCH_PREFIX) :].strip("/") or None
     path = Path(text)
     if path.name == "task.json":
         return path.resolve().parent.name or None
@@ -84,12 +91,15 @@ def check_not_reserved(spec: str | Path, use: str = "calibration") -> None:
     name = task_name(spec)
     if name is None:
         return
-    parts = name.split("/") + (list(Path(str(spec)).resolve().parts)
-                               if not str(spec).startswith(BIGBENCH_PREFIX) else [])
+    parts = name.split("/") + (
+        list(Path(str(spec)).resolve().parts) if not str(spec).startswith(BIGBENCH_PREFIX) else []
+    )
     name = next((part for part in parts if part in RESERVED_TASKS), None)
     if name is not None:
-        raise TaskError(f"{spec} is the reserved task {name!r}, kept for acceptance checks: "
-                        f"it is never used for {use} (reserved: {', '.join(RESERVED_TASKS)})")
+        raise TaskError(
+            f"{spec} is the reserved task {name!r}, kept for acceptance checks: "
+            f"it is never used for {use} (reserved: {', '.join(RESERVED_TASKS)})"
+        )
 
 
 def resolve_task(spec: str, limit: int | None = None) -> ChoiceTask:
@@ -114,8 +124,9 @@ def resolve_task(spec: str, limit: int | None = None) -> ChoiceTask:
     return load_task_file(path, limit)
 
 
-def load_task_file(path: str | Path, limit: int | None = None,
-                   name: str | None = None) -> ChoiceTask:
+def load_task_file(
+    path: str | Path, limit: int | None = None, name: str | None = None
+) -> ChoiceTask:
     """A BIG-bench JSON multiple-choice task (see the module docstring for the prompt).
 
     Raises :class:`TaskError` for a missing file, invalid JSON, no ``examples``, an example
@@ -146,14 +157,16 @@ def load_task_file(path: str | Path, limit: int | None = None,
     if not isinstance(append, bool):
         raise TaskError(f"{path}: 'append_choices_to_input' must be true or false")
     raw = data["examples"][:limit]
-    examples = tuple(_example(path, index, item, prefixes, append)
-                     for index, item in enumerate(raw))
+    examples = tuple(
+        _example(path, index, item, prefixes, append) for index, item in enumerate(raw)
+    )
     default_name = path.resolve().parent.name if path.name == "task.json" else path.stem
     return ChoiceTask(name=name or default_name, examples=examples)
 
 
-def _example(path: Path, index: int, item: object, prefixes: dict[str, str],
-             append: bool) -> ChoiceExample:
+def _example(
+    path: Path, index: int, item: object, prefixes: dict[str, str], append: bool
+) -> ChoiceExample:
     where = f"{path}: example {index}"
     if not isinstance(item, dict) or not isinstance(item.get("input"), str):
         raise TaskError(f"{where} has no 'input' string")

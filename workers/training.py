@@ -70,9 +70,15 @@ class TrainedRouterState:
         router = trained.router
         kind = kind_of(router)
         assert kind is not None  # train_on_scorer builds trained kinds only
-        return cls(kind, {"hidden": router.hidden, **TRAINED[kind].shape(router)},
-                   {name: t.detach().cpu().clone() for name, t in router.state_dict().items()},
-                   trained.history, trained.heldout, trained.train_s, device)
+        return cls(
+            kind,
+            {"hidden": router.hidden, **TRAINED[kind].shape(router)},
+            {name: t.detach().cpu().clone() for name, t in router.state_dict().items()},
+            trained.history,
+            trained.heldout,
+            trained.train_s,
+            device,
+        )
 
     def router(self) -> LearnedRouter:
         """The trained router, on the CPU, in eval mode."""
@@ -97,9 +103,14 @@ class HeldoutEvaluator:
         return {"kl": m.kl, "top1": m.top1, "ppl": m.ppl, "sparsity": m.realized_sparsity}
 
 
-def train_on_scorer(scorer: Scorer, schedule: Sequence[float], config: TrainConfig,
-                    kind: str = "dynamic", factors: Sequence[str] = FACTORS,
-                    observe: Callable[[dict[str, float]], None] | None = None) -> TrainedRouter:
+def train_on_scorer(
+    scorer: Scorer,
+    schedule: Sequence[float],
+    config: TrainConfig,
+    kind: str = "dynamic",
+    factors: Sequence[str] = FACTORS,
+    observe: Callable[[dict[str, float]], None] | None = None,
+) -> TrainedRouter:
     """Train a new router for ``schedule`` on the scorer's calibration sequences, evaluating
     on its held-out sequences every ``config.eval_every`` steps and at the end. ``observe``
     gets each evaluation's metrics as it happens; an exception it raises stops training
@@ -123,6 +134,7 @@ def train_on_scorer(scorer: Scorer, schedule: Sequence[float], config: TrainConf
 
 def train_request(scorer: Scorer, request: TrainRequest) -> TrainedRouterState:
     """Serve a pool's training request on ``scorer`` (see the module docstring)."""
-    trained = train_on_scorer(scorer, request.schedule, request.config, request.kind,
-                              request.factors)
+    trained = train_on_scorer(
+        scorer, request.schedule, request.config, request.kind, request.factors
+    )
     return TrainedRouterState.of(trained, str(scorer.device))

@@ -46,16 +46,28 @@ def write_lmeval_task(task: ChoiceTask, directory: Path) -> Path:
     directory = directory / name
     directory.mkdir()
     data = directory / f"{name}.jsonl"
-    data.write_text("".join(json.dumps({"context": e.context, "choices": list(e.choices),
-                                        "gold": sorted(e.correct)}) + "\n"
-                            for e in task.examples))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"context": e.context, "choices": list(e.choices), "gold": sorted(e.correct)}
+            )
+            + "\n"
+            for e in task.examples
+        )
+    )
     path = directory / f"{name}.yaml"
     path.write_text(YAML.format(name=name, data=data))
     return path
 
 
-def run(model_spec: str, tasks: Sequence[ChoiceTask], sparsity: float, batch_size: int,
-        dtype: str = "float32", progress: Any = print) -> list[dict[str, Any]]:
+def run(
+    model_spec: str,
+    tasks: Sequence[ChoiceTask],
+    sparsity: float,
+    batch_size: int,
+    dtype: str = "float32",
+    progress: Any = print,
+) -> list[dict[str, Any]]:
     """The rows (see the module docstring)."""
     from router import load_model, route, unroute
     from workers.choice import score_choices
@@ -89,31 +101,44 @@ def run(model_spec: str, tasks: Sequence[ChoiceTask], sparsity: float, batch_siz
                 assert theirs.loglik is not None
                 n = len(task.examples)
                 pairs = zip(ours.loglik, theirs.loglik, strict=True)
-                diff = max(abs(a - b) for mine, other in pairs
-                           for a, b in zip(mine, other, strict=True))
-                rows.append({
-                    "task": task.name, "variant": variant, "model": model_spec, "dtype": dtype,
-                    "n": n, "sparsity": sparsity if variant == "routed" else 0.0,
-                    "realized_sparsity": ours.realized_sparsity,
-                    "max_loglik_diff": diff,
-                    "acc_equal": ours.acc == theirs.metrics["acc"],
-                    "acc_norm_equal": ours.acc_norm == theirs.metrics["acc_norm"],
-                    "native_acc": sum(ours.acc) / n,
-                    "lmeval_acc": sum(theirs.metrics["acc"]) / n,
-                    "native_s": ours.seconds, "lmeval_s": lmeval_s,
-                    "native_examples_per_s": n / ours.seconds,
-                    "lmeval_examples_per_s": n / lmeval_s,
-                    "speed_ratio": lmeval_s / ours.seconds})
+                diff = max(
+                    abs(a - b) for mine, other in pairs for a, b in zip(mine, other, strict=True)
+                )
+                rows.append(
+                    {
+                        "task": task.name,
+                        "variant": variant,
+                        "model": model_spec,
+                        "dtype": dtype,
+                        "n": n,
+                        "sparsity": sparsity if variant == "routed" else 0.0,
+                        "realized_sparsity": ours.realized_sparsity,
+                        "max_loglik_diff": diff,
+                        "acc_equal": ours.acc == theirs.metrics["acc"],
+                        "acc_norm_equal": ours.acc_norm == theirs.metrics["acc_norm"],
+                        "native_acc": sum(ours.acc) / n,
+                        "lmeval_acc": sum(theirs.metrics["acc"]) / n,
+                        "native_s": ours.seconds,
+                        "lmeval_s": lmeval_s,
+                        "native_examples_per_s": n / ours.seconds,
+                        "lmeval_examples_per_s": n / lmeval_s,
+                        "speed_ratio": lmeval_s / ours.seconds,
+                    }
+                )
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'task':<28}{'variant':<8}{'n':>5}{'max |Δ ll|':>12}{'acc same':>9}"
-             f"{'acc':>7}{'native ex/s':>12}{'lm-eval ex/s':>13}{'ratio':>7}"]
+    lines = [
+        f"{'task':<28}{'variant':<8}{'n':>5}{'max |Δ ll|':>12}{'acc same':>9}"
+        f"{'acc':>7}{'native ex/s':>12}{'lm-eval ex/s':>13}{'ratio':>7}"
+    ]
     for r in rows:
         same = "yes" if r["acc_equal"] and r["acc_norm_equal"] else "NO"
-        lines.append(f"{r['task'][:27]:<28}{r['variant']:<8}{r['n']:>5}"
-                     f"{r['max_loglik_diff']:>12.2e}{same:>9}{r['native_acc']:>7.3f}"
-                     f"{r['native_examples_per_s']:>12.2f}{r['lmeval_examples_per_s']:>13.2f}"
-                     f"{r['speed_ratio']:>7.2f}")
+        lines.append(
+            f"{r['task'][:27]:<28}{r['variant']:<8}{r['n']:>5}"
+            f"{r['max_loglik_diff']:>12.2e}{same:>9}{r['native_acc']:>7.3f}"
+            f"{r['native_examples_per_s']:>12.2f}{r['lmeval_examples_per_s']:>13.2f}"
+            f"{r['speed_ratio']:>7.2f}"
+        )
     return "\n".join(lines)

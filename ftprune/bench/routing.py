@@ -97,10 +97,10 @@ def run(bench: RoutingBench, show_progress: bool = False) -> list[dict[str, Any]
     for batch in bench.batches:
         for seq_len in bench.seq_lens:
             where = f"batch {batch}, {seq_len} tokens"
-            rows += _prefill_rows(model, bench, batch, seq_len, f"{where}, forwards",
-                                  show_progress)
-            rows.append(_feature_row(model, bench, batch, seq_len, f"{where}, features",
-                                     show_progress))
+            rows += _prefill_rows(model, bench, batch, seq_len, f"{where}, forwards", show_progress)
+            rows.append(
+                _feature_row(model, bench, batch, seq_len, f"{where}, features", show_progress)
+            )
     return rows
 
 
@@ -120,9 +120,12 @@ def _timed(fn: Callable[[], Any], bench: RoutingBench) -> float:
     return (clock() - start) * 1000.0
 
 
-def _paired(variants: dict[str, tuple[Callable[[], float], Callable[[], float]]],
-            bench: RoutingBench, desc: str, show_progress: bool
-            ) -> dict[str, tuple[list[float], list[float]]]:
+def _paired(
+    variants: dict[str, tuple[Callable[[], float], Callable[[], float]]],
+    bench: RoutingBench,
+    desc: str,
+    show_progress: bool,
+) -> dict[str, tuple[list[float], list[float]]]:
     """Milliseconds (dense, variant) per variant and repeat, warm-up excluded. ``variants``
     maps a name to its (dense, variant) calls. Each variant runs right next to its dense
     run, the order alternating between repeats, and every repeat visits every variant, so
@@ -130,8 +133,12 @@ def _paired(variants: dict[str, tuple[Callable[[], float], Callable[[], float]]]
     from tqdm.auto import tqdm
 
     pairs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
-    with tqdm(total=(bench.warmup + bench.repeats) * len(variants), desc=desc, unit="pair",
-              disable=not show_progress) as bar:
+    with tqdm(
+        total=(bench.warmup + bench.repeats) * len(variants),
+        desc=desc,
+        unit="pair",
+        disable=not show_progress,
+    ) as bar:
         for repeat in range(bench.warmup + bench.repeats):
             for name, (dense, variant) in variants.items():
                 if repeat % 2 == 0:
@@ -146,8 +153,9 @@ def _paired(variants: dict[str, tuple[Callable[[], float], Callable[[], float]]]
 
 
 @torch.inference_mode()
-def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str,
-                  show_progress: bool) -> list[dict[str, Any]]:
+def _prefill_rows(
+    model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str, show_progress: bool
+) -> list[dict[str, Any]]:
     ids = _inputs(model, bench, batch, seq_len)
     embeds = model.model.embed_tokens(ids)
     blocks = len(decoder_layers(model))
@@ -155,8 +163,10 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, des
     def forwards(tokens: int) -> dict[str, Callable[[], Any]]:
         """The two scopes' forwards on the first ``tokens`` tokens of every row."""
         head_ids, head_embeds = ids[:, :tokens].contiguous(), embeds[:, :tokens].contiguous()
-        return {"blocks": lambda: model.model(inputs_embeds=head_embeds, use_cache=False),
-                "end_to_end": lambda: model(input_ids=head_ids, use_cache=False)}
+        return {
+            "blocks": lambda: model.model(inputs_embeds=head_embeds, use_cache=False),
+            "end_to_end": lambda: model(input_ids=head_ids, use_cache=False),
+        }
 
     full, overhead_reference = forwards(seq_len), forwards(seq_len - 1)
     realized: dict[float, float] = {}
@@ -177,6 +187,7 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, des
                 raise RuntimeError("the routed forward left no state")
             realized[sparsity] = routing.last_state.realized_sparsity
             return elapsed
+
         return call
 
     def dense(scope: str, sparsity: float) -> Callable[[], float]:
@@ -185,16 +196,24 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, des
 
     unroute(model)
     overhead_router = DynamicRouter().to(bench.device)
-    paired = _paired({f"{scope} {s}": (dense(scope, s), routed(s, forward))
-                      for scope, forward in full.items() for s in bench.sparsities},
-                     bench, desc, show_progress)
+    paired = _paired(
+        {
+            f"{scope} {s}": (dense(scope, s), routed(s, forward))
+            for scope, forward in full.items()
+            for s in bench.sparsities
+        },
+        bench,
+        desc,
+        show_progress,
+    )
     # c, the blocks' share of the dense model's time, from the full-length dense runs. The
     # S = 0 rows (dense runs one token shorter) have ideal 1: with nothing else asked for,
     # c is computed from them and never used.
     full_length = [s for s in bench.sparsities if s != 0] or list(bench.sparsities)
-    dense_median = {scope: statistics.median(t for s in full_length
-                                             for t in paired[f"{scope} {s}"][0])
-                    for scope in full}
+    dense_median = {
+        scope: statistics.median(t for s in full_length for t in paired[f"{scope} {s}"][0])
+        for scope in full
+    }
     blocks_share = min(1.0, dense_median["blocks"] / dense_median["end_to_end"])
     rows = []
     for scope in full:
@@ -206,16 +225,26 @@ def _prefill_rows(model: Any, bench: RoutingBench, batch: int, seq_len: int, des
                 ideal = 1.0 / (1.0 - s)
             else:
                 ideal = 1.0 / ((1.0 - blocks_share) + blocks_share * (1.0 - s))
-            row = _row(model, bench, batch, seq_len, scope, sparsity, s,
-                       *paired[f"{scope} {sparsity}"], ideal)
+            row = _row(
+                model,
+                bench,
+                batch,
+                seq_len,
+                scope,
+                sparsity,
+                s,
+                *paired[f"{scope} {sparsity}"],
+                ideal,
+            )
             row["dense_tokens"] = seq_len - 1 if sparsity == 0 else seq_len
             rows.append(row)
     return rows
 
 
 @torch.inference_mode()
-def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str,
-                 show_progress: bool) -> dict[str, Any]:
+def _feature_row(
+    model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str, show_progress: bool
+) -> dict[str, Any]:
     """One mid-stack block at S = 0, without and with the attention features."""
     ids = _inputs(model, bench, batch, seq_len)
     hidden = model.model.embed_tokens(ids)
@@ -226,26 +255,37 @@ def _feature_row(model: Any, bench: RoutingBench, batch: int, seq_len: int, desc
 
     def block(router: StaticRouter) -> Callable[[], float]:
         def call() -> float:
-            routing = route(model, [0.0] * blocks, router,
-                            attention_window=bench.attention_window)
-            state = ForwardState(routing.schedule, routing.flops, batch, seq_len, positions,
-                                 None, track_attention=routing.needs_attention)
+            routing = route(model, [0.0] * blocks, router, attention_window=bench.attention_window)
+            state = ForwardState(
+                routing.schedule,
+                routing.flops,
+                batch,
+                seq_len,
+                positions,
+                None,
+                track_attention=routing.needs_attention,
+            )
             layer = decoder_layers(model)[index]
 
             def forward() -> None:
                 layer(hidden, position_embeddings=rotary, ftprune_state=state)
                 if routing.needs_attention:
                     state.features(index)
+
             try:
                 return _timed(forward, bench)
             finally:
                 unroute(model)
+
         return call
 
     # One block is quick: repeat it more often than whole forwards.
-    pairs = _paired({"features": (block(StaticRouter()), block(_FeatureReader()))},
-                    dataclasses.replace(bench, repeats=FEATURE_REPEATS * bench.repeats),
-                    desc, show_progress)
+    pairs = _paired(
+        {"features": (block(StaticRouter()), block(_FeatureReader()))},
+        dataclasses.replace(bench, repeats=FEATURE_REPEATS * bench.repeats),
+        desc,
+        show_progress,
+    )
     row = _row(model, bench, batch, seq_len, "features", 0.0, 0.0, *pairs["features"], 1.0)
     row["feature_share"] = round(1.0 / row["speedup"] - 1.0, 4)
     row["feature_ms"] = round(row["feature_share"] * row["dense_ms"], 2)
@@ -260,38 +300,62 @@ def median_ci95(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
     n = len(ordered)
     below, j = 0.0, 0
-    while j < n and below + math.comb(n, j) / 2.0 ** n <= 0.025:
-        below += math.comb(n, j) / 2.0 ** n
+    while j < n and below + math.comb(n, j) / 2.0**n <= 0.025:
+        below += math.comb(n, j) / 2.0**n
         j += 1
     j = max(j, 1)
     return ordered[j - 1], ordered[n - j]
 
 
-def _row(model: Any, bench: RoutingBench, batch: int, seq_len: int, scope: str,
-         target: float, realized: float, dense: list[float], routed: list[float],
-         ideal: float) -> dict[str, Any]:
+def _row(
+    model: Any,
+    bench: RoutingBench,
+    batch: int,
+    seq_len: int,
+    scope: str,
+    target: float,
+    realized: float,
+    dense: list[float],
+    routed: list[float],
+    ideal: float,
+) -> dict[str, Any]:
     ratios = [d / r for d, r in zip(dense, routed, strict=True)]
     speedup = statistics.median(ratios)
     low, high = median_ci95(ratios)
-    return {"model": bench.model, "dtype": bench.dtype, "batch": batch, "seq_len": seq_len,
-            "target_sparsity": target, "realized_sparsity": round(realized, 6),
-            "dense_ms": round(statistics.median(dense), 2),
-            "routed_ms": round(statistics.median(routed), 2), "speedup": round(speedup, 4),
-            "ideal_speedup": round(ideal, 4), "efficiency": round(speedup / ideal, 4),
-            "speedup_ci95": [round(low, 4), round(high, 4)],
-            "efficiency_ci95": [round(low / ideal, 4), round(high / ideal, 4)],
-            "scope": scope, "clock": bench.clock, "threads": torch.get_num_threads(),
-            "device": bench.device, "heap": heap_mode()}
+    return {
+        "model": bench.model,
+        "dtype": bench.dtype,
+        "batch": batch,
+        "seq_len": seq_len,
+        "target_sparsity": target,
+        "realized_sparsity": round(realized, 6),
+        "dense_ms": round(statistics.median(dense), 2),
+        "routed_ms": round(statistics.median(routed), 2),
+        "speedup": round(speedup, 4),
+        "ideal_speedup": round(ideal, 4),
+        "efficiency": round(speedup / ideal, 4),
+        "speedup_ci95": [round(low, 4), round(high, 4)],
+        "efficiency_ci95": [round(low / ideal, 4), round(high / ideal, 4)],
+        "scope": scope,
+        "clock": bench.clock,
+        "threads": torch.get_num_threads(),
+        "device": bench.device,
+        "heap": heap_mode(),
+    }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table."""
-    header = (f"{'scope':<11}{'batch':>6}{'seq':>6}{'S':>6}{'real S':>8}{'dense ms':>11}"
-              f"{'routed ms':>11}{'speedup':>9}{'ideal':>8}{'eff':>7}{'eff 95% CI':>14}")
+    header = (
+        f"{'scope':<11}{'batch':>6}{'seq':>6}{'S':>6}{'real S':>8}{'dense ms':>11}"
+        f"{'routed ms':>11}{'speedup':>9}{'ideal':>8}{'eff':>7}{'eff 95% CI':>14}"
+    )
     lines = [header]
     for r in rows:
-        lines.append(f"{r['scope']:<11}{r['batch']:>6}{r['seq_len']:>6}{r['target_sparsity']:>6.2f}"
-                     f"{r['realized_sparsity']:>8.3f}{r['dense_ms']:>11.1f}{r['routed_ms']:>11.1f}"
-                     f"{r['speedup']:>9.3f}{r['ideal_speedup']:>8.3f}{r['efficiency']:>7.3f}"
-                     f"{'%.3f-%.3f' % tuple(r['efficiency_ci95']):>14}")
+        lines.append(
+            f"{r['scope']:<11}{r['batch']:>6}{r['seq_len']:>6}{r['target_sparsity']:>6.2f}"
+            f"{r['realized_sparsity']:>8.3f}{r['dense_ms']:>11.1f}{r['routed_ms']:>11.1f}"
+            f"{r['speedup']:>9.3f}{r['ideal_speedup']:>8.3f}{r['efficiency']:>7.3f}"
+            f"{'%.3f-%.3f' % tuple(r['efficiency_ci95']):>14}"
+        )
     return "\n".join(lines)

@@ -36,8 +36,9 @@ class _Budget:
     used: int = 0
 
 
-def plain_deap(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int,
-               population: int = 16) -> dict[str, Any]:
+def plain_deap(
+    config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int, population: int = 16
+) -> dict[str, Any]:
     """DEAP ``eaSimple`` with a budget penalty; returns its row (before held-out KL)."""
     from deap import algorithms, base, creator, tools
 
@@ -67,22 +68,30 @@ def plain_deap(config: RunConfig, pool: EvaluationPool, token_budget: int, seed:
     toolbox.register("mutate", tools.mutGaussian, mu=0.0, sigma=0.06, indpb=0.3)
     toolbox.register("select", tools.selTournament, tournsize=3)
     random.seed(seed)
-    pop = [creator.FtpBenchIndividual([random.uniform(0.0, s_max) for _ in range(n)])
-           for _ in range(population)]
+    pop = [
+        creator.FtpBenchIndividual([random.uniform(0.0, s_max) for _ in range(n)])
+        for _ in range(population)
+    ]
     started = time.perf_counter()
     while budget.used < budget.limit:
-        pop, _ = algorithms.eaSimple(pop, toolbox, cxpb=0.5, mutpb=0.3, ngen=1 if history else 0,
-                                     verbose=False)
+        pop, _ = algorithms.eaSimple(
+            pop, toolbox, cxpb=0.5, mutpb=0.3, ngen=1 if history else 0, verbose=False
+        )
     wall = time.perf_counter() - started
     best_tokens, best_fitness, best = min(history, key=lambda h: h[1])
-    return {"method": "plain_deap", "seed": seed, "evaluations": len(history),
-            "forward_tokens": budget.used, "wall_s": wall,
-            "candidates_per_min": 60 * len(history) / wall, "best_fitness": best_fitness,
-            "schedule": repair(best, target, s_max)}
+    return {
+        "method": "plain_deap",
+        "seed": seed,
+        "evaluations": len(history),
+        "forward_tokens": budget.used,
+        "wall_s": wall,
+        "candidates_per_min": 60 * len(history) / wall,
+        "best_fitness": best_fitness,
+        "schedule": repair(best, target, s_max),
+    }
 
 
-def ours(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int
-         ) -> dict[str, Any]:
+def ours(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int) -> dict[str, Any]:
     """This engine through the real coordinator and a throwaway SQLite store."""
     from search import coordinator
     from storage import Store
@@ -94,19 +103,32 @@ def ours(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int
         run = store.create_run(None, cfg.model_dump(), seed)
         started = time.perf_counter()
         found = coordinator.run_search(
-            cfg, store, pool, run.id, show_progress=False, token_budget=token_budget,
-            after_generation=lambda g, schedule, used: trajectory.append((used, schedule)))
+            cfg,
+            store,
+            pool,
+            run.id,
+            show_progress=False,
+            token_budget=token_budget,
+            after_generation=lambda g, schedule, used: trajectory.append((used, schedule)),
+        )
         wall = time.perf_counter() - started
         store.close()
-    return {"method": "ftprune", "seed": seed, "evaluations": found.evaluations,
-            "forward_tokens": found.forward_tokens, "wall_s": wall,
-            "candidates_per_min": 60 * found.evaluations / wall,
-            "best_fitness": found.best_fitness, "schedule": found.best_schedule,
-            "trajectory": trajectory}
+    return {
+        "method": "ftprune",
+        "seed": seed,
+        "evaluations": found.evaluations,
+        "forward_tokens": found.forward_tokens,
+        "wall_s": wall,
+        "candidates_per_min": 60 * found.evaluations / wall,
+        "best_fitness": found.best_fitness,
+        "schedule": found.best_schedule,
+        "trajectory": trajectory,
+    }
 
 
-def run(config: RunConfig, token_budget: int, seeds: list[int],
-        progress: Any = print) -> list[dict[str, Any]]:
+def run(
+    config: RunConfig, token_budget: int, seeds: list[int], progress: Any = print
+) -> list[dict[str, Any]]:
     """Both methods for every seed on one pool; returns the benchmark rows."""
     from search.settings import open_pool
     from workers.pool import ScoreRequest
@@ -128,24 +150,35 @@ def run(config: RunConfig, token_budget: int, seeds: list[int],
             mine = ours(config, pool, token_budget, seed)
             mine["heldout_kl"] = heldout_kl(mine.pop("schedule"))
             mine["tokens_to_match"] = next(
-                (used for used, schedule in mine.pop("trajectory")
-                 if heldout_kl(schedule) <= plain["heldout_kl"]), None)
-            progress(f"seed {seed}: ftprune held-out KL {mine['heldout_kl']:.4f}, reached the "
-                     f"plain loop's at {mine['tokens_to_match']} of {mine['forward_tokens']} "
-                     "tokens")
+                (
+                    used
+                    for used, schedule in mine.pop("trajectory")
+                    if heldout_kl(schedule) <= plain["heldout_kl"]
+                ),
+                None,
+            )
+            progress(
+                f"seed {seed}: ftprune held-out KL {mine['heldout_kl']:.4f}, reached the "
+                f"plain loop's at {mine['tokens_to_match']} of {mine['forward_tokens']} "
+                "tokens"
+            )
             rows += [plain, mine]
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table."""
-    header = (f"{'method':<12}{'seed':>5}{'evals':>7}{'fwd tokens':>12}{'wall s':>8}"
-              f"{'cand/min':>10}{'best fit':>10}{'heldout KL':>12}{'match at':>10}")
+    header = (
+        f"{'method':<12}{'seed':>5}{'evals':>7}{'fwd tokens':>12}{'wall s':>8}"
+        f"{'cand/min':>10}{'best fit':>10}{'heldout KL':>12}{'match at':>10}"
+    )
     lines = [header]
     for r in rows:
         match = r.get("tokens_to_match")
-        lines.append(f"{r['method']:<12}{r['seed']:>5}{r['evaluations']:>7}"
-                     f"{r['forward_tokens']:>12}{r['wall_s']:>8.0f}"
-                     f"{r['candidates_per_min']:>10.1f}{r['best_fitness']:>10.4f}"
-                     f"{r['heldout_kl']:>12.4f}{'' if match is None else match:>10}")
+        lines.append(
+            f"{r['method']:<12}{r['seed']:>5}{r['evaluations']:>7}"
+            f"{r['forward_tokens']:>12}{r['wall_s']:>8.0f}"
+            f"{r['candidates_per_min']:>10.1f}{r['best_fitness']:>10.4f}"
+            f"{r['heldout_kl']:>12.4f}{'' if match is None else match:>10}"
+        )
     return "\n".join(lines)

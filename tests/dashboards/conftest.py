@@ -47,59 +47,123 @@ def _objective(trial: optuna.Trial) -> float:
 
 def _pareto(trial: optuna.Trial) -> tuple[float, float]:
     sparsity = trial.suggest_float("target_sparsity", 0.2, 0.4)
-    return sparsity ** 2 + trial.suggest_float("lambda_sparse", 0.0, 1.0) / 10, sparsity
+    return sparsity**2 + trial.suggest_float("lambda_sparse", 0.0, 1.0) / 10, sparsity
 
 
 @pytest.fixture(scope="package")
 def filled(tmp_path_factory) -> Filled:
     root = tmp_path_factory.mktemp("dashboard")
     config = yaml.safe_load(TINY.read_text())
-    config.update(generations=2, finetune_generations=1,
-                  router_training={**config["router_training"], "steps": 2, "eval_every": 1})
+    config.update(
+        generations=2,
+        finetune_generations=1,
+        router_training={**config["router_training"], "steps": 2, "eval_every": 1},
+    )
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     path = root / "ftprune.db"
     url = f"sqlite:///{path}"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        result = CliRunner().invoke(app, ["pipeline", "--config", str(root / "tiny.yaml"),
-                                          "--run-name", "tiny", "--db", url, "--quiet"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "pipeline",
+                "--config",
+                str(root / "tiny.yaml"),
+                "--run-name",
+                "tiny",
+                "--db",
+                url,
+                "--quiet",
+            ],
+        )
     assert result.exit_code == 0, result.output
     store = Store(url, create=False)
     try:
         main = store.find_run("tiny")
-        failed = store.create_run("broken", {"model": "random:llama-tiny",
-                                             "target_sparsity": 0.4, "generations": 3}, 0)
+        failed = store.create_run(
+            "broken", {"model": "random:llama-tiny", "target_sparsity": 0.4, "generations": 3}, 0
+        )
         store.set_status(failed.id, "failed", "RuntimeError: every Ray worker died")
-        running = store.create_run("live", {"model": "random:qwen2-tiny",
-                                            "target_sparsity": 0.2, "generations": 5}, 0)
-        store.record_generation(running.id, 0, [scored(0.02, [0.2] * BLOCKS),
-                                                scored(0.03, [0.1, 0.2, 0.2, 0.3])],
-                                0.02, [0.2] * BLOCKS)
-        store.add_eval_results(main.id, "best", "static", [
-            {"task": "bigbench:understanding_fables", "metric": "acc", "dense": 0.5,
-             "routed": 0.45, "samples": 120, "ci_low": 0.8, "ci_high": 1.0,
-             "realized_sparsity": 0.3, "flop_saving": 0.32},
-            {"task": "text:builtin:pydoc", "metric": "top1_agreement", "dense": 1.0,
-             "routed": 0.9, "samples": 4},
-            {"task": "text:builtin:pydoc", "metric": "window_kl", "dense": 0.0,
-             "routed": 0.01, "samples": 4}])
-        store.add_benchmark_rows("routing", [
-            {"model": "random:llama-tiny", "seq_len": seq_len, "batch": 1,
-             "target_sparsity": s, "realized_sparsity": s, "ideal_speedup": 1 / (1 - s),
-             "speedup": 1 + s * 0.8, "efficiency": (1 + s * 0.8) * (1 - s),
-             "scope": "blocks"} for seq_len in (512, 1024) for s in (0.25, 0.4)])
+        running = store.create_run(
+            "live", {"model": "random:qwen2-tiny", "target_sparsity": 0.2, "generations": 5}, 0
+        )
+        store.record_generation(
+            running.id,
+            0,
+            [scored(0.02, [0.2] * BLOCKS), scored(0.03, [0.1, 0.2, 0.2, 0.3])],
+            0.02,
+            [0.2] * BLOCKS,
+        )
+        store.add_eval_results(
+            main.id,
+            "best",
+            "static",
+            [
+                {
+                    "task": "bigbench:understanding_fables",
+                    "metric": "acc",
+                    "dense": 0.5,
+                    "routed": 0.45,
+                    "samples": 120,
+                    "ci_low": 0.8,
+                    "ci_high": 1.0,
+                    "realized_sparsity": 0.3,
+                    "flop_saving": 0.32,
+                },
+                {
+                    "task": "text:builtin:pydoc",
+                    "metric": "top1_agreement",
+                    "dense": 1.0,
+                    "routed": 0.9,
+                    "samples": 4,
+                },
+                {
+                    "task": "text:builtin:pydoc",
+                    "metric": "window_kl",
+                    "dense": 0.0,
+                    "routed": 0.01,
+                    "samples": 4,
+                },
+            ],
+        )
+        store.add_benchmark_rows(
+            "routing",
+            [
+                {
+                    "model": "random:llama-tiny",
+                    "seq_len": seq_len,
+                    "batch": 1,
+                    "target_sparsity": s,
+                    "realized_sparsity": s,
+                    "ideal_speedup": 1 / (1 - s),
+                    "speedup": 1 + s * 0.8,
+                    "efficiency": (1 + s * 0.8) * (1 - s),
+                    "scope": "blocks",
+                }
+                for seq_len in (512, 1024)
+                for s in (0.25, 0.4)
+            ],
+        )
     finally:
         store.close()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(url)
-    optuna.create_study(study_name="tune-tiny", storage=storage).optimize(
-        _objective, n_trials=6)
-    optuna.create_study(study_name="tune-tiny-pareto", storage=storage,
-                        directions=["minimize", "maximize"]).optimize(_pareto, n_trials=6)
+    optuna.create_study(study_name="tune-tiny", storage=storage).optimize(_objective, n_trials=6)
+    optuna.create_study(
+        study_name="tune-tiny-pareto", storage=storage, directions=["minimize", "maximize"]
+    ).optimize(_pareto, n_trials=6)
     storage.engine.dispose()
-    return Filled(url=_quiet_copy(path, root / "dashboard.db"), path=root / "dashboard.db",
-                  run="tiny", child="tiny-finetune-1", failed="broken", running="live",
-                  pipeline_output=result.stdout, pipeline_url=url)
+    return Filled(
+        url=_quiet_copy(path, root / "dashboard.db"),
+        path=root / "dashboard.db",
+        run="tiny",
+        child="tiny-finetune-1",
+        failed="broken",
+        running="live",
+        pipeline_output=result.stdout,
+        pipeline_url=url,
+    )
 
 
 def _quiet_copy(source: Path, target: Path) -> str:

@@ -55,8 +55,11 @@ def _run_ids(url: str) -> dict[str, int]:
 
 
 def _page_text(app: AppTest) -> str:
-    parts = [e.value for kind in ("markdown", "caption", "info", "error", "header",
-                                  "subheader") for e in getattr(app, kind)]
+    parts = [
+        e.value
+        for kind in ("markdown", "caption", "info", "error", "header", "subheader")
+        for e in getattr(app, kind)
+    ]
     parts += [f"{m.label} {m.value}" for m in app.metric]
     parts += [str(v) for frame in app.dataframe for v in frame.value.to_numpy().ravel()]
     parts += [e.label for e in app.expander] + [e.value for e in app.sidebar.caption]

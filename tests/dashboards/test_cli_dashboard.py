@@ -65,9 +65,13 @@ def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
     assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
     assert command[4].endswith("dashboards/app.py")
     options = dict(zip(command[5:-3:2], command[6:-3:2], strict=True))
-    assert options == {"--server.address": "127.0.0.1", "--server.port": "8765",
-                       "--server.headless": "true", "--browser.gatherUsageStats": "false",
-                       "--client.toolbarMode": "viewer"}
+    assert options == {
+        "--server.address": "127.0.0.1",
+        "--server.port": "8765",
+        "--server.headless": "true",
+        "--browser.gatherUsageStats": "false",
+        "--client.toolbarMode": "viewer",
+    }
     assert command[-3:] == ["--", "--db", filled.url]
     assert "http://127.0.0.1:8765" in result.stderr
 
@@ -75,15 +79,17 @@ def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
 def test_the_pipeline_summary_ends_with_the_command_that_opens_its_dashboard(filled):
     # `ftprune demo` prints the same summary (ftprune.cli_pipeline.report)
     assert filled.pipeline_output.rstrip().splitlines()[-1] == (
-        f"  ftprune dashboard --db {filled.pipeline_url}")
+        f"  ftprune dashboard --db {filled.pipeline_url}"
+    )
 
 
 def test_its_help_starts_without_heavy_imports():
-    code = ("import sys; from ftprune.cli import main\n"
-            "sys.argv = ['ftprune', 'dashboard', '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print([m for m in ('streamlit', 'pandas', 'sqlalchemy', 'plotly', 'torch')"
-            " if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys; from ftprune.cli import main\n"
+        "sys.argv = ['ftprune', 'dashboard', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('streamlit', 'pandas', 'sqlalchemy', 'plotly', 'torch')"
+        " if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "Usage" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"

@@ -45,12 +45,18 @@ def test_convergence_has_medians_and_cumulative_tokens_of_each_stage(reader):
     run_id = _ids(reader)["tiny"]
     frame = queries.convergence(reader, run_id)
     assert list(zip(frame["generation"], frame["stage"], strict=True)) == [
-        (0, 0), (0, 1), (1, 0), (1, 1)]
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    ]
     evaluations = storage_queries.population(reader, run_id)
     medians = evaluations.groupby(["generation", "stage"])["fitness"].median().tolist()
     assert frame["median_fitness"].tolist() == pytest.approx(medians)
-    assert frame["best_fitness"].tolist() == storage_queries.convergence(
-        reader, run_id)["best_fitness"].tolist()
+    assert (
+        frame["best_fitness"].tolist()
+        == storage_queries.convergence(reader, run_id)["best_fitness"].tolist()
+    )
     tokens = frame["forward_tokens"].astype(float).tolist()
     assert tokens == sorted(tokens) and tokens[0] > 0
     assert tokens[-1] == evaluations["forward_tokens"].sum()
@@ -65,11 +71,19 @@ def test_schedule_matrix_and_allocations_follow_the_run(reader):
     assert scored.mean(axis=1).tolist() == pytest.approx([0.3, 0.3])
     incumbents = queries.schedule_matrix(reader, ids["tiny"])
     evaluations = storage_queries.population(reader, ids["tiny"])
-    fitness = {tuple(s): f for s, f, fidelity in evaluations[
-        ["schedule", "fitness", "fidelity"]].itertuples(index=False)
-        if fidelity == evaluations["fidelity"].max()}
-    so_far = storage_queries.convergence(reader, ids["tiny"]).groupby("generation")[
-        "best_so_far"].last().tolist()
+    fitness = {
+        tuple(s): f
+        for s, f, fidelity in evaluations[["schedule", "fitness", "fidelity"]].itertuples(
+            index=False
+        )
+        if fidelity == evaluations["fidelity"].max()
+    }
+    so_far = (
+        storage_queries.convergence(reader, ids["tiny"])
+        .groupby("generation")["best_so_far"]
+        .last()
+        .tolist()
+    )
     assert [fitness[tuple(row)] for row in incumbents.to_numpy().tolist()] == so_far
     run = queries.run_table_row(reader, ids["tiny"])
     assert incumbents.to_numpy().tolist()[-1] == run["best_schedule"]
@@ -84,11 +98,14 @@ def test_schedule_matrix_and_allocations_follow_the_run(reader):
 
 def test_compare_runs_overlays_the_chosen_runs(reader):
     ids = _ids(reader)
-    schedules, curves = queries.compare_runs(reader, [ids["tiny"], ids["tiny-finetune-1"],
-                                                      ids["broken"]])
+    schedules, curves = queries.compare_runs(
+        reader, [ids["tiny"], ids["tiny-finetune-1"], ids["broken"]]
+    )
     assert schedules["run"].unique().tolist() == ["tiny", "tiny-finetune-1"]
     assert curves.groupby("run")["generation"].apply(list).to_dict() == {
-        "tiny": [0, 1], "tiny-finetune-1": [0]}
+        "tiny": [0, 1],
+        "tiny-finetune-1": [0],
+    }
 
 
 def test_routers_population_and_curves(reader):
@@ -141,8 +158,7 @@ def test_optuna_is_read_through_connections_that_cannot_write(filled, reader):
     assert hashlib.sha256(filled.path.read_bytes()).digest() == before
 
 
-def test_an_empty_database_gives_empty_frames_with_the_same_columns(filled, reader,
-                                                                    tmp_path):
+def test_an_empty_database_gives_empty_frames_with_the_same_columns(filled, reader, tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     Store(url).close()
     with open_reader(url) as empty:
@@ -156,8 +172,10 @@ def test_an_empty_database_gives_empty_frames_with_the_same_columns(filled, read
         none = queries.allocations(reader, ids["broken"])  # a run without a best schedule
         assert none.empty and none.columns.tolist() == queries.ALLOCATION_COLUMNS
         assert queries.schedule_matrix(empty, 1).empty
-        assert storage_queries.eval_results(empty).columns.tolist() == \
-            storage_queries.eval_results(reader).columns.tolist()
+        assert (
+            storage_queries.eval_results(empty).columns.tolist()
+            == storage_queries.eval_results(reader).columns.tolist()
+        )
         assert queries.benchmark_kinds(empty) == {}
         with pytest.raises(KeyError):
             queries.run_table_row(empty, 1)
@@ -167,12 +185,14 @@ def test_an_empty_database_gives_empty_frames_with_the_same_columns(filled, read
 def test_postgresql_is_read_the_same_way_optuna_included(postgresql_url):
     store = Store(postgresql_url)
     run = store.create_run("pg", {"model": "m", "target_sparsity": 0.3}, 0)
-    store.record_generation(run.id, 0, [scored(0.2, [0.3, 0.3]), scored(0.1, [0.2, 0.4])],
-                            0.1, [0.2, 0.4])
+    store.record_generation(
+        run.id, 0, [scored(0.2, [0.3, 0.3]), scored(0.1, [0.2, 0.4])], 0.1, [0.2, 0.4]
+    )
     store.close()
     storage = optuna.storages.RDBStorage(postgresql_url)
     optuna.create_study(study_name="pg-study", storage=storage).optimize(
-        lambda t: t.suggest_float("lambda_guide", 0, 2), n_trials=2)
+        lambda t: t.suggest_float("lambda_guide", 0, 2), n_trials=2
+    )
     storage.engine.dispose()
     with open_reader(postgresql_url) as reader:
         assert queries.run_table(reader)["name"].tolist() == ["pg"]

@@ -30,8 +30,11 @@ def write_task(tmp_path: Path) -> Callable[..., Path]:
         directory = tmp_path / name
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "task.json"
-        path.write_text(text if text is not None else json.dumps(
-            data if data is not None else {"examples": EXAMPLES}))
+        path.write_text(
+            text
+            if text is not None
+            else json.dumps(data if data is not None else {"examples": EXAMPLES})
+        )
         return path
 
     return write

@@ -11,9 +11,23 @@ from ftprune.cli import app
 
 def test_bench_eval_agrees_with_lmeval(write_task, tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, [
-        "bench", "eval", "--model", "random:llama-tiny", "--task-file", str(write_task()),
-        "--limit", "4", "--dtype", "float64", "--json", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "eval",
+            "--model",
+            "random:llama-tiny",
+            "--task-file",
+            str(write_task()),
+            "--limit",
+            "4",
+            "--dtype",
+            "float64",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert [r["variant"] for r in rows] == ["dense", "routed"]

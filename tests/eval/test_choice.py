@@ -25,7 +25,7 @@ def plain_loglik(model, tokenizer, context: str, choice: str) -> float:
     """log P(choice | context) from one unbatched, unmasked forward of the whole text, the
     context's trailing whitespace scored as part of the choice (lm-eval's convention)."""
     stripped = context.rstrip()
-    context, choice = stripped, context[len(stripped):] + choice
+    context, choice = stripped, context[len(stripped) :] + choice
     ctx = tokenizer.encode(context)
     cont = tokenizer.encode(choice)
     assert tokenizer.encode(context + choice) == ctx + cont  # byte-level: no merges
@@ -36,8 +36,11 @@ def plain_loglik(model, tokenizer, context: str, choice: str) -> float:
 
 
 def test_prompt_follows_bigbench_defaults(write_task):
-    task = load_task_file(write_task(data={"examples": [
-        {"input": "Fire is", "target_scores": {"cold": 0, "hot": 1}}]}))
+    task = load_task_file(
+        write_task(
+            data={"examples": [{"input": "Fire is", "target_scores": {"cold": 0, "hot": 1}}]}
+        )
+    )
     example = task.examples[0]
     assert task.name == "toy_task"
     assert example.choices == ("cold", "hot") and example.correct == frozenset({1})
@@ -47,10 +50,17 @@ def test_prompt_follows_bigbench_defaults(write_task):
 
 
 def test_prefixes_and_no_listed_choices(write_task):
-    task = load_task_file(write_task(data={
-        "task_prefix": "Decide.", "example_input_prefix": "\nIn: ",
-        "example_output_prefix": "\nOut:", "append_choices_to_input": False,
-        "examples": [{"input": "x", "target_scores": {"a": 0.5, "b": 0.5, "c": 0}}]}))
+    task = load_task_file(
+        write_task(
+            data={
+                "task_prefix": "Decide.",
+                "example_input_prefix": "\nIn: ",
+                "example_output_prefix": "\nOut:",
+                "append_choices_to_input": False,
+                "examples": [{"input": "x", "target_scores": {"a": 0.5, "b": 0.5, "c": 0}}],
+            }
+        )
+    )
     assert task.examples[0].context == "Decide.\nIn: x\nOut:"
     assert task.examples[0].correct == frozenset({0, 1})
 
@@ -80,13 +90,21 @@ def test_single_token_choices_share_one_row(model64, write_task):
     """Choices whose inputs coincide (one token each after the same context) are read from one
     row of one forward, and still score exactly what separate forwards give."""
     model, tokenizer = model64
-    task = load_task_file(write_task(data={"examples": [
-        {"input": "Pick one", "target_scores": {"a": 0, "b": 1, "c": 0}},
-        {"input": "Another", "target_scores": {"x": 1, "yz": 0}}]}))
+    task = load_task_file(
+        write_task(
+            data={
+                "examples": [
+                    {"input": "Pick one", "target_scores": {"a": 0, "b": 1, "c": 0}},
+                    {"input": "Another", "target_scores": {"x": 1, "yz": 0}},
+                ]
+            }
+        )
+    )
     rows: list[int] = []
     handle = model.model.register_forward_hook(
         lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
-        with_kwargs=True)
+        with_kwargs=True,
+    )
     try:
         run = score_choices(model, tokenizer, task.examples, batch_size=8, progress=False)
     finally:
@@ -121,17 +139,24 @@ def test_pair_encoding_moves_trailing_space(model64):
     assert ctx == tokenizer.encode("Q: a\nA:") and cont == tokenizer.encode(" yes")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("not json", "not a JSON file"),
-    (json.dumps({"name": "x"}), "no 'examples'"),
-    (json.dumps({"examples": []}), "'examples' is empty"),
-    (json.dumps({"examples": [{"input": "q", "target_scores": {"a": 0, "b": 0}}]}),
-     "no correct choice"),
-    (json.dumps({"examples": [{"input": "q", "target_scores": {}}]}), "has no choices"),
-    (json.dumps({"examples": [{"input": "q", "target_scores": {"": 1, "b": 0}}]}),
-     "a choice is empty"),
-    (json.dumps({"examples": [{"input": "q", "target": "a"}]}), "no 'target_scores'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not json", "not a JSON file"),
+        (json.dumps({"name": "x"}), "no 'examples'"),
+        (json.dumps({"examples": []}), "'examples' is empty"),
+        (
+            json.dumps({"examples": [{"input": "q", "target_scores": {"a": 0, "b": 0}}]}),
+            "no correct choice",
+        ),
+        (json.dumps({"examples": [{"input": "q", "target_scores": {}}]}), "has no choices"),
+        (
+            json.dumps({"examples": [{"input": "q", "target_scores": {"": 1, "b": 0}}]}),
+            "a choice is empty",
+        ),
+        (json.dumps({"examples": [{"input": "q", "target": "a"}]}), "no 'target_scores'"),
+    ],
+)
 def test_bad_task_files(write_task, text, message):
     from workers.tasks import TaskError
 

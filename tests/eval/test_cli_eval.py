@@ -13,8 +13,18 @@ from ftprune.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-ROW_FIELDS = {"task", "metric", "dense", "routed", "retention", "ci_low", "ci_high", "n",
-              "realized_sparsity", "flop_saving"}
+ROW_FIELDS = {
+    "task",
+    "metric",
+    "dense",
+    "routed",
+    "retention",
+    "ci_low",
+    "ci_high",
+    "n",
+    "realized_sparsity",
+    "flop_saving",
+}
 
 
 @pytest.fixture
@@ -49,30 +59,53 @@ def make_run(db_url: str, name: str = "r1", **overrides) -> list[float]:
     return best
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("{not json", "not a JSON file"),
-    (json.dumps({"examples": [{"input": "q", "target_scores": {"a": 0}}]}), "no correct choice"),
-    (json.dumps({"examples": [{"input": "q", "target_scores": {}}]}), "has no choices"),
-    (json.dumps({"tasks": []}), "no 'examples'"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("{not json", "not a JSON file"),
+        (
+            json.dumps({"examples": [{"input": "q", "target_scores": {"a": 0}}]}),
+            "no correct choice",
+        ),
+        (json.dumps({"examples": [{"input": "q", "target_scores": {}}]}), "has no choices"),
+        (json.dumps({"tasks": []}), "no 'examples'"),
+    ],
+)
 def test_bad_task_file_is_one_line_before_any_model(write_task, no_model_load, text, fragment):
-    result = runner.invoke(app, ["eval", "--model", "random:llama-tiny", "--sparsity", "0.3",
-                                 "--task-file", str(write_task(text=text))])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "random:llama-tiny",
+            "--sparsity",
+            "0.3",
+            "--task-file",
+            str(write_task(text=text)),
+        ],
+    )
     one_error_line(result, fragment)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--sparsity", "0.3"], "exactly one of"),
-    (["--model", "random:llama-tiny"], "go together"),
-    (["--model", "random:llama-tiny", "--sparsity", "1.2"], "[0, 1)"),
-    (["--model", "random:llama-tiny", "--sparsity", "0.3", "--router", "dynamic"],
-     "static or random"),
-    (["--model", "random:llama-tiny", "--sparsity", "0.3", "--task-file", "/no/task.json"],
-     "not found"),
-    (["--model", "random:llama-tiny", "--sparsity", "0.3", "--limit", "0"], "--limit"),
-    (["--model", "nope", "--sparsity", "0.3"], "unknown model"),
-    (["--export", "/no/such/dir"], "not a router checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--sparsity", "0.3"], "exactly one of"),
+        (["--model", "random:llama-tiny"], "go together"),
+        (["--model", "random:llama-tiny", "--sparsity", "1.2"], "[0, 1)"),
+        (
+            ["--model", "random:llama-tiny", "--sparsity", "0.3", "--router", "dynamic"],
+            "static or random",
+        ),
+        (
+            ["--model", "random:llama-tiny", "--sparsity", "0.3", "--task-file", "/no/task.json"],
+            "not found",
+        ),
+        (["--model", "random:llama-tiny", "--sparsity", "0.3", "--limit", "0"], "--limit"),
+        (["--model", "nope", "--sparsity", "0.3"], "unknown model"),
+        (["--export", "/no/such/dir"], "not a router checkpoint"),
+    ],
+)
 def test_bad_options_are_one_line(no_model_load, args, fragment):
     one_error_line(runner.invoke(app, ["eval", *args]), fragment)
 
@@ -85,21 +118,41 @@ def test_task_the_run_calibrated_on_is_refused(write_task, db_url, no_model_load
         one_error_line(result, "calibrated and trained on")
 
 
-@pytest.mark.parametrize("spec", ["bigbench:physics", "bigbench:physics/some_subtask",
-                                  "/data/bigbench/general_knowledge/task.json",
-                                  "/data/contextual_parametric_knowledge_conflicts/sub/task.json"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "bigbench:physics",
+        "bigbench:physics/some_subtask",
+        "/data/bigbench/general_knowledge/task.json",
+        "/data/contextual_parametric_knowledge_conflicts/sub/task.json",
+    ],
+)
 def test_reserved_task_as_calibration_is_refused(tmp_path, spec):
     db = tmp_path / "never.db"
-    result = runner.invoke(app, ["search", "launch", "--config", str(ROOT / "configs/tiny.yaml"),
-                                 "--calibration", spec, "--db", f"sqlite:///{db}"])
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "launch",
+            "--config",
+            str(ROOT / "configs/tiny.yaml"),
+            "--calibration",
+            spec,
+            "--db",
+            f"sqlite:///{db}",
+        ],
+    )
     one_error_line(result, "reserved task")
     assert not db.exists()
 
 
 def test_reserved_task_in_a_config_file_is_refused_for_training(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text((ROOT / "configs/tiny.yaml").read_text().replace(
-        "calibration: builtin:pydoc", "calibration: bigbench:vitaminc_fact_verification"))
+    config.write_text(
+        (ROOT / "configs/tiny.yaml")
+        .read_text()
+        .replace("calibration: builtin:pydoc", "calibration: bigbench:vitaminc_fact_verification")
+    )
     db = tmp_path / "never.db"
     result = runner.invoke(app, ["pipeline", "--config", str(config), "--db", f"sqlite:///{db}"])
     one_error_line(result, "reserved task")
@@ -121,8 +174,21 @@ def test_ad_hoc_eval_matches_the_scorer(write_task, tmp_path):
 
     task = write_task()
     out = tmp_path / "rows.json"
-    result = runner.invoke(app, ["eval", "--model", "random:llama-tiny", "--sparsity", "0.4",
-                                 "--task-file", str(task), "--json", str(out), "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "random:llama-tiny",
+            "--sparsity",
+            "0.4",
+            "--task-file",
+            str(task),
+            "--json",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert [r["metric"] for r in rows] == ["acc", "acc_norm"]
@@ -143,13 +209,13 @@ def test_run_eval_stores_rows_and_text_metrics(write_task, db_url, tmp_path):
 
     make_run(db_url)
     out = tmp_path / "rows.json"
-    result = runner.invoke(app, ["eval", "--run", "r1", "--db", db_url, "--json", str(out),
-                                 "-q"])
+    result = runner.invoke(app, ["eval", "--run", "r1", "--db", db_url, "--json", str(out), "-q"])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert {r["metric"] for r in rows} == {"window_kl", "top1_agreement", "window_ppl"}
-    assert all(r["task"] == "text:builtin:pydoc" and r["n"] == 2 and r["label"] == "best"
-               for r in rows)
+    assert all(
+        r["task"] == "text:builtin:pydoc" and r["n"] == 2 and r["label"] == "best" for r in rows
+    )
     kl = next(r for r in rows if r["metric"] == "window_kl")
     assert kl["routed"] > 0 and 0.2 < kl["realized_sparsity"] < 0.4
     stored = queries.eval_results(Store(db_url, create=False))
@@ -159,13 +225,29 @@ def test_run_eval_stores_rows_and_text_metrics(write_task, db_url, tmp_path):
 def test_compare_writes_one_table_and_plot(write_task, db_url, tmp_path):
     make_run(db_url)
     plot, out = tmp_path / "cmp.png", tmp_path / "cmp.json"
-    result = runner.invoke(app, ["eval", "--compare", "r1", "--task-file", str(write_task()),
-                                 "--db", db_url, "--plot", str(plot), "--json", str(out), "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--compare",
+            "r1",
+            "--task-file",
+            str(write_task()),
+            "--db",
+            db_url,
+            "--plot",
+            str(plot),
+            "--json",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     pairs = {(r["label"], r["router"]) for r in rows}
-    assert pairs == {(a, r) for a in ("uniform", "block_influence", "searched")
-                     for r in ("static", "random")}
+    assert pairs == {
+        (a, r) for a in ("uniform", "block_influence", "searched") for r in ("static", "random")
+    }
     dense = {r["dense"] for r in rows if r["metric"] == "acc"}
     assert len(dense) == 1  # the same dense scores for every row
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -181,8 +263,19 @@ def test_export_eval_uses_its_router_and_schedule(write_task, tmp_path):
     schedule = [0.0, 0.3, 0.4, 0.5]
     export = save_router(tmp_path / "export", DynamicRouter(), schedule, "random:llama-tiny")
     out = tmp_path / "rows.json"
-    result = runner.invoke(app, ["eval", "--export", str(export), "--task-file",
-                                 str(write_task()), "--json", str(out), "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--export",
+            str(export),
+            "--task-file",
+            str(write_task()),
+            "--json",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert {(r["label"], r["router"]) for r in rows} == {("export", "dynamic")}

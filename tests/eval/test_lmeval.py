@@ -14,10 +14,12 @@ from workers.choice import score_choices
 from workers.lmeval import check_lm_tasks, lmeval_scores
 from workers.tasks import ChoiceExample, TaskError
 
-QUESTIONS = [("What color is the sky?", ["blue", "green", "red"], 0),
-             ("What is two plus two?", ["four", "five"], 0),
-             ("Which animal barks?", ["cat", "dog", "cow", "owl"], 1),
-             ("What is ice made of?", ["water", "sand", "glass"], 0)]
+QUESTIONS = [
+    ("What color is the sky?", ["blue", "green", "red"], 0),
+    ("What is two plus two?", ["four", "five"], 0),
+    ("Which animal barks?", ["cat", "dog", "cow", "owl"], 1),
+    ("What is ice made of?", ["water", "sand", "glass"], 0),
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +32,20 @@ def model64():
 
 def native_examples() -> list[ChoiceExample]:
     # lm-eval's prompt "Question: q\nAnswer:" followed by " " + choice (target_delimiter).
-    return [ChoiceExample(f"Question: {q}\nAnswer: ", tuple(c), frozenset({a}))
-            for q, c, a in QUESTIONS]
+    return [
+        ChoiceExample(f"Question: {q}\nAnswer: ", tuple(c), frozenset({a})) for q, c, a in QUESTIONS
+    ]
 
 
 @pytest.fixture
 def local_yaml(tmp_path: Path) -> Path:
     """A fully local multiple_choice task."""
     data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "choices": c, "label": a}) + "\n"
-                            for q, c, a in QUESTIONS))
+    data.write_text(
+        "".join(
+            json.dumps({"question": q, "choices": c, "label": a}) + "\n" for q, c, a in QUESTIONS
+        )
+    )
     path = tmp_path / "local_qa.yaml"
     path.write_text(f"""task: local_qa
 dataset_path: json
@@ -65,10 +71,20 @@ def arc_yaml(tmp_path: Path) -> Path:
 
     stock = Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"
     data = tmp_path / "arc.jsonl"
-    data.write_text("".join(json.dumps({
-        "id": str(i), "question": q, "answerKey": "ABCD"[a],
-        "choices": {"text": c, "label": list("ABCD"[:len(c)])}}) + "\n"
-        for i, (q, c, a) in enumerate(QUESTIONS)))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": str(i),
+                    "question": q,
+                    "answerKey": "ABCD"[a],
+                    "choices": {"text": c, "label": list("ABCD"[: len(c)])},
+                }
+            )
+            + "\n"
+            for i, (q, c, a) in enumerate(QUESTIONS)
+        )
+    )
     directory = tmp_path / "arc_local"
     directory.mkdir()
     path = directory / "arc_easy_local.yaml"

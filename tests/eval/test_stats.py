@@ -53,8 +53,10 @@ def test_no_defined_ratio_and_bad_input():
 
 def test_task_rows_and_summaries():
     dense = [TaskScores("a", {"acc": [1, 1, 0, 1]}), TaskScores("b", {"acc": [1, 0]})]
-    routed = [TaskScores("a", {"acc": [1, 0, 0, 1]}, 0.3, 0.35),
-              TaskScores("b", {"acc": [1, 0]}, 0.2, 0.25)]
+    routed = [
+        TaskScores("a", {"acc": [1, 0, 0, 1]}, 0.3, 0.35),
+        TaskScores("b", {"acc": [1, 0]}, 0.2, 0.25),
+    ]
     (row,) = task_rows(dense[0], routed[0], 500, 0)
     assert (row["dense"], row["routed"], row["n"]) == (0.75, 0.5, 4)
     assert row["retention"] == pytest.approx(2 / 3)

@@ -14,8 +14,14 @@ from torch import Tensor
 from router import StaticRouter, decoder_layers, keep_count
 
 
-def reference_logits(model, ids: Tensor, computed: list[Tensor], real: Tensor | None = None,
-                     positions: Tensor | None = None, capture: list | None = None) -> Tensor:
+def reference_logits(
+    model,
+    ids: Tensor,
+    computed: list[Tensor],
+    real: Tensor | None = None,
+    positions: Tensor | None = None,
+    capture: list | None = None,
+) -> Tensor:
     """Logits (batch, L, vocab) when block i computes exactly ``computed[i]`` (batch, L).
 
     ``real`` (batch, L) marks real tokens (default: all); ``positions`` are the rotary
@@ -40,7 +46,8 @@ def reference_logits(model, ids: Tensor, computed: list[Tensor], real: Tensor | 
         handle = None
         if capture is not None:
             handle = layer.self_attn.register_forward_hook(
-                lambda module, args, output: capture.append(output[1]))
+                lambda module, args, output: capture.append(output[1])
+            )
         out = layer(hidden, attention_mask=mask[:, None], position_embeddings=rotary)
         if handle is not None:
             handle.remove()
@@ -51,7 +58,7 @@ def reference_logits(model, ids: Tensor, computed: list[Tensor], real: Tensor | 
 def static_keep_sets(schedule: list[float], length: int) -> list[list[int]]:
     """FTP position priority, written out: token 0, the last token, then L-2 down to 1."""
     priority = [0, length - 1] + list(range(length - 2, 0, -1))
-    return [sorted(priority[:keep_count(s, length)]) for s in schedule]
+    return [sorted(priority[: keep_count(s, length)]) for s in schedule]
 
 
 def as_masks(keep_sets: list[list[int]], length: int, batch: int = 1) -> list[Tensor]:
@@ -87,8 +94,12 @@ class DecodeRouter(StaticRouter):
         if not state.past:
             return super().scores(block, hidden_states, state)
         batch, length = hidden_states.shape[:2]
-        return torch.tensor([[1.0 if self.keep(block, row, state.past + j) else -1.0
-                              for j in range(length)] for row in range(batch)])
+        return torch.tensor(
+            [
+                [1.0 if self.keep(block, row, state.past + j) else -1.0 for j in range(length)]
+                for row in range(batch)
+            ]
+        )
 
 
 class FeatureRecorder(StaticRouter):

@@ -12,9 +12,23 @@ from ftprune.bench.routing import median_ci95
 from ftprune.cli import app
 
 runner = CliRunner()
-ROW_KEYS = {"model", "dtype", "batch", "seq_len", "target_sparsity", "realized_sparsity",
-            "dense_ms", "routed_ms", "speedup", "ideal_speedup", "efficiency", "scope",
-            "speedup_ci95", "efficiency_ci95", "heap"}
+ROW_KEYS = {
+    "model",
+    "dtype",
+    "batch",
+    "seq_len",
+    "target_sparsity",
+    "realized_sparsity",
+    "dense_ms",
+    "routed_ms",
+    "speedup",
+    "ideal_speedup",
+    "efficiency",
+    "scope",
+    "speedup_ci95",
+    "efficiency_ci95",
+    "heap",
+}
 
 
 def test_help_names_the_options():
@@ -24,15 +38,18 @@ def test_help_names_the_options():
         assert option in result.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--sparsity", "1.0"], "--sparsity"),
-    (["--seq-len", "2"], "--seq-len"),
-    (["--batch", "0"], "--batch"),
-    (["--dtype", "int8"], "--dtype"),
-    (["--clock", "sundial"], "--clock"),
-    (["--model", "no-such-model"], "unknown model"),
-    (["--json", "/no/such/dir/out.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sparsity", "1.0"], "--sparsity"),
+        (["--seq-len", "2"], "--seq-len"),
+        (["--batch", "0"], "--batch"),
+        (["--dtype", "int8"], "--dtype"),
+        (["--clock", "sundial"], "--clock"),
+        (["--model", "no-such-model"], "unknown model"),
+        (["--json", "/no/such/dir/out.json"], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = runner.invoke(app, ["bench", "routing", *args])
     assert result.exit_code == 2
@@ -42,21 +59,45 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 
 def test_tiny_run_writes_rows_of_every_scope(tmp_path):
     out = tmp_path / "routing.json"
-    result = runner.invoke(app, ["bench", "routing", "--model", "random:qwen2-tiny",
-                                 "--seq-len", "48", "--sparsity", "0", "--sparsity", "0.5",
-                                 "--repeats", "1", "--warmup", "1", "--clock", "cpu",
-                                 "--json", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "routing",
+            "--model",
+            "random:qwen2-tiny",
+            "--seq-len",
+            "48",
+            "--sparsity",
+            "0",
+            "--sparsity",
+            "0.5",
+            "--repeats",
+            "1",
+            "--warmup",
+            "1",
+            "--clock",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert [(r["scope"], r["target_sparsity"]) for r in rows] == [
-        ("blocks", 0.0), ("blocks", 0.5), ("end_to_end", 0.0), ("end_to_end", 0.5),
-        ("features", 0.0)]
+        ("blocks", 0.0),
+        ("blocks", 0.5),
+        ("end_to_end", 0.0),
+        ("end_to_end", 0.5),
+        ("features", 0.0),
+    ]
     for row in rows:
         assert ROW_KEYS <= set(row)
         assert row["clock"] == "cpu" and row["threads"] == torch.get_num_threads()
         # Both are rounded to 4 decimals: allow that much, whatever the magnitude.
-        assert row["efficiency"] == pytest.approx(row["speedup"] / row["ideal_speedup"],
-                                                  rel=1e-3, abs=1e-4)
+        assert row["efficiency"] == pytest.approx(
+            row["speedup"] / row["ideal_speedup"], rel=1e-3, abs=1e-4
+        )
         low, high = row["speedup_ci95"]
         assert low <= row["speedup"] <= high
         assert row["heap"] in ("tuned", "default")

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from router import (RandomRouter, StaticRouter, decoder_layers, keep_count, load_model, route,
-                    routing_of, unroute)
+from router import (
+    RandomRouter,
+    StaticRouter,
+    decoder_layers,
+    keep_count,
+    load_model,
+    route,
+    routing_of,
+    unroute,
+)
 from router.loading import ModelSpecError
 
 
@@ -14,8 +22,9 @@ def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 250, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("sparsity,length", [(0.0, 10), (0.3, 10), (0.5, 7), (0.99, 50),
-                                             (0.25, 2), (0.05, 100)])
+@pytest.mark.parametrize(
+    "sparsity,length", [(0.0, 10), (0.3, 10), (0.5, 7), (0.99, 50), (0.25, 2), (0.05, 100)]
+)
 def test_keep_count(sparsity, length):
     expected = min(length, max(2, int((1 - sparsity) * length + 0.5)))
     assert keep_count(sparsity, length) == expected
@@ -28,11 +37,19 @@ def _capture_kept(model):
     for layer in decoder_layers(model):
         record = {}
         seen.append(record)
-        handles.append(layer.register_forward_pre_hook(
-            lambda m, args, kw, r=record: r.update(full=(args[0] if args else kw["hidden_states"])),
-            with_kwargs=True))
-        handles.append(layer.input_layernorm.register_forward_pre_hook(
-            lambda m, args, r=record: r.update(kept=args[0])))
+        handles.append(
+            layer.register_forward_pre_hook(
+                lambda m, args, kw, r=record: r.update(
+                    full=(args[0] if args else kw["hidden_states"])
+                ),
+                with_kwargs=True,
+            )
+        )
+        handles.append(
+            layer.input_layernorm.register_forward_pre_hook(
+                lambda m, args, r=record: r.update(kept=args[0])
+            )
+        )
     return seen, handles
 
 
@@ -60,8 +77,10 @@ def test_routed_block_runs_on_k_tokens(tiny_llama):
     schedule = [0.25, 0.5, 0.75, 0.1]
     batch, length = 3, 32
     shapes = []
-    handles = [layer.mlp.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape))
-               for layer in decoder_layers(model)]
+    handles = [
+        layer.mlp.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape))
+        for layer in decoder_layers(model)
+    ]
     routing = route(model, schedule)
     with torch.no_grad():
         model(_ids(batch, length), use_cache=False)
@@ -71,7 +90,8 @@ def test_routed_block_runs_on_k_tokens(tiny_llama):
     assert [tuple(s) for s in shapes] == [(batch, k, model.config.hidden_size) for k in expected]
     assert routing.last_state.kept == [batch * k for k in expected]
     assert routing.last_state.realized_sparsity == pytest.approx(
-        1 - sum(expected) / (len(expected) * length))
+        1 - sum(expected) / (len(expected) * length)
+    )
 
 
 def test_skipped_tokens_pass_through_unchanged(tiny_llama):
@@ -81,7 +101,8 @@ def test_skipped_tokens_pass_through_unchanged(tiny_llama):
     layer = decoder_layers(model)[0]
     handle_in = layer.register_forward_pre_hook(
         lambda m, args, kw: captured.update(inp=args[0] if args else kw["hidden_states"]),
-        with_kwargs=True)
+        with_kwargs=True,
+    )
     handle_out = layer.register_forward_hook(lambda m, a, out: captured.update(out=out))
     with torch.no_grad():
         model(_ids(1, 20), use_cache=False)
@@ -128,8 +149,9 @@ def test_schedule_validation(tiny_llama):
         route(model, [0.1, 0.2, 1.0, 0.0])
 
 
-@pytest.mark.parametrize("spec", ["nonsense", "random:gpt2-tiny", "/no/such/model.gguf",
-                                  "./missing-dir"])
+@pytest.mark.parametrize(
+    "spec", ["nonsense", "random:gpt2-tiny", "/no/such/model.gguf", "./missing-dir"]
+)
 def test_unknown_model_specs_are_clear_errors(spec):
     with pytest.raises(ModelSpecError):
         load_model(spec)

@@ -9,8 +9,13 @@ import torch
 
 from router import decoder_layers, keep_count, load_model, route, unroute
 from tests.conftest import FAMILIES
-from tests.router.reference import (FeatureRecorder, FixedRouter, as_masks, reference_logits,
-                                    static_keep_sets)
+from tests.router.reference import (
+    FeatureRecorder,
+    FixedRouter,
+    as_masks,
+    reference_logits,
+    static_keep_sets,
+)
 
 SCHEDULE = [0.3, 0.5, 0.15, 0.4]
 
@@ -30,8 +35,7 @@ def _random_keep_sets(schedule, length, seed=0):
 
 @pytest.mark.parametrize("attention", [False, True], ids=["static", "features"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_zero_sparsity_matches_plain_model_with_and_without_padding(model_of, family,
-                                                                    attention):
+def test_zero_sparsity_matches_plain_model_with_and_without_padding(model_of, family, attention):
     """With a router reading attention features, the probe computes part of each attention
     call itself (unpadded) or beside SDPA (padded): the outputs stay the plain model's."""
     model = model_of(family)
@@ -87,7 +91,7 @@ def test_right_padded_rows_match_each_row_alone(model_of, family):
         batched = model(ids, attention_mask=mask, use_cache=False).logits
         kept, seen = routing.last_state.kept, routing.last_state.seen
         for row, n in enumerate(lengths):
-            alone = model(ids[row:row + 1, :n], use_cache=False).logits
+            alone = model(ids[row : row + 1, :n], use_cache=False).logits
             assert (batched[row, :n] - alone[0]).abs().max().item() <= 1e-5
     # Each row keeps its own budget; padding counts as neither kept nor skipped.
     assert kept == [sum(keep_count(s, n) for n in lengths) for s in SCHEDULE]
@@ -102,9 +106,11 @@ def test_padded_rows_keep_their_first_and_last_real_tokens(model_of):
     first = decoder_layers(model)[0]
     handles = [
         first.input_layernorm.register_forward_pre_hook(
-            lambda m, args: captured.update(kept=args[0])),
+            lambda m, args: captured.update(kept=args[0])
+        ),
         first.self_attn.register_forward_pre_hook(
-            lambda m, args, kw: captured.update(mask=kw["attention_mask"]), with_kwargs=True),
+            lambda m, args, kw: captured.update(mask=kw["attention_mask"]), with_kwargs=True
+        ),
     ]
     route(model, [0.7] * 4)
     with torch.no_grad():
@@ -114,8 +120,10 @@ def test_padded_rows_keep_their_first_and_last_real_tokens(model_of):
         handle.remove()
     k = keep_count(0.7, 12)
     assert captured["kept"].shape[1] == k
-    columns = [[int((embeddings[row] == vector).all(-1).nonzero())
-                for vector in captured["kept"][row]] for row in range(2)]
+    columns = [
+        [int((embeddings[row] == vector).all(-1).nonzero()) for vector in captured["kept"][row]]
+        for row in range(2)
+    ]
     # Row 0 (9 real) keeps 3 real tokens: first real (3), last (11), then 10; one pad slot.
     # Row 1 (7 real) keeps 2 real tokens: 0 and 6; its spare slots hold its own padding.
     assert keep_count(0.7, 9) == 3 and keep_count(0.7, 7) == 2

@@ -50,8 +50,9 @@ def _reference_tables(model, ids, window):
 
 def _rank(table):
     order = table.argsort(dim=1, stable=True)
-    rank = torch.empty_like(table).scatter_(1, order, torch.arange(
-        table.shape[1], dtype=table.dtype).expand_as(table))
+    rank = torch.empty_like(table).scatter_(
+        1, order, torch.arange(table.shape[1], dtype=table.dtype).expand_as(table)
+    )
     return rank / (table.shape[1] - 1)
 
 
@@ -110,8 +111,9 @@ def test_feature_router_decodes_like_the_static_router(llama):
     for router in (StaticRouter(), FeatureRecorder()):
         route(llama, SCHEDULE, router, decode="threshold")
         with torch.no_grad():
-            outputs.append(llama.generate(prompt, max_new_tokens=5, do_sample=False,
-                                          pad_token_id=255))
+            outputs.append(
+                llama.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=255)
+            )
     assert torch.equal(outputs[0], outputs[1])
     # The decode token's features were measured in the blocks that computed it.
     last = outputs[1].shape[1] - 2

@@ -24,10 +24,17 @@ def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 def _generate(model, prompt, steps, **kwargs):
-    out = model.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True, pad_token_id=255,
-                         **kwargs)
-    return out.sequences[:, prompt.shape[1]:], torch.stack(out.logits, dim=1), out.past_key_values
+    out = model.generate(
+        prompt,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=255,
+        **kwargs,
+    )
+    return out.sequences[:, prompt.shape[1] :], torch.stack(out.logits, dim=1), out.past_key_values
 
 
 def _reference_decode(model, prompt, steps, schedule, keep=None):
@@ -104,8 +111,10 @@ def test_threshold_policy_skips_decode_tokens_and_writes_no_kv(model_of):
     _, cache = _generate_matches_reference(model, prompt, steps, keep)
     fed = range(14, 14 + steps - 1)
     sizes = [layer.keys.shape[-2] for layer in cache.layers]
-    expected = [keep_count(s, 14) + sum(keep(block, 0, col) for col in fed)
-                for block, s in enumerate(SCHEDULE)]
+    expected = [
+        keep_count(s, 14) + sum(keep(block, 0, col) for col in fed)
+        for block, s in enumerate(SCHEDULE)
+    ]
     assert sizes == expected and sizes[1] == keep_count(SCHEDULE[1], 14)
 
 
@@ -130,7 +139,7 @@ def test_left_padded_batch_generate_matches_each_row_alone(model_of, family):
     with torch.no_grad():
         tokens, logits, _ = _generate(model, ids, steps, attention_mask=mask)
         for row, n in enumerate(lengths):
-            alone_tokens, alone_logits, _ = _generate(model, ids[row:row + 1, width - n:], steps)
+            alone_tokens, alone_logits, _ = _generate(model, ids[row : row + 1, width - n :], steps)
             assert torch.equal(tokens[row], alone_tokens[0])
             assert (logits[row] - alone_logits[0]).abs().max().item() <= 1e-4
 
@@ -162,10 +171,18 @@ def test_cropped_cache_is_refused(model_of):
 
 
 def test_sliding_window_model_matches_reference_in_prefill_and_generation():
-    config = MistralConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                           num_key_value_heads=2, intermediate_size=128, vocab_size=258,
-                           max_position_embeddings=256, sliding_window=6,
-                           attn_implementation="sdpa", tie_word_embeddings=False)
+    config = MistralConfig(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=258,
+        max_position_embeddings=256,
+        sliding_window=6,
+        attn_implementation="sdpa",
+        tie_word_embeddings=False,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config).eval()

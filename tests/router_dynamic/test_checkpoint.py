@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from router import load_model, route
-from router.checkpoint import CheckpointError, load_router, load_routed, save_router
+from router.checkpoint import CheckpointError, load_routed, load_router, save_router
 from router.dynamic import FACTORS, DynamicRouter, HiddenStateRouter
 from tests.router_dynamic.conftest import ids
 
@@ -29,8 +29,11 @@ def _trained_like(router):
 def test_export_then_load_gives_identical_logits_and_generation(tmp_path, kind):
     model, _ = load_model(SPEC)
     torch.manual_seed(0)
-    router = _trained_like(DynamicRouter(["position", "attention", "sparsity"])
-                           if kind == "dynamic" else HiddenStateRouter(model.config.hidden_size))
+    router = _trained_like(
+        DynamicRouter(["position", "attention", "sparsity"])
+        if kind == "dynamic"
+        else HiddenStateRouter(model.config.hidden_size)
+    )
     route(model, SCHEDULE, router)
     batch = ids(2, 24)
     with torch.no_grad():

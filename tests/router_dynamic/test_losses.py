@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from router.losses import (LossWeights, achieved_sparsity, distillation_loss, guide_loss,
-                           guide_weight, hidden_mse, sparsity_loss, total_loss)
+from router.losses import (
+    LossWeights,
+    achieved_sparsity,
+    distillation_loss,
+    guide_loss,
+    guide_weight,
+    hidden_mse,
+    sparsity_loss,
+    total_loss,
+)
 
 
 def test_guide_loss_is_bce_against_the_static_mask():
@@ -38,8 +46,7 @@ def test_distillation_loss_is_mean_kl_dense_to_routed():
     teacher = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]).log()
     routed_logits = torch.tensor([[[0.25, 0.75], [0.9, 0.1]]]).log() + 3.0  # logits: any shift
     kl_first = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    assert distillation_loss(routed_logits, teacher).item() == pytest.approx(kl_first / 2,
-                                                                             rel=1e-5)
+    assert distillation_loss(routed_logits, teacher).item() == pytest.approx(kl_first / 2, rel=1e-5)
     assert distillation_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
 
 

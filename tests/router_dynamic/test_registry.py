@@ -85,8 +85,7 @@ def test_every_fixed_router_builds_from_its_spec(tiny, spec):
     check_router_spec(spec)
     assert checkpoint_dir(spec) is None and router_kind(spec) == spec
     batch = ids(2, 24)
-    first, second = _logits(tiny, make_router(spec), batch), _logits(tiny, make_router(spec),
-                                                                      batch)
+    first, second = _logits(tiny, make_router(spec), batch), _logits(tiny, make_router(spec), batch)
     assert torch.isfinite(first).all()
     assert torch.equal(first, second), "a spec names one router: the same scores every time"
 
@@ -132,9 +131,12 @@ def test_the_run_config_and_the_scorer_ask_the_registry():
     assert workers.scoring.make_router is make_router
     assert workers.scoring.router_kind is router_kind
     assert workers.training.new_router is new_router
-    assert build_config(None, router_training={"kind": "hidden_state"}).router_training.kind \
+    assert (
+        build_config(None, router_training={"kind": "hidden_state"}).router_training.kind
         == "hidden_state"
+    )
     with pytest.raises(ConfigError) as error:
         build_config(None, router_training={"kind": "lstm"})
     assert "router_training.kind" in _one_line(error) and "dynamic, hidden_state" in str(
-        error.value)
+        error.value
+    )

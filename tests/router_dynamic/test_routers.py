@@ -22,8 +22,9 @@ def _kept_columns(model, router, schedule=SCHEDULE, batch=2):
     return routing, routing.last_state.record.cols
 
 
-@pytest.mark.parametrize("make", [lambda m: DynamicRouter(),
-                                  lambda m: HiddenStateRouter(m.config.hidden_size)])
+@pytest.mark.parametrize(
+    "make", [lambda m: DynamicRouter(), lambda m: HiddenStateRouter(m.config.hidden_size)]
+)
 def test_learned_routers_keep_exactly_k_including_first_and_last(tiny_llama, make):
     model, _ = tiny_llama
     torch.manual_seed(0)

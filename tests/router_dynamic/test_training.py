@@ -8,8 +8,13 @@ import torch
 from router import route, unroute
 from router.dynamic import DynamicRouter, HiddenStateRouter
 from router.losses import LossWeights, distillation_loss
-from router.training import (TrainConfig, router_losses, teacher_outputs, train_router,
-                             training_forward)
+from router.training import (
+    TrainConfig,
+    router_losses,
+    teacher_outputs,
+    train_router,
+    training_forward,
+)
 from tests.router_dynamic.conftest import ids
 from workers.data import DataSpec, build_sequences
 from workers.scoring import WindowComparator
@@ -31,8 +36,7 @@ def calibration(tiny_models):
 def test_training_forward_equals_the_routed_inference_forward(tiny_models, family, kind):
     model, _ = tiny_models[family]
     torch.manual_seed(0)
-    router = DynamicRouter() if kind == "dynamic" else HiddenStateRouter(
-        model.config.hidden_size)
+    router = DynamicRouter() if kind == "dynamic" else HiddenStateRouter(model.config.hidden_size)
     routing = route(model, [0.3, 0.5, 0.6, 0.7], router)
     try:
         batch = ids(2, 29)
@@ -53,8 +57,13 @@ def test_gradients_reach_the_router_and_never_the_model(tiny_llama, calibration)
     try:
         torch.manual_seed(0)
         router = DynamicRouter()
-        train_router(model, router, SCHEDULE, calibration,
-                     config=TrainConfig(steps=2, window=WINDOW, progress=False))
+        train_router(
+            model,
+            router,
+            SCHEDULE,
+            calibration,
+            config=TrainConfig(steps=2, window=WINDOW, progress=False),
+        )
         assert all(p.grad is None for p in model.parameters())
         assert all(p.requires_grad for p in model.parameters())  # flags restored
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in router.parameters())
@@ -76,7 +85,8 @@ def test_every_loss_has_a_gradient_path_to_the_router(tiny_llama, calibration):
     losses = router_losses(output, *teacher, SCHEDULE, two_sided=True)
     losses["mse"] = router_losses(output, *teacher, SCHEDULE, distill="mse")["distill"]
     assert losses["mse"].item() == pytest.approx(
-        torch.nn.functional.mse_loss(output.hidden, teacher[1]).item())
+        torch.nn.functional.mse_loss(output.hidden, teacher[1]).item()
+    )
     for name, loss in losses.items():
         router.zero_grad()
         loss.backward(retain_graph=True)
@@ -87,8 +97,9 @@ def _distillation(model, router, batch, teacher_log_probs):
     routing = route(model, SCHEDULE, router)
     try:
         with torch.no_grad():
-            return distillation_loss(training_forward(model, routing, batch, WINDOW).logits,
-                                     teacher_log_probs).item()
+            return distillation_loss(
+                training_forward(model, routing, batch, WINDOW).logits, teacher_log_probs
+            ).item()
     finally:
         unroute(model)
 
@@ -100,8 +111,9 @@ def test_training_lowers_the_distillation_loss(tiny_llama, calibration):
     torch.manual_seed(2)
     router = DynamicRouter()
     before = _distillation(model, router, batch, teacher_log_probs)
-    config = TrainConfig(steps=40, lr=1e-2, window=WINDOW, progress=False,
-                         weights=LossWeights(guide=0.0, sparse=0.0))
+    config = TrainConfig(
+        steps=40, lr=1e-2, window=WINDOW, progress=False, weights=LossWeights(guide=0.0, sparse=0.0)
+    )
     history = train_router(model, router, SCHEDULE, calibration, config=config)
     after = _distillation(model, router, batch, teacher_log_probs)
     assert after < 0.5 * before
@@ -112,8 +124,13 @@ def test_history_records_steps_and_heldout_evaluations(tiny_llama, calibration):
     model, tokenizer = tiny_llama
     heldout = build_sequences(DataSpec("builtin:pydoc", "heldout", (48,), 2), tokenizer)
     torch.manual_seed(0)
-    config = TrainConfig(steps=4, window=WINDOW, eval_every=3, progress=False,
-                         weights=LossWeights(guide=1.0, guide_steps=2))
+    config = TrainConfig(
+        steps=4,
+        window=WINDOW,
+        eval_every=3,
+        progress=False,
+        weights=LossWeights(guide=1.0, guide_steps=2),
+    )
     comparator = WindowComparator(model, heldout, WINDOW)
     evaluate = HeldoutEvaluator(comparator, SCHEDULE)
     history = train_router(model, DynamicRouter(), SCHEDULE, calibration, evaluate, config)

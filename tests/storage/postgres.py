@@ -41,14 +41,18 @@ def find_binaries() -> tuple[str, str]:
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if initdb and pg_ctl:
         return initdb, pg_ctl
-    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
-                  key=lambda d: [int(n) for n in re.findall(r"\d+", d.parent.name)],
-                  reverse=True)
+    dirs = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda d: [int(n) for n in re.findall(r"\d+", d.parent.name)],
+        reverse=True,
+    )
     for directory in dirs:
         if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
             return str(directory / "initdb"), str(directory / "pg_ctl")
-    raise PostgresUnavailable("no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin "
-                              "(install Debian's postgresql package: make system-deps)")
+    raise PostgresUnavailable(
+        "no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin "
+        "(install Debian's postgresql package: make system-deps)"
+    )
 
 
 def _free_port() -> int:
@@ -66,33 +70,46 @@ class PostgresServer:
     pg_ctl: str
     as_user: list[str]
 
-    def url(self, database: str = "postgres", user: str = "postgres",
-            password: str | None = None) -> str:
+    def url(
+        self, database: str = "postgres", user: str = "postgres", password: str | None = None
+    ) -> str:
         secret = f":{quote(password, safe='')}" if password else ""
         return f"postgresql+psycopg://{user}{secret}@127.0.0.1:{self.port}/{database}"
 
     def admin(self) -> psycopg.Connection:
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
-                               dbname="postgres", autocommit=True)
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        )
 
     def create_database(self, name: str, owner: str = "postgres") -> None:
         with self.admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(owner)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(owner)
+                )
+            )
 
     def drop_database(self, name: str) -> None:
         with self.admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def create_role(self, name: str, password: str) -> None:
         with self.admin() as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(name), sql.Literal(password)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)
+                )
+            )
 
     def stop(self) -> None:
-        subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.root / "data"), "-m", "fast",
-                        "-w", "stop"], cwd=self.root, capture_output=True, check=False)
+        subprocess.run(
+            [*self.as_user, self.pg_ctl, "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"],
+            cwd=self.root,
+            capture_output=True,
+            check=False,
+        )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -108,19 +125,53 @@ def start_server(attempts: int = 3) -> PostgresServer:
         os.chown(root, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", SERVER_USER, "--"]
     data = root / "data"
-    _run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "--no-locale",
-          "-E", "UTF8", "--no-sync"], root, "initdb")
+    _run(
+        [
+            *as_user,
+            initdb,
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-locale",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        root,
+        "initdb",
+    )
     (data / "pg_hba.conf").write_text(HBA)
     for _ in range(attempts):
         server = PostgresServer(root, _free_port(), pg_ctl, as_user)
         options = f"-F -h 127.0.0.1 -p {server.port} -k {root} -c max_connections=200"
         started = subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-w",
-             "-t", "60", "-o", options, "start"], cwd=root, capture_output=True, text=True)
+            [
+                *as_user,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
         if started.returncode == 0:
             return server
-    log = (root / "server.log").read_text(errors="replace")[-500:] if (
-        root / "server.log").exists() else started.stderr[-500:]
+    log = (
+        (root / "server.log").read_text(errors="replace")[-500:]
+        if (root / "server.log").exists()
+        else started.stderr[-500:]
+    )
     shutil.rmtree(root, ignore_errors=True)
     raise PostgresUnavailable(f"pg_ctl start failed: {log.strip()}")
 

@@ -69,11 +69,22 @@ _TYPES = {
 }
 
 # Two generations of a finished run: generation 0 scored two schedules, generation 1 one.
-RUN = dict(id=1, name="old-run", status="finished", seed=7, code_version="0.1.0",
-           generations_done=2, best_fitness=0.3, best_schedule=[0.1, 0.5], error=None,
-           config={"model": "random:llama-tiny", "target_sparsity": 0.3, "generations": 2})
+RUN = dict(
+    id=1,
+    name="old-run",
+    status="finished",
+    seed=7,
+    code_version="0.1.0",
+    generations_done=2,
+    best_fitness=0.3,
+    best_schedule=[0.1, 0.5],
+    error=None,
+    config={"model": "random:llama-tiny", "target_sparsity": 0.3, "generations": 2},
+)
 EVALUATIONS = [  # (generation, schedule, fitness, duration_s)
-    (0, [0.3, 0.3], 0.5, 1.0), (0, [0.2, 0.4], 0.4, 2.0), (1, [0.1, 0.5], 0.3, 1.5),
+    (0, [0.3, 0.3], 0.5, 1.0),
+    (0, [0.2, 0.4], 0.4, 2.0),
+    (1, [0.1, 0.5], 0.3, 1.5),
 ]
 HELDOUT = [("best", [0.1, 0.5], 0.35), ("uniform", [0.3, 0.3], 0.55)]
 
@@ -92,23 +103,37 @@ def create_skeleton_database(connection: Connection, with_rows: bool = True) -> 
     if not with_rows:
         return
     stamp = "2025-01-02 03:04:05"
-    connection.execute(text(
-        "INSERT INTO ftp_runs (id, name, status, config, seed, code_version, created_at, "
-        "updated_at, finished_at, generations_done, best_fitness, best_schedule, error) VALUES "
-        "(:id, :name, :status, :config, :seed, :code_version, :t, :t, :t, :generations_done, "
-        ":best_fitness, :best_schedule, :error)"),
-        {**RUN, "config": json.dumps(RUN["config"]),
-         "best_schedule": json.dumps(RUN["best_schedule"]), "t": stamp})
+    connection.execute(
+        text(
+            "INSERT INTO ftp_runs (id, name, status, config, seed, code_version, created_at, "
+            "updated_at, finished_at, generations_done, best_fitness, best_schedule, error) VALUES "
+            "(:id, :name, :status, :config, :seed, :code_version, :t, :t, :t, :generations_done, "
+            ":best_fitness, :best_schedule, :error)"
+        ),
+        {
+            **RUN,
+            "config": json.dumps(RUN["config"]),
+            "best_schedule": json.dumps(RUN["best_schedule"]),
+            "t": stamp,
+        },
+    )
     for generation, schedule, fitness, duration in EVALUATIONS:
-        connection.execute(text(
-            "INSERT INTO ftp_evaluations (run_id, generation, schedule, router, fitness, top1, "
-            "ppl, realized_sparsity, duration_s, worker, created_at) VALUES (1, :g, :s, "
-            "'static', :f, 0.9, 10.0, 0.3, :d, 'host:1', :t)"),
-            {"g": generation, "s": json.dumps(schedule), "f": fitness, "d": duration, "t": stamp})
+        connection.execute(
+            text(
+                "INSERT INTO ftp_evaluations (run_id, generation, schedule, router, fitness, top1, "
+                "ppl, realized_sparsity, duration_s, worker, created_at) VALUES (1, :g, :s, "
+                "'static', :f, 0.9, 10.0, 0.3, :d, 'host:1', :t)"
+            ),
+            {"g": generation, "s": json.dumps(schedule), "f": fitness, "d": duration, "t": stamp},
+        )
     for label, schedule, kl in HELDOUT:
-        connection.execute(text(
-            "INSERT INTO ftp_heldout_results (run_id, label, schedule, router, kl, top1, ppl, "
-            "realized_sparsity, created_at) VALUES (1, :l, :s, 'static', :kl, 0.9, 12.0, 0.3, "
-            ":t)"), {"l": label, "s": json.dumps(schedule), "kl": kl, "t": stamp})
+        connection.execute(
+            text(
+                "INSERT INTO ftp_heldout_results (run_id, label, schedule, router, kl, top1, ppl, "
+                "realized_sparsity, created_at) VALUES (1, :l, :s, 'static', :kl, 0.9, 12.0, 0.3, "
+                ":t)"
+            ),
+            {"l": label, "s": json.dumps(schedule), "kl": kl, "t": stamp},
+        )
     if connection.dialect.name == "postgresql":  # explicit ids leave the sequence behind
         connection.exec_driver_sql("SELECT setval('ftp_runs_id_seq', 1)")

@@ -26,11 +26,14 @@ def test_db_commands_have_help(args):
 
 
 @pytest.mark.parametrize("command", ["upgrade", "check"])
-@pytest.mark.parametrize("url,message", [
-    ("mysql://u:p@h/db", "unsupported database"),
-    ("not a url", "invalid database URL"),
-    ("sqlite:////no/such/dir/x.db", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("mysql://u:p@h/db", "unsupported database"),
+        ("not a url", "invalid database URL"),
+        ("sqlite:////no/such/dir/x.db", "does not exist"),
+    ],
+)
 def test_bad_urls_are_one_line_and_exit_2(command, url, message):
     result = runner.invoke(app, ["db", command, "--db", url])
     assert result.exit_code == 2
@@ -49,8 +52,10 @@ def test_check_never_creates_a_database(tmp_path, monkeypatch):
 
 
 def test_cli_starts_without_database_libraries():
-    code = ("import sys; from ftprune.cli import app; print(sorted(m for m in ('sqlalchemy', "
-            "'alembic', 'pandas', 'psycopg') if m in sys.modules))")
+    code = (
+        "import sys; from ftprune.cli import app; print(sorted(m for m in ('sqlalchemy', "
+        "'alembic', 'pandas', 'psycopg') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

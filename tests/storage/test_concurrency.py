@@ -21,9 +21,12 @@ PER_GENERATION = 10
 def test_eight_writers_lose_nothing_and_raise_nothing(db_url, capsys):
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(WRITERS), context.Queue()
-    processes = [context.Process(target=write_run, args=(
-        db_url, writer, GENERATIONS, PER_GENERATION, barrier, results))
-        for writer in range(WRITERS)]
+    processes = [
+        context.Process(
+            target=write_run, args=(db_url, writer, GENERATIONS, PER_GENERATION, barrier, results)
+        )
+        for writer in range(WRITERS)
+    ]
     started = time.perf_counter()
     for process in processes:
         process.start()
@@ -46,17 +49,22 @@ def test_eight_writers_lose_nothing_and_raise_nothing(db_url, capsys):
     with store.read_engine.connect() as connection:
         rows = connection.execute(select(EvaluationRow.schedule)).scalars().all()
         summaries = connection.scalar(select(func.count()).select_from(GenerationRow))
-    expected = {(w, g, i) for w in range(WRITERS) for g in range(GENERATIONS)
-                for i in range(PER_GENERATION)}
+    expected = {
+        (w, g, i) for w in range(WRITERS) for g in range(GENERATIONS) for i in range(PER_GENERATION)
+    }
     assert sorted(tuple(s) for s in rows) == sorted(expected)  # each exactly once
     assert summaries == WRITERS * GENERATIONS
     for run_id in runs["id"]:
-        assert queries.convergence(store, run_id)["evaluations"].tolist() == [
-            PER_GENERATION] * GENERATIONS
+        assert (
+            queries.convergence(store, run_id)["evaluations"].tolist()
+            == [PER_GENERATION] * GENERATIONS
+        )
 
     span = max(end for _, _, end, _ in reports) - min(start for _, start, _, _ in reports)
     total = WRITERS * GENERATIONS * PER_GENERATION
     with capsys.disabled():
-        print(f"\n{db_url.split(':')[0]}: {WRITERS} writers, {WRITERS * GENERATIONS} "
-              f"generation transactions, {total} evaluations in {span:.2f} s of writing "
-              f"({total / span:.0f} rows/s; {wall:.1f} s with process start-up)")
+        print(
+            f"\n{db_url.split(':')[0]}: {WRITERS} writers, {WRITERS * GENERATIONS} "
+            f"generation transactions, {total} evaluations in {span:.2f} s of writing "
+            f"({total / span:.0f} rows/s; {wall:.1f} s with process start-up)"
+        )

@@ -10,11 +10,11 @@ from sqlalchemy import MetaData, text
 from typer.testing import CliRunner
 
 from ftprune.cli import app
-from storage import Store, StorageError, queries
+from storage import StorageError, Store, queries
 from storage.engine import make_engine
 from storage.migrate import SKELETON_TABLES, TABLE_PREFIX, VERSION_TABLE, alembic_config
 from tests.storage import skeleton
-from tests.storage.helpers import scored, schema_snapshot
+from tests.storage.helpers import schema_snapshot, scored
 
 runner = CliRunner()
 
@@ -68,11 +68,12 @@ def test_skeleton_database_upgrades_in_place_keeping_its_rows(db_url):
     status = store.run_status("old-run")
     assert status["status"] == "finished" and status["evaluations"] == 3
     assert status["best_schedule"] == [0.1, 0.5] and status["model"] == "random:llama-tiny"
-    assert [(e.generation, e.schedule, e.fitness, e.fidelity)
-            for e in store.evaluations(1)] == [(g, s, f, None)
-                                               for g, s, f, _ in skeleton.EVALUATIONS]
-    assert [(h.label, h.kl) for h in store.heldout(1)] == [(label, kl) for label, _, kl
-                                                            in skeleton.HELDOUT]
+    assert [(e.generation, e.schedule, e.fitness, e.fidelity) for e in store.evaluations(1)] == [
+        (g, s, f, None) for g, s, f, _ in skeleton.EVALUATIONS
+    ]
+    assert [(h.label, h.kl) for h in store.heldout(1)] == [
+        (label, kl) for label, _, kl in skeleton.HELDOUT
+    ]
     summary = queries.convergence(store, 1)
     assert summary["evaluations"].tolist() == [2, 1]
     assert summary["best_fitness"].tolist() == [0.4, 0.3]

@@ -21,7 +21,8 @@ runner = CliRunner()
 
 def _objective(trial: optuna.Trial) -> float:
     return (trial.suggest_float("lambda_guide", 0.0, 2.0) - 1.0) ** 2 + trial.suggest_int(
-        "steps", 1, 3)
+        "steps", 1, 3
+    )
 
 
 def _trials(url: str) -> list[tuple[Any, ...]]:
@@ -34,18 +35,27 @@ def _optuna_state(url: str) -> tuple[dict[str, Any], dict[str, int], list[tuple[
     with make_engine(url).connect() as connection:
         metadata = MetaData()
         metadata.reflect(connection, only=lambda name, _: not name.startswith(TABLE_PREFIX))
-        counts = {name: connection.scalar(select(func.count()).select_from(table))
-                  for name, table in metadata.tables.items()}
-        snapshot = {name: value for name, value in schema_snapshot(connection, "").items()
-                    if not name.startswith(TABLE_PREFIX)}
+        counts = {
+            name: connection.scalar(select(func.count()).select_from(table))
+            for name, table in metadata.tables.items()
+        }
+        snapshot = {
+            name: value
+            for name, value in schema_snapshot(connection, "").items()
+            if not name.startswith(TABLE_PREFIX)
+        }
         revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").all()
     return snapshot, counts, revision
 
 
 def test_optuna_study_survives_upgrade_and_check(db_url):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=db_url, study_name="lambdas", direction="minimize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        storage=db_url,
+        study_name="lambdas",
+        direction="minimize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     study.optimize(_objective, n_trials=3)
     trials, before = _trials(db_url), _optuna_state(db_url)
     assert len(trials) == 3 and before[1]["trials"] == 3

@@ -20,25 +20,61 @@ def filled(db_url):
     a trained router, task results and benchmark rows, plus an empty later run."""
     store = Store(db_url)
     run = store.create_run("q", {"model": "m", "target_sparsity": 0.3, "generations": 2}, 1)
-    store.record_generation(run.id, 0, [
-        scored(0.5, [0.3, 0.3], duration_s=1.0), scored(0.4, [0.2, 0.4], duration_s=1.0),
-        scored(0.45, [0.2, 0.4], positions=256, duration_s=4.0)], 0.4, [0.2, 0.4])
-    store.record_generation(run.id, 1, [scored(0.3, [0.1, 0.5]), scored(0.3, [0.5, 0.1])],
-                            0.3, [0.1, 0.5])
+    store.record_generation(
+        run.id,
+        0,
+        [
+            scored(0.5, [0.3, 0.3], duration_s=1.0),
+            scored(0.4, [0.2, 0.4], duration_s=1.0),
+            scored(0.45, [0.2, 0.4], positions=256, duration_s=4.0),
+        ],
+        0.4,
+        [0.2, 0.4],
+    )
+    store.record_generation(
+        run.id, 1, [scored(0.3, [0.1, 0.5]), scored(0.3, [0.5, 0.1])], 0.3, [0.1, 0.5]
+    )
     store.add_heldout(run.id, "best", scored(0.35, [0.1, 0.5]))
     store.add_heldout(run.id, "uniform", scored(0.55, [0.3, 0.3]))
     router_id = store.add_router(
-        run.id, "trial-0", [0.1, 0.5], {"guide": 1.0, "sparse": 0.5, "distill": 2.0},
-        "/ckpt/router.pt", "ab" * 32, CURVES, {"steps": 20},
-        heldout=Metrics(kl=0.2, top1=0.95, ppl=9.0, realized_sparsity=0.31), train_s=12.5)
-    store.add_eval_results(run.id, "best", "dynamic", [
-        {"task": "arc_easy", "metric": "acc", "dense": 0.8, "routed": 0.76, "samples": 100,
-         "ci_low": 0.9, "ci_high": 1.01, "realized_sparsity": 0.3, "flop_saving": 0.33},
-        {"task": "toy", "metric": "acc", "dense": 0.0, "routed": 0.0,
-         "ci_low": float("nan")}], router_id=router_id)
-    store.add_benchmark_rows("routing", [
-        {"model": "m", "seq_len": 512, "speedup": 1.3}, {"model": "m", "seq_len": 1024,
-                                                         "speedup": 1.5, "scope": "blocks"}])
+        run.id,
+        "trial-0",
+        [0.1, 0.5],
+        {"guide": 1.0, "sparse": 0.5, "distill": 2.0},
+        "/ckpt/router.pt",
+        "ab" * 32,
+        CURVES,
+        {"steps": 20},
+        heldout=Metrics(kl=0.2, top1=0.95, ppl=9.0, realized_sparsity=0.31),
+        train_s=12.5,
+    )
+    store.add_eval_results(
+        run.id,
+        "best",
+        "dynamic",
+        [
+            {
+                "task": "arc_easy",
+                "metric": "acc",
+                "dense": 0.8,
+                "routed": 0.76,
+                "samples": 100,
+                "ci_low": 0.9,
+                "ci_high": 1.01,
+                "realized_sparsity": 0.3,
+                "flop_saving": 0.33,
+            },
+            {"task": "toy", "metric": "acc", "dense": 0.0, "routed": 0.0, "ci_low": float("nan")},
+        ],
+        router_id=router_id,
+    )
+    store.add_benchmark_rows(
+        "routing",
+        [
+            {"model": "m", "seq_len": 512, "speedup": 1.3},
+            {"model": "m", "seq_len": 1024, "speedup": 1.5, "scope": "blocks"},
+        ],
+    )
     store.add_benchmark_rows("search", [{"method": "ga", "evaluations": 5}], run_id=run.id)
     store.set_status(run.id, "finished")
     later = store.create_run("later", {}, 2)
@@ -64,7 +100,10 @@ def test_convergence_per_generation_and_stage(filled):
     store, run_id, _, _ = filled
     frame = queries.convergence(store, run_id)
     assert list(zip(frame["generation"], frame["stage"], frame["fidelity"], strict=True)) == [
-        (0, 0, 64), (0, 1, 256), (1, 0, 64)]
+        (0, 0, 64),
+        (0, 1, 256),
+        (1, 0, 64),
+    ]
     assert frame["evaluations"].tolist() == [2, 1, 2]
     assert frame["best_fitness"].tolist() == [0.4, 0.45, 0.3]
     assert frame["worst_fitness"].tolist() == [0.5, 0.45, 0.3]
@@ -103,8 +142,7 @@ def test_routers_and_their_curves(filled):
     store, run_id, _, router_id = filled
     frame = queries.routers(store, run_id)
     row = frame.iloc[0]
-    assert (row["id"], row["label"], row["checkpoint"]) == (router_id, "trial-0",
-                                                            "/ckpt/router.pt")
+    assert (row["id"], row["label"], row["checkpoint"]) == (router_id, "trial-0", "/ckpt/router.pt")
     assert (row["lambda_guide"], row["lambda_sparse"], row["lambda_distill"]) == (1, 0.5, 2)
     assert (row["heldout_kl"], row["heldout_top1"], row["train_s"]) == (0.2, 0.95, 12.5)
     assert row["checkpoint_sha256"] == "ab" * 32 and row["config"] == {"steps": 20}
@@ -162,10 +200,19 @@ def test_empty_results_have_the_same_columns_and_dtypes(db_url, tmp_path, name):
     run = full_store.create_run("r", {}, 0)
     full_store.record_generation(run.id, 0, [scored(0.1, [0.1])], 0.1, [0.1])
     full_store.add_heldout(run.id, "best", scored(0.1, [0.1]))
-    full_store.add_router(run.id, "r", [0.1], {"guide": 1, "sparse": 1, "distill": 1}, "c",
-                          "0" * 64, {"loss": [1.0]}, {})
-    full_store.add_eval_results(run.id, "best", "static",
-                                [{"task": "t", "metric": "acc", "dense": 1, "routed": 1}])
+    full_store.add_router(
+        run.id,
+        "r",
+        [0.1],
+        {"guide": 1, "sparse": 1, "distill": 1},
+        "c",
+        "0" * 64,
+        {"loss": [1.0]},
+        {},
+    )
+    full_store.add_eval_results(
+        run.id, "best", "static", [{"task": "t", "metric": "acc", "dense": 1, "routed": 1}]
+    )
     full = query(full_store)
     assert empty.empty and not full.empty
     assert list(empty.columns) == list(full.columns)
@@ -178,11 +225,16 @@ def test_dtypes_agree_across_backends(sqlite_url, postgresql_url):
         store = Store(url)
         run = store.create_run("r", {"target_sparsity": 0.3}, 0)
         store.record_generation(run.id, 0, [scored(0.1, [0.1]), scored(0.2, [0.2])], 0.1, [0.1])
-        store.add_eval_results(run.id, "best", "static",
-                               [{"task": "t", "metric": "acc", "dense": 1, "routed": 1}])
+        store.add_eval_results(
+            run.id, "best", "static", [{"task": "t", "metric": "acc", "dense": 1, "routed": 1}]
+        )
         store.add_benchmark_rows("routing", [{"speedup": 1.2}])
-        frames[url] = {name: query(store).dtypes.astype(str).to_dict()
-                       for name, query in {**ALL_QUERIES, "benchmark_rows":
-                                           lambda s: queries.benchmark_rows(s)}.items()}
+        frames[url] = {
+            name: query(store).dtypes.astype(str).to_dict()
+            for name, query in {
+                **ALL_QUERIES,
+                "benchmark_rows": lambda s: queries.benchmark_rows(s),
+            }.items()
+        }
     sqlite, postgresql = frames.values()
     assert sqlite == postgresql

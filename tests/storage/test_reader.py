@@ -34,8 +34,7 @@ def _one_line(text: str) -> str:
 
 
 def _previous_revision() -> str:
-    down = ScriptDirectory.from_config(alembic_config()).get_revision(
-        head_revision()).down_revision
+    down = ScriptDirectory.from_config(alembic_config()).get_revision(head_revision()).down_revision
     assert isinstance(down, str), "the head revision must have one parent"
     return down
 
@@ -56,8 +55,9 @@ def _fingerprint(url: str) -> Any:
     try:
         with engine.connect() as connection:
             schema = schema_snapshot(connection, "")
-            return schema, {table: connection.execute(text(f"SELECT * FROM {table}")).all()
-                            for table in schema}
+            return schema, {
+                table: connection.execute(text(f"SELECT * FROM {table}")).all() for table in schema
+            }
     finally:
         engine.dispose()
 
@@ -69,10 +69,14 @@ def _database_behind(url: str) -> str:
     with engine.begin() as connection:
         command.upgrade(alembic_config(connection), previous)
         now = datetime.now(timezone.utc)
-        connection.execute(text(
-            "INSERT INTO ftp_runs (name, status, config, seed, code_version, created_at, "
-            "updated_at, generations_done) VALUES ('old', 'finished', '{}', 0, 'x', :now, "
-            ":now, 1)"), {"now": now})
+        connection.execute(
+            text(
+                "INSERT INTO ftp_runs (name, status, config, seed, code_version, created_at, "
+                "updated_at, generations_done) VALUES ('old', 'finished', '{}', 0, 'x', :now, "
+                ":now, 1)"
+            ),
+            {"now": now},
+        )
     engine.dispose()
     return previous
 
@@ -173,11 +177,14 @@ def test_a_reader_cannot_write(db_url):
         # Below the Store's guard the connection itself refuses to write.
         with pytest.raises(DBAPIError, match="read-only|readonly"):
             with reader.engine.begin() as connection:
-                connection.execute(text(
-                    "INSERT INTO ftp_runs (name, status, config, seed, code_version, "
-                    "created_at, updated_at, generations_done) VALUES "
-                    "('sneaky', 'running', '{}', 0, 'x', :now, :now, 0)"),
-                    {"now": datetime.now(timezone.utc)})
+                connection.execute(
+                    text(
+                        "INSERT INTO ftp_runs (name, status, config, seed, code_version, "
+                        "created_at, updated_at, generations_done) VALUES "
+                        "('sneaky', 'running', '{}', 0, 'x', :now, :now, 0)"
+                    ),
+                    {"now": datetime.now(timezone.utc)},
+                )
         with reader.engine.connect() as connection:
             assert connection.scalar(select(func.count()).select_from(RunRow)) == 0
 

@@ -9,15 +9,23 @@ import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from storage import Store, StorageError, redact
+from storage import StorageError, Store, redact
 from storage.migrate import VERSION_TABLE, current_revision, head_revision
 from storage.schema import EvaluationRow, GenerationRow, RunRow
 from tests.storage.helpers import Metrics, Scored, scored
 
-TABLES = {"ftp_runs", "ftp_evaluations", "ftp_heldout_results", "ftp_generations",
-          "ftp_routers", "ftp_eval_results", "ftp_benchmarks", "ftp_search_states",
-          "ftp_tuned_weights",
-          VERSION_TABLE}
+TABLES = {
+    "ftp_runs",
+    "ftp_evaluations",
+    "ftp_heldout_results",
+    "ftp_generations",
+    "ftp_routers",
+    "ftp_eval_results",
+    "ftp_benchmarks",
+    "ftp_search_states",
+    "ftp_tuned_weights",
+    VERSION_TABLE,
+}
 
 
 def _count(store: Store, model) -> int:
@@ -29,8 +37,9 @@ def test_run_lifecycle_and_status(db_url):
     store = Store(db_url)
     run = store.create_run("alpha", {"generations": 2, "target_sparsity": 0.3, "model": "m"}, 7)
     assert run.name == "alpha" and run.status == "running"
-    store.record_generation(run.id, 0, [scored(0.5, [0.3, 0.3]), scored(0.4, [0.2, 0.4])],
-                            0.4, [0.2, 0.4])
+    store.record_generation(
+        run.id, 0, [scored(0.5, [0.3, 0.3]), scored(0.4, [0.2, 0.4])], 0.4, [0.2, 0.4]
+    )
     store.record_generation(run.id, 1, [scored(0.3, [0.1, 0.5])], 0.3, [0.1, 0.5])
     store.add_heldout(run.id, "best", scored(0.35, [0.1, 0.5]))
     store.set_status(run.id, "finished")
@@ -82,14 +91,19 @@ def test_duplicate_names_and_missing_runs_are_errors(db_url):
 def test_generation_summaries_have_one_stage_per_fidelity(db_url):
     store = Store(db_url)
     run = store.create_run("stages", {}, 0)
-    batch = [scored(0.6, [0.3], positions=64, duration_s=1.0),
-             scored(0.2, [0.1], positions=256, duration_s=4.0),
-             scored(0.4, [0.2], positions=64, duration_s=1.0)]
+    batch = [
+        scored(0.6, [0.3], positions=64, duration_s=1.0),
+        scored(0.2, [0.1], positions=256, duration_s=4.0),
+        scored(0.4, [0.2], positions=64, duration_s=1.0),
+    ]
     store.record_generation(run.id, 0, batch, 0.2, [0.1])
     store.record_generation(run.id, 1, [], 0.2, [0.1])
     with store.read_engine.connect() as connection:
-        rows = connection.execute(select(GenerationRow).where(GenerationRow.run_id == run.id)
-                                  .order_by(GenerationRow.generation, GenerationRow.stage)).all()
+        rows = connection.execute(
+            select(GenerationRow)
+            .where(GenerationRow.run_id == run.id)
+            .order_by(GenerationRow.generation, GenerationRow.stage)
+        ).all()
     (low, high, empty) = rows
     assert (low.stage, low.fidelity, low.evaluations) == (0, 64, 2)
     assert (low.best_fitness, low.worst_fitness, low.compute_s) == (0.4, 0.6, 2.0)
@@ -129,11 +143,20 @@ def test_routers_results_and_benchmarks_are_validated(db_url):
     with pytest.raises(StorageError, match="loss weights"):
         store.add_router(run.id, "r", [0.3], {"guide": 1.0}, "ckpt", "0" * 64, {}, {})
     with pytest.raises(StorageError, match="same length"):
-        store.add_router(run.id, "r", [0.3], {"guide": 1, "sparse": 1, "distill": 1}, "ckpt",
-                         "0" * 64, {"step": [0, 1], "loss": [1.0]}, {})
+        store.add_router(
+            run.id,
+            "r",
+            [0.3],
+            {"guide": 1, "sparse": 1, "distill": 1},
+            "ckpt",
+            "0" * 64,
+            {"step": [0, 1], "loss": [1.0]},
+            {},
+        )
     with pytest.raises(StorageError, match="lacks routed"):
-        store.add_eval_results(run.id, "best", "static",
-                               [{"task": "t", "metric": "acc", "dense": 0.5}])
+        store.add_eval_results(
+            run.id, "best", "static", [{"task": "t", "metric": "acc", "dense": 0.5}]
+        )
     with pytest.raises(StorageError, match="unknown benchmark kind"):
         store.add_benchmark_rows("speed", [{"x": 1}])
     with pytest.raises(StorageError, match="reserved"):
@@ -173,13 +196,19 @@ def test_engine_detail_and_search_state_round_trip(db_url):
     run = store.create_run("engine", {}, 0)
     assert store.search_state(run.id) is None
     assert store.run_totals(run.id) == {"evaluations": 0, "forward_tokens": 0}
-    record = EvaluationRecord(schedule=[0.2, 0.4], router="static", metrics=Metrics(kl=0.25),
-                              duration_s=0.1, worker="w:2", stage=1, sequences=[0, 3, 5],
-                              per_sequence={"3": [0.5, 7, 9.25, 8, 10, 12, 64]},
-                              forward_tokens=64)
+    record = EvaluationRecord(
+        schedule=[0.2, 0.4],
+        router="static",
+        metrics=Metrics(kl=0.25),
+        duration_s=0.1,
+        worker="w:2",
+        stage=1,
+        sequences=[0, 3, 5],
+        per_sequence={"3": [0.5, 7, 9.25, 8, 10, 12, 64]},
+        forward_tokens=64,
+    )
     state = {"generation": 1, "random_state": [3, [1, 2, 3], None], "seen": [[1, 2]]}
-    store.record_generation(run.id, 0, [record, scored(0.3, [0.3, 0.3])], 0.25, [0.2, 0.4],
-                            state)
+    store.record_generation(run.id, 0, [record, scored(0.3, [0.3, 0.3])], 0.25, [0.2, 0.4], state)
     store.record_generation(run.id, 1, [record], 0.2, [0.2, 0.4], {**state, "generation": 2})
     assert store.search_state(run.id) == {**state, "generation": 2}
     assert store.run_totals(run.id) == {"evaluations": 3, "forward_tokens": 128}

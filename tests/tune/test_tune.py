@@ -44,8 +44,14 @@ def one_thread():
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """The command in a fresh process (workers are spawned processes of it)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "ftprune.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ftprune.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _config(tmp_path: Path, **tuning) -> Path:
@@ -68,8 +74,11 @@ def _check_study(url: str, name: str, trials: int) -> list[optuna.trial.FrozenTr
     assert len(finished) == trials
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     first = study.trials[0]  # the paper's equal weights, from the config
-    assert (first.params["lambda_guide"], first.params["lambda_sparse"],
-            first.params["lambda_distill"]) == (1.0, 1.0, 1.0)
+    assert (
+        first.params["lambda_guide"],
+        first.params["lambda_sparse"],
+        first.params["lambda_distill"],
+    ) == (1.0, 1.0, 1.0)
     for trial in study.trials:
         if trial.state == TrialState.COMPLETE:
             assert trial.values[0] >= 0 and "constraint" in trial.user_attrs
@@ -78,8 +87,18 @@ def _check_study(url: str, name: str, trials: int) -> list[optuna.trial.FrozenTr
 
 
 def test_parallel_workers_on_postgresql_share_the_budget(postgresql_url):
-    done = _cli("tune", "--config", str(TINY), "--trials", "8", "--workers", "2", "-q",
-                "--db", postgresql_url)
+    done = _cli(
+        "tune",
+        "--config",
+        str(TINY),
+        "--trials",
+        "8",
+        "--workers",
+        "2",
+        "-q",
+        "--db",
+        postgresql_url,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     trials = _check_study(postgresql_url, "tune-tiny", 8)
     workers = {t.user_attrs["worker"] for t in trials if t.state in FINISHED}
@@ -88,27 +107,33 @@ def test_parallel_workers_on_postgresql_share_the_budget(postgresql_url):
 
 
 def test_one_worker_on_sqlite(sqlite_url, one_thread):
-    result = runner.invoke(app, ["tune", "--config", str(TINY), "--trials", "8", "-q",
-                                 "--db", sqlite_url])
+    result = runner.invoke(
+        app, ["tune", "--config", str(TINY), "--trials", "8", "-q", "--db", sqlite_url]
+    )
     assert result.exit_code == 0, result.output
     _check_study(sqlite_url, "tune-tiny", 8)
     status = runner.invoke(app, ["tune", "status", "--db", sqlite_url])
     assert status.exit_code == 0 and "study tune-tiny: 8 finished trials" in status.output
-    again = runner.invoke(app, ["tune", "--config", str(TINY), "--trials", "10", "-q",
-                                "--db", sqlite_url])  # resumed by name: 2 more
+    again = runner.invoke(
+        app, ["tune", "--config", str(TINY), "--trials", "10", "-q", "--db", sqlite_url]
+    )  # resumed by name: 2 more
     assert again.exit_code == 0, again.output
     _check_study(sqlite_url, "tune-tiny", 10)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workers", "2"], "parallel Optuna workers need PostgreSQL"),
-    (["--objectives", "latency"], "--objectives must be"),
-    (["--workers", "0"], "at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "2"], "parallel Optuna workers need PostgreSQL"),
+        (["--objectives", "latency"], "--objectives must be"),
+        (["--workers", "0"], "at least 1"),
+    ],
+)
 def test_bad_input_is_one_line_before_the_database(tmp_path, args, message):
     path = tmp_path / "never.db"
-    result = runner.invoke(app, ["tune", "--config", str(TINY), "--trials", "2", *args,
-                                 "--db", f"sqlite:///{path}"])
+    result = runner.invoke(
+        app, ["tune", "--config", str(TINY), "--trials", "2", *args, "--db", f"sqlite:///{path}"]
+    )
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
@@ -120,9 +145,27 @@ def test_killed_worker_trial_is_failed_and_retried(postgresql_url, tmp_path):
     config = _config(tmp_path, heartbeat_interval=1, grace_period=3, steps=12)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     parent = subprocess.Popen(
-        [sys.executable, "-m", "ftprune.cli", "tune", "--config", str(config), "--trials", "4",
-         "--workers", "2", "-q", "--db", postgresql_url], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "ftprune.cli",
+            "tune",
+            "--config",
+            str(config),
+            "--trials",
+            "4",
+            "--workers",
+            "2",
+            "-q",
+            "--db",
+            postgresql_url,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         victim = None
         deadline = time.monotonic() + 120
@@ -132,8 +175,11 @@ def test_killed_worker_trial_is_failed_and_retried(postgresql_url, tmp_path):
                 study = optuna.load_study(study_name="tune-tune", storage=postgresql_url)
             except KeyError:
                 continue
-            running = [t for t in study.trials
-                       if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+            running = [
+                t
+                for t in study.trials
+                if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+            ]
             if not running:
                 continue
             os.kill(int(running[0].user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
@@ -150,8 +196,11 @@ def test_killed_worker_trial_is_failed_and_retried(postgresql_url, tmp_path):
     trials = _check_study(postgresql_url, "tune-tune", 4)
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
-    retries = [t for t in trials
-               if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
+    retries = [
+        t
+        for t in trials
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number
+    ]
     assert len(retries) == 1 and retries[0].state in FINISHED
     assert retries[0].params == killed.params
 
@@ -164,52 +213,91 @@ def test_best_weights_feed_router_train(sqlite_url, tmp_path, one_thread, monkey
     run = store.create_run("tuned", cfg.model_dump(), 0)
     schedule = [0.0, 0.4, 0.4, 0.4]
     store.record_generation(run.id, 0, [scored(0.1, schedule)], 0.1, schedule)
-    missing = runner.invoke(app, ["router", "train", "--run", "tuned", "--weights", "best",
-                                  "--db", sqlite_url])
+    missing = runner.invoke(
+        app, ["router", "train", "--run", "tuned", "--weights", "best", "--db", sqlite_url]
+    )
     assert missing.exit_code == 2 and "no tuned weights" in missing.stderr
 
-    result = runner.invoke(app, ["tune", "--run", "tuned", "--trials", "3", "-q",
-                                 "--db", sqlite_url])
+    result = runner.invoke(
+        app, ["tune", "--run", "tuned", "--trials", "3", "-q", "--db", sqlite_url]
+    )
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tune-tuned", storage=sqlite_url)
-    best = min((t for t in study.trials if t.state == TrialState.COMPLETE),
-               key=lambda t: t.values[0])
+    best = min(
+        (t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.values[0]
+    )
     row = store.tuned_weights(run.id, cfg.model, cfg.target_sparsity)
     assert row is not None and row.trial == best.number and row.schedule == schedule
     assert row.heldout_kl == pytest.approx(best.values[0])
 
-    trained = runner.invoke(app, ["router", "train", "--run", "tuned", "--weights", "best",
-                                  "--steps", "2", "--quiet", "--db", sqlite_url],
-                            catch_exceptions=False)
+    trained = runner.invoke(
+        app,
+        [
+            "router",
+            "train",
+            "--run",
+            "tuned",
+            "--weights",
+            "best",
+            "--steps",
+            "2",
+            "--quiet",
+            "--db",
+            sqlite_url,
+        ],
+        catch_exceptions=False,
+    )
     assert trained.exit_code == 0, trained.output
     router = store.routers(run.id)[-1]
     assert (router.lambda_guide, router.lambda_sparse, router.lambda_distill) == (
-        best.params["lambda_guide"], best.params["lambda_sparse"],
-        best.params["lambda_distill"])
+        best.params["lambda_guide"],
+        best.params["lambda_sparse"],
+        best.params["lambda_distill"],
+    )
     assert router.config["training"]["lr"] == best.params["lr"]
     # the pipeline's lookup (no run yet): same model and target sparsity
     tuned = tuned_config(cfg, store).router_training
     assert (tuned.lambda_guide, tuned.guide_steps, tuned.lr) == (
-        best.params["lambda_guide"], best.params["guide_steps"], best.params["lr"])
-    bogus = runner.invoke(app, ["pipeline", "--config", str(config), "--weights", "tuned",
-                                "--db", sqlite_url])
+        best.params["lambda_guide"],
+        best.params["guide_steps"],
+        best.params["lr"],
+    )
+    bogus = runner.invoke(
+        app, ["pipeline", "--config", str(config), "--weights", "tuned", "--db", sqlite_url]
+    )
     assert bogus.exit_code == 2 and "--weights must be one of" in bogus.stderr
 
 
 def test_two_objectives_store_the_pareto_front(sqlite_url, tmp_path, one_thread):
     config = _config(tmp_path, tolerance=0.9, sparsity=[0.2, 0.4])
-    result = runner.invoke(app, ["tune", "--config", str(config), "--trials", "4", "-q",
-                                 "--objectives", "quality,flops", "--db", sqlite_url])
+    result = runner.invoke(
+        app,
+        [
+            "tune",
+            "--config",
+            str(config),
+            "--trials",
+            "4",
+            "-q",
+            "--objectives",
+            "quality,flops",
+            "--db",
+            sqlite_url,
+        ],
+    )
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tune-tune", storage=sqlite_url)
     assert len(study.directions) == 2
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4 and all(0.2 <= t.params["target_sparsity"] <= 0.4
-                                      for t in complete)
+    assert len(complete) == 4 and all(0.2 <= t.params["target_sparsity"] <= 0.4 for t in complete)
     front = {t.number for t in study.best_trials}
     with Store(sqlite_url).read_engine.connect() as connection:
-        stored = {row[0] for row in connection.exec_driver_sql(
-            "SELECT trial FROM ftp_tuned_weights WHERE study = 'tune-tune'")}
+        stored = {
+            row[0]
+            for row in connection.exec_driver_sql(
+                "SELECT trial FROM ftp_tuned_weights WHERE study = 'tune-tune'"
+            )
+        }
     assert stored == front
     for trial in complete:  # the saving grows with the sampled target sparsity
         assert trial.values[1] == pytest.approx(trial.user_attrs["flop_saving"])
