@@ -11,8 +11,9 @@ BIG-bench's own ``JsonTask`` builds a zero-shot prompt:
 
 with BIG-bench's defaults ``task_prefix=""``, ``example_input_prefix="\\nQ: "``,
 ``example_output_prefix="\\nA: "``, ``choice_prefix="\\n  choice: "`` and
-``append_choices_to_input=True``. The scored continuations are the ``target_scores`` keys,
-in the file's order. BIG-bench lists the choices in the prompt in a random permutation;
+``append_choices_to_input=True`` (read for truth, as BIG-bench does: the string
+``"false"`` that some of its files hold appends the choices). The scored continuations are
+the ``target_scores`` keys, in the file's order. BIG-bench lists the choices in the prompt in a random permutation;
 here the listed order is a permutation seeded by the example's index in the file
 (``random.Random(index)``), so it is fixed, independent of ``limit`` and of the other
 examples, and does not reveal where the file puts its correct choice. The correct choices are
@@ -153,9 +154,9 @@ def load_task_file(
         if not isinstance(value, str):
             raise TaskError(f"{path}: {key!r} must be a string")
         prefixes[key] = value
-    append = data.get("append_choices_to_input", True)
-    if not isinstance(append, bool):
-        raise TaskError(f"{path}: 'append_choices_to_input' must be true or false")
+    # BIG-bench tests this field for truth, and some of its own files write it as the string
+    # "false", which it therefore reads as true: read it the same way, so scores match.
+    append = bool(data.get("append_choices_to_input", True))
     raw = data["examples"][:limit]
     examples = tuple(
         _example(path, index, item, prefixes, append) for index, item in enumerate(raw)

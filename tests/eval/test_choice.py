@@ -65,6 +65,20 @@ def test_prefixes_and_no_listed_choices(write_task):
     assert task.examples[0].correct == frozenset({0, 1})
 
 
+def test_choices_flag_is_read_for_truth_as_bigbench_does(write_task):
+    """Some BIG-bench files write append_choices_to_input as the string "false", which
+    BIG-bench's own loader reads as true."""
+    example = {"input": "x", "target_scores": {"a": 1, "b": 0}}
+    listed = load_task_file(
+        write_task(data={"append_choices_to_input": "false", "examples": [example]})
+    )
+    assert "\n  choice: " in listed.examples[0].context
+    plain = load_task_file(
+        write_task(data={"append_choices_to_input": False, "examples": [example]})
+    )
+    assert "choice:" not in plain.examples[0].context
+
+
 def test_limit_takes_the_first_examples(write_task):
     full = load_task_file(write_task())
     assert load_task_file(write_task(), limit=2).examples == full.examples[:2]
