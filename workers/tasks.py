@@ -13,11 +13,11 @@ with BIG-bench's defaults ``task_prefix=""``, ``example_input_prefix="\\nQ: "``,
 ``example_output_prefix="\\nA: "``, ``choice_prefix="\\n  choice: "`` and
 ``append_choices_to_input=True`` (read for truth, as BIG-bench does: the string
 ``"false"`` that some of its files hold appends the choices). The scored continuations are
-the ``target_scores`` keys, in the file's order. BIG-bench lists the choices in the prompt in a random permutation;
-here the listed order is a permutation seeded by the example's index in the file
-(``random.Random(index)``), so it is fixed, independent of ``limit`` and of the other
-examples, and does not reveal where the file puts its correct choice. The correct choices are
-those with the highest target score, which must be positive.
+the ``target_scores`` keys, in the file's order. BIG-bench lists the choices in the prompt
+in a random permutation; here the listed order is a permutation seeded by the example's
+index in the file (``random.Random(index)``), so it is fixed, independent of ``limit`` and
+of the other examples, and does not reveal where the file puts its correct choice. The
+correct choices are those with the highest target score, which must be positive.
 
 ``limit`` keeps the first N examples in file order (no sampling: the same N examples every
 time, and a smaller limit is a prefix of a larger one).
