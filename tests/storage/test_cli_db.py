@@ -62,6 +62,9 @@ def test_cli_starts_without_database_libraries():
 
 def test_passwords_never_reach_output_or_logs(postgres, caplog):
     caplog.set_level(logging.DEBUG)
+    # Optuna's RDBStorage quiets the "alembic" logger process-wide (level WARN); earlier tests
+    # in the same process open one, so the migrations' own logging is turned back on here.
+    caplog.set_level(logging.DEBUG, logger="alembic")
     postgres.create_role("ftp_user", PASSWORD)
     postgres.create_database("ftp_secret", owner="ftp_user")
     try:
