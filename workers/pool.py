@@ -54,7 +54,6 @@ class ScorerLike(Protocol):
 
 # builds the worker's scorer from the settings and, where the pool shares them, the sequences
 ScorerFactory = Callable[[ScorerSettings, SplitSequences | None], ScorerLike]
-LOCAL_NODE_IP = "127.0.0.1"  # the node address of a Ray instance this process starts
 
 
 @dataclass(frozen=True)
@@ -179,10 +178,7 @@ class RayPool(EvaluationPool):
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                # A local instance serves this machine only: its node listens on loopback.
-                ray.init(
-                    include_dashboard=False, log_to_driver=False, _node_ip_address=LOCAL_NODE_IP
-                )
+                ray.init(include_dashboard=False, log_to_driver=False)
         threads = settings.threads or max(1, int(cpus_per_worker))
         self._actor_class = ray.remote(_ScorerActor).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0
