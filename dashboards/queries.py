@@ -156,7 +156,8 @@ def schedule_matrix(store: Store, run_id: int, so_far: bool = True) -> pd.DataFr
 def allocations(store: Store, run_id: int) -> pd.DataFrame:
     """Per-block sparsity of the run's allocations in long form (:data:`ALLOCATION_COLUMNS`),
     blocks ascending within each: ``searched`` (the run's best schedule so far), ``uniform``
-    (the target at every block) and each further schedule the run evaluated on held-out text
+    (the target at every block), ``block_influence`` (the Block-Influence allocation the search
+    seeded, when it had one) and each further schedule the run evaluated on held-out text
     (e.g. ``finetuned-1``) that differs from both. Empty until the run has a best
     schedule."""
     run = run_table_row(store, run_id)
@@ -172,6 +173,10 @@ def allocations(store: Store, run_id: int) -> pd.DataFrame:
     target = run.get("target_sparsity")
     if target is not None and not pd.isna(target):
         named["uniform"] = [float(target)] * len(best)
+    # The search state (search.ga's JSON) keeps the Block-Influence allocation it seeded.
+    influence = (store.search_state(run_id) or {}).get("influence_schedule")
+    if influence and len(influence) == len(best) and influence not in named.values():
+        named["block_influence"] = [float(s) for s in influence]
     for label, schedule in queries.heldout_results(store, run_id)[["label", "schedule"]].itertuples(
         index=False
     ):

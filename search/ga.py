@@ -200,6 +200,10 @@ class EvolutionarySearch:
             params.num_blocks, params.target, params.s_max, params.level_step
         )
         self.generation = 0
+        # The allocation the Block-Influence profile seeds (kept for reports; None without one).
+        self.influence_schedule = (
+            influence_schedule(params, block_influence) if block_influence else None
+        )
         self._random_state = random.Random(params.seed).getstate()
         self._seen: set[tuple[int, ...]] = set()
         self._parents: list[list[int]] = []
@@ -245,6 +249,7 @@ class EvolutionarySearch:
             "seen": sorted(list(s) for s in self._seen),
             "parents": self._parents,
             "candidates": self._candidates,
+            "influence_schedule": self.influence_schedule,
         }
 
     @classmethod
@@ -258,6 +263,7 @@ class EvolutionarySearch:
             search.params.level_step,
         )
         search.generation = state["generation"]
+        search.influence_schedule = state.get("influence_schedule")  # absent in older states
         version, internal, gauss = state["random_state"]
         search._random_state = (version, tuple(internal), gauss)
         search._seen = {tuple(s) for s in state["seen"]}

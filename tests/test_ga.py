@@ -13,6 +13,7 @@ from search.ga import (
     EvolutionarySearch,
     GAParams,
     Grid,
+    influence_schedule,
     is_feasible,
     move_levels,
     repair,
@@ -148,11 +149,23 @@ def test_state_round_trips_through_json_and_resumes_identically():
     params = GAParams(num_blocks=12, target=0.3, s_max=0.8, offspring=8, seed=5)
     search, _ = _run(params, 3, _tilt)
     restored = EvolutionarySearch.from_state(json.loads(json.dumps(search.state())))
+    assert restored.state() == json.loads(json.dumps(search.state()))
     _, continued = _run(params, 4, _tilt, search)
     _, resumed = _run(params, 4, _tilt, restored)
     assert continued == resumed
     _, uninterrupted = _run(params, 7, _tilt)
     assert uninterrupted[3:] == continued
+
+
+def test_state_keeps_the_block_influence_allocation():
+    params = GAParams(num_blocks=6, target=0.3, s_max=0.8, offspring=8, seed=1)
+    influence = [0.9, 0.1, 0.2, 0.2, 0.3, 0.05]
+    search = EvolutionarySearch(params, influence)
+    allocation = search.state()["influence_schedule"]
+    assert allocation == influence_schedule(params, influence)
+    assert abs(sum(allocation) / 6 - 0.3) < 1e-9 and allocation[0] < allocation[5]
+    assert allocation in search.ask()  # the population is seeded with it
+    assert EvolutionarySearch(params).state()["influence_schedule"] is None
 
 
 def test_tell_rejects_unknown_schedules():

@@ -91,6 +91,10 @@ def test_schedule_matrix_and_allocations_follow_the_run(reader):
     named = {a: rows["sparsity"].tolist() for a, rows in allocations.groupby("allocation")}
     run = queries.run_table_row(reader, ids["tiny"])
     assert named["searched"] == run["best_schedule"] and named["uniform"] == [0.3] * 4
+    influence = reader.search_state(ids["tiny"])["influence_schedule"]
+    assert influence is not None and len(influence) == 4
+    if influence not in (named["searched"], named["uniform"]):
+        assert named["block_influence"] == influence
     assert all(len(values) == 4 for values in named.values())
     assert len({tuple(v) for v in named.values()}) == len(named)  # no schedule twice
     assert queries.allocations(reader, ids["broken"]).empty
