@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import Device, Dtype, user_errors
+from ftprune.cli_common import Device, Dtype, fail, user_errors
 
 bench_app = typer.Typer(
     help="Benchmarks: time the product, write rows as JSON.", no_args_is_help=True
@@ -26,24 +26,20 @@ BenchConfig = Annotated[
     typer.Option("--config", help="Run config (YAML); default: the embedded demo config."),
 ]
 ModelOverride = Annotated[Optional[str], typer.Option(help="Override the config's model.")]
+Model = Annotated[
+    str,
+    typer.Option(
+        help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
+    ),
+]
 JsonOut = Annotated[
     Optional[Path], typer.Option("--json", help="Write the rows to this file (a JSON list).")
 ]
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 @bench_app.command("routing")
 def routing(
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
-        ),
-    ] = "smollm2-135m",
+    model: Model = "smollm2-135m",
     seq_len: Annotated[
         Optional[list[int]],
         typer.Option(
@@ -97,37 +93,37 @@ def routing(
     batches = batch or [1]
     sparsities = [0.0, 0.25, 0.4] if sparsity is None else sparsity
     if any(n < 3 for n in seq_lens):
-        _fail("--seq-len must be at least 3 (every block keeps at least 2 tokens)")
+        fail("--seq-len must be at least 3 (every block keeps at least 2 tokens)")
     if any(b < 1 for b in batches):
-        _fail("--batch must be at least 1")
+        fail("--batch must be at least 1")
     if any(not 0.0 <= s < 1.0 for s in sparsities):
-        _fail("--sparsity must lie in [0, 1)")
+        fail("--sparsity must lie in [0, 1)")
     if dtype not in ("float32", "bfloat16"):
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
+        fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
     if repeats < 1 or warmup < 0:
-        _fail("--repeats must be at least 1 and --warmup at least 0")
+        fail("--repeats must be at least 1 and --warmup at least 0")
     if attention_window < 0:
-        _fail("--attention-window must be 0 (all queries) or positive")
+        fail("--attention-window must be 0 (all queries) or positive")
     if threads is not None and threads < 1:
-        _fail("--threads must be at least 1")
+        fail("--threads must be at least 1")
     if clock not in ("wall", "cpu"):
-        _fail(f"--clock must be wall or cpu, not {clock!r}")
-    if device != "cpu" and not device.startswith("cuda"):
-        _fail(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+        fail(f"--clock must be wall or cpu, not {clock!r}")
+    if device == "auto":
+        fail("--device must be cpu, cuda or cuda:N (a benchmark names what it times)")
     if device != "cpu" and clock == "cpu":
-        _fail("--clock cpu measures this process's CPU time: use --clock wall on a GPU")
+        fail("--clock cpu measures this process's CPU time: use --clock wall on a GPU")
     _check_json_out(json_out)
     from router import check_model_spec
+    from workers.devices import check_device_available
 
     with user_errors():
+        check_device_available(device)
         check_model_spec(model)
 
     import torch
 
     from ftprune.bench.routing import RoutingBench, format_table, run
 
-    if device != "cpu" and not torch.cuda.is_available():
-        _fail(f"--device {device}: torch sees no CUDA device")
     if threads:
         torch.set_num_threads(threads)
     bench = RoutingBench(
@@ -173,7 +169,7 @@ def _write_json(rows: list[dict], json_out: Path | None) -> None:
 
 def _check_json_out(json_out: Path | None) -> None:
     if json_out is not None and not json_out.parent.is_dir():
-        _fail(f"directory {json_out.parent} does not exist")
+        fail(f"directory {json_out.parent} does not exist")
 
 
 def _checked_config(path: Path | None, **overrides: Any) -> Any:
@@ -210,7 +206,7 @@ def search(
     wall_s, candidates_per_min, best_fitness, heldout_kl (+ tokens_to_match for ftprune).
     """
     if tokens < 1 or seeds < 1:
-        _fail("--tokens and --seeds must be at least 1")
+        fail("--tokens and --seeds must be at least 1")
     _check_json_out(json_out)
     cfg = _checked_config(
         config, model=model, target_sparsity=target_sparsity, device=device, dtype=dtype
@@ -237,7 +233,7 @@ def coordinator(
     Ray dispatch to worker actors and the database write of every evaluation.
     """
     if workers < 1 or candidates < 1:
-        _fail("--workers and --candidates must be at least 1")
+        fail("--workers and --candidates must be at least 1")
     _check_json_out(json_out)
     if db is not None:
         from storage import StorageError, check_url
@@ -245,7 +241,7 @@ def coordinator(
         try:
             check_url(db)
         except StorageError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     from ftprune.bench.coordinator import run
 
     row = run(workers, candidates, db)
@@ -283,9 +279,9 @@ def _quality_command(kind: str) -> Any:
         json_out: JsonOut = None,
     ) -> None:
         if seeds < 1:
-            _fail("--seeds must be at least 1")
+            fail("--seeds must be at least 1")
         if sequences is not None and sequences < 1:
-            _fail("--sequences must be at least 1")
+            fail("--sequences must be at least 1")
         _check_json_out(json_out)
         cfg = _checked_config(
             config,
@@ -331,12 +327,7 @@ bench_app.command(
 
 @bench_app.command("eval")
 def eval_bench(
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
-        ),
-    ] = "smollm2-135m",
+    model: Model = "smollm2-135m",
     task_file: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -362,27 +353,22 @@ def eval_bench(
     lmeval_examples_per_s, speed_ratio (lm-eval seconds / native seconds).
     """
     if not task_file:
-        _fail("give at least one --task-file (a task.json or bigbench:<name>)")
+        fail("give at least one --task-file (a task.json or bigbench:<name>)")
     if limit is not None and limit < 1:
-        _fail("--limit must be at least 1")
+        fail("--limit must be at least 1")
     if batch_size < 1:
-        _fail("--batch-size must be at least 1")
+        fail("--batch-size must be at least 1")
     if not 0.0 <= sparsity < 1.0:
-        _fail("--sparsity must lie in [0, 1)")
+        fail("--sparsity must lie in [0, 1)")
     if dtype not in ("float32", "bfloat16", "float64"):
-        _fail(f"--dtype must be float32, bfloat16 or float64, not {dtype!r}")
+        fail(f"--dtype must be float32, bfloat16 or float64, not {dtype!r}")
     _check_json_out(json_out)
+    from ftprune.eval import load_choice_tasks
     from router import check_model_spec
-    from workers.tasks import TaskError
 
     with user_errors():
         check_model_spec(model)
-    from ftprune.eval import load_choice_tasks
-
-    try:
         tasks = load_choice_tasks(task_file or [], limit)
-    except TaskError as exc:
-        _fail(str(exc))
     from ftprune.bench.eval import format_table, run
 
     rows = run(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
 
@@ -50,6 +50,7 @@ def user_errors() -> Iterator[None]:
     from workers import DataSpecError
     from workers.devices import DeviceError
     from workers.scoring import RouterSpecError
+    from workers.tasks import TaskError
 
     try:
         yield
@@ -61,9 +62,15 @@ def user_errors() -> Iterator[None]:
         RouterSpecError,
         CheckpointError,
         DeviceError,
+        TaskError,
     ) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input: ``message`` as one line on stderr, exit status 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def on_device(cfg: RunConfig, device: str | None) -> RunConfig:

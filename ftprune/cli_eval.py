@@ -9,37 +9,20 @@ stored in the database only for a run (``--run`` or ``--compare``), against that
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import Db, Device, Quiet, open_store, user_errors
-
-
-@contextlib.contextmanager
-def _task_errors() -> Iterator[None]:
-    from workers.tasks import TaskError
-
-    try:
-        yield
-    except TaskError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+from ftprune.cli_common import Db, Device, Quiet, fail, open_store, user_errors
 
 
 def _fixed_routers() -> tuple[str, ...]:
     from router.registry import FIXED
 
     return tuple(FIXED)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def eval_command(
@@ -135,31 +118,31 @@ def eval_command(
         if given
     ]
     if len(sources) != 1:
-        _fail("give exactly one of --run, --export, --model (with --sparsity) or --compare")
+        fail("give exactly one of --run, --export, --model (with --sparsity) or --compare")
     if (model is None) != (sparsity is None):
-        _fail("--model and --sparsity go together")
+        fail("--model and --sparsity go together")
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
-        _fail("--sparsity must lie in [0, 1)")
+        fail("--sparsity must lie in [0, 1)")
     if schedule is not None and run is None:
-        _fail("--schedule goes with --run")
+        fail("--schedule goes with --run")
     if router is not None and (export is not None or compare is not None):
-        _fail("--router goes with --run or --model")
+        fail("--router goes with --run or --model")
     if model is not None and router is not None and router not in _fixed_routers():
-        _fail(
+        fail(
             "--router with --model must be static or random (evaluate a trained router "
             "with --run or --export)"
         )
     if limit is not None and limit < 1:
-        _fail("--limit must be at least 1")
+        fail("--limit must be at least 1")
     if batch_size < 1 or resamples < 1:
-        _fail("--batch-size and --resamples must be at least 1")
+        fail("--batch-size and --resamples must be at least 1")
     if dtype not in ("float32", "bfloat16"):
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
+        fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
     for out in (json_out, plot_out):
         if out is not None and not out.parent.is_dir():
-            _fail(f"directory {out.parent} does not exist")
+            fail(f"directory {out.parent} does not exist")
     lm_tasks = [t.strip() for t in (tasks or "").split(",") if t.strip()]
-    with user_errors(), _task_errors():
+    with user_errors():
         plan, targets, view, store = _prepare(
             run or compare,
             compare is not None,
