@@ -215,11 +215,12 @@ def _prepare(
         targets = None if comparing else run_target(view, schedule, router)
     elif export is not None:
         from router.checkpoint import read_meta
+        from router.registry import checkpoint_spec
 
         meta = read_meta(export)
         settings = ScorerSettings(model=meta["model"], dtype=meta["dtype"], source=BUILTIN_PYDOC)
         schedule_values = [float(s) for s in meta["schedule"]]
-        spec = f"dynamic:{export.resolve()}"
+        spec = checkpoint_spec(export.resolve())
 
         def targets(blocks: int) -> Target:
             return Target("export", schedule_values, spec)

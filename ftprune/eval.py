@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from router.registry import CHECKPOINT_SPEC, FIXED, RouterSpecError, check_router_spec, router_kind
+from router.registry import (
+    CHECKPOINT_SPEC,
+    FIXED,
+    RouterSpecError,
+    check_router_spec,
+    checkpoint_spec,
+    router_kind,
+)
 from workers.choice import TaskScores
 from workers.stats import paired_bootstrap, paired_bootstrap_tasks, retention
 from workers.tasks import ChoiceTask, TaskError, resolve_task, task_name
@@ -429,7 +436,7 @@ def run_view(store: Any, ref: str) -> RunView:
     router = router_id = finetuned = None
     if routers:
         latest = routers[-1]
-        router, router_id = f"dynamic:{latest.checkpoint}", latest.id
+        router, router_id = checkpoint_spec(latest.checkpoint), latest.id
         try:
             check_router_spec(router)
         except RouterSpecError as error:

@@ -102,6 +102,8 @@ def run_pipeline(
     """Steps 1-3 (2 and 3 ``rounds`` times) on one pool: ``pool`` if given (left open),
     else one opened from the config. Every search and every router training runs on the
     pool's workers."""
+    from router.registry import checkpoint_spec
+
     check_pipeline(config, store, rounds)
     workers = pool or open_pool(config)
     try:
@@ -132,7 +134,7 @@ def run_pipeline(
             child = config.model_copy(
                 update={
                     "run_name": f"{first.run_name}-finetune-{round_}",
-                    "router": f"dynamic:{trained.checkpoint}",
+                    "router": checkpoint_spec(trained.checkpoint),
                     "seed_run": parent,
                     "generations": config.finetune_generations,
                 }

@@ -77,6 +77,12 @@ TRAINED: dict[str, TrainedKind] = {
 ROUTER_SPECS = (*FIXED, f"{CHECKPOINT_SPEC}:<checkpoint dir>")
 
 
+def checkpoint_spec(directory: object) -> str:
+    """The spec of the trained router saved in ``directory`` (the inverse of
+    :func:`checkpoint_dir`)."""
+    return f"{CHECKPOINT_SPEC}:{directory}"
+
+
 def checkpoint_dir(spec: str) -> str | None:
     """The checkpoint directory a spec names; None for a fixed router. Raises
     :class:`RouterSpecError` for a spec that is neither."""

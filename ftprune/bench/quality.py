@@ -98,6 +98,7 @@ def run_quality(
 ) -> list[dict[str, Any]]:
     """The quality rows (see the module docstring)."""
     from ftprune.pipeline import run_pipeline
+    from router.registry import checkpoint_spec
     from search.settings import open_pool
     from storage import Store
 
@@ -115,7 +116,7 @@ def run_quality(
             last = outcome.rounds[-1]
             searched = outcome.search.search.best_schedule
             uniform = [config.target_sparsity] * pool.num_blocks
-            dynamic = f"dynamic:{last.checkpoint}"
+            dynamic = checkpoint_spec(last.checkpoint)
             rows += _rows(
                 pool,
                 config,
@@ -138,6 +139,7 @@ def run_ablation(
     """The ablation rows (see the module docstring)."""
     from router.checkpoint import save_router
     from router.dynamic import FACTORS
+    from router.registry import checkpoint_spec
     from search.coordinator import launch
     from search.settings import open_pool, training_request
     from storage import Store
@@ -172,7 +174,7 @@ def run_ablation(
                     config.model,
                     config.dtype,
                 )
-                entries.append(("searched", name, f"dynamic:{checkpoint}", searched))
+                entries.append(("searched", name, checkpoint_spec(checkpoint), searched))
             seed_rows = _rows(pool, config, seed, entries)
             rows += seed_rows
             progress(format_table(seed_rows))
