@@ -15,15 +15,21 @@ exactly as lm-eval's ``HFLM.loglikelihood`` does, so the two agree on the same m
 each log-likelihood by its choice's length in characters first (lm-eval's ``acc_norm``;
 ties go to the first choice, as ``numpy.argmax``).
 
-All choices of one example run as one right-padded batch (with an attention mask when the
-model is routed; a dense causal model cannot see right padding from real positions), and
-choices whose model inputs coincide share one row (single-token choices of one context read
-the same input ``ctx``, and lm-eval groups them the same way); several examples share a
-forward as long as it holds at most ``batch_size`` rows (an example with more runs alone).
-A routed model keeps each row's budget of its own length (see :mod:`router.engine`), so a
-choice's score does not depend on what it is batched with, up to float rounding. The
-realized sparsity and FLOP saving of a routed model are weighted over every forward
-(:class:`SparsityMeter`).
+All choices of one example run as one right-padded batch, and choices whose model inputs
+coincide share one row (single-token choices of one context read the same input ``ctx``,
+and lm-eval groups them the same way).
+
+- A dense model reads the prefix the rows of an example share (the context, up to the first
+  scored position) once, and the rows' remaining tokens on top of its key/value cache: the
+  same log-likelihoods up to float rounding, with the context computed once per example
+  rather than once per choice. Two forwards per batch: the batch's prefixes, then its rows.
+- A routed model reads every row whole, with an attention mask, since its routing budgets
+  each row by its own length (see :mod:`router.engine`); a choice's score does not depend on
+  what it is batched with, up to float rounding. Its realized sparsity and FLOP saving are
+  weighted over every forward (:class:`SparsityMeter`).
+
+Several examples share a batch as long as it holds at most ``batch_size`` rows (an example
+with more runs alone).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class ChoiceRun:
     acc_norm: list[float]  # 0/1
     realized_sparsity: float  # fraction of real (token, block) pairs skipped; 0 if dense
     flop_saving: float  # FLOP-weighted saving of the decoder blocks; 0 if dense
-    tokens: int  # real tokens the model read
+    tokens: int  # real input tokens of every row (a dense model reads shared prefixes once)
     seconds: float
 
 
@@ -199,29 +205,91 @@ def _span(row: _Row) -> int:
     return max(len(targets) for _, targets in row.targets)
 
 
+def _shared_prefix(rows: list[_Row]) -> int:
+    """How many leading input tokens the rows of one example share before the first scored
+    position (0 for a single row: nothing to share)."""
+    if len(rows) < 2:
+        return 0
+    first = rows[0].inputs
+    shared = min(len(r.inputs) - _span(r) for r in rows)
+    for r in rows[1:]:
+        common = 0
+        while common < shared and r.inputs[common] == first[common]:
+            common += 1
+        shared = common
+    return shared
+
+
+def _shared_prefixes(batch: list[_Row]) -> list[int]:
+    """Per row of ``batch``, the prefix its example's rows share (:func:`_shared_prefix`)."""
+    by_example: dict[int, list[_Row]] = {}
+    for r in batch:
+        by_example.setdefault(r.example, []).append(r)
+    shared = {e: _shared_prefix(rows) for e, rows in by_example.items()}
+    return [shared[r.example] for r in batch]
+
+
+def _prefix_cache(
+    model: Any, batch: list[_Row], shared: list[int], pad_id: int
+) -> tuple[Any, torch.Tensor]:
+    """One right-padded forward over the shared prefixes of the batch's examples (those that
+    have one); its key/value cache with a row for every row of ``batch``, and the mask of
+    each row's real prefix tokens (none for a row without a prefix)."""
+    device = model.device
+    slots: dict[int, int] = {}
+    for r, n in zip(batch, shared, strict=True):
+        if n:
+            slots.setdefault(r.example, len(slots))
+    width = max(shared)
+    ids = torch.full((len(slots), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (r, n) in enumerate(zip(batch, shared, strict=True)):
+        if n:
+            ids[slots[r.example], :n] = torch.tensor(r.inputs[:n])
+            mask[row, :n] = 1
+    # no mask: a prefix's real positions never see the padding after it
+    past = model.model(input_ids=ids.to(device), use_cache=True).past_key_values
+    past.reorder_cache(torch.tensor([slots.get(r.example, 0) for r in batch], device=device))
+    return past, mask
+
+
 @torch.inference_mode()
 def _loglik(model: Any, batch: list[_Row], pad_id: int) -> list[list[float]]:
-    """Per row of one padded forward, the summed log-likelihood of each of its choices."""
+    """Per row of one padded forward, the summed log-likelihood of each of its choices.
+
+    A dense model first runs each example's shared prefix (:func:`_prefix_cache`); every
+    row then reads the rest of its input on top of that cache."""
     device = model.device
-    width = max(len(r.inputs) for r in batch)
+    routed = routing_of(model) is not None
+    shared = [0] * len(batch) if routed else _shared_prefixes(batch)
+    width = max(len(r.inputs) - n for r, n in zip(batch, shared, strict=True))
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
     span = max(_span(r) for r in batch)
     # Row r's continuations are predicted at its last _span(r) real positions.
     where = torch.zeros((len(batch), span), dtype=torch.long)
-    for row, r in enumerate(batch):
-        n, k = len(r.inputs), _span(r)
-        ids[row, :n] = torch.tensor(r.inputs)
+    for row, (r, shift) in enumerate(zip(batch, shared, strict=True)):
+        n, k = len(r.inputs) - shift, _span(r)
+        ids[row, :n] = torch.tensor(r.inputs[shift:])
         mask[row, :n] = 1
+        positions[row] = torch.arange(shift, shift + width)
         where[row, :k] = torch.arange(n - k, n)
-    # A dense causal model needs no mask for right padding (real positions never see it)
-    # and runs faster without one; a routed model needs it to budget each row by its length.
-    routed = routing_of(model) is not None
-    hidden = model.model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device) if routed else None,
-        use_cache=False,
-    ).last_hidden_state
+    if any(shared):
+        past, prefix_mask = _prefix_cache(model, batch, shared, pad_id)
+        # the mask hides the padding between a row's prefix and its own tokens
+        inputs = {
+            "attention_mask": torch.cat([prefix_mask, mask], 1).to(device),
+            "position_ids": positions.to(device),
+            "past_key_values": past,
+            "use_cache": True,
+        }
+    else:
+        # A dense causal model needs no mask for right padding (real positions never see
+        # it) and runs faster without one; a routed model needs it to budget each row by its
+        # length.
+        inputs = {"attention_mask": mask.to(device) if routed else None, "use_cache": False}
+    hidden = model.model(input_ids=ids.to(device), **inputs).last_hidden_state
     picked = hidden.gather(1, where.to(device)[..., None].expand(-1, -1, hidden.shape[-1]))
     logits = model.lm_head(picked)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))

@@ -100,9 +100,10 @@ def test_scorer_matches_independent_logliks_and_accuracy(model64, write_task):
     assert run.realized_sparsity == 0.0 and run.flop_saving == 0.0
 
 
-def test_single_token_choices_share_one_row(model64, write_task):
+def test_single_token_choices_share_one_row_and_a_dense_context_runs_once(model64, write_task):
     """Choices whose inputs coincide (one token each after the same context) are read from one
-    row of one forward, and still score exactly what separate forwards give."""
+    row of one forward; the rows of an example that differ read their shared context once,
+    from the cache; both still score exactly what separate forwards give."""
     model, tokenizer = model64
     task = load_task_file(
         write_task(
@@ -114,16 +115,23 @@ def test_single_token_choices_share_one_row(model64, write_task):
             }
         )
     )
-    rows: list[int] = []
+    shapes: list[tuple[int, int]] = []
     handle = model.model.register_forward_hook(
-        lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
+        lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)),
         with_kwargs=True,
     )
     try:
         run = score_choices(model, tokenizer, task.examples, batch_size=8, progress=False)
     finally:
         handle.remove()
-    assert rows == [3]  # a/b/c share one row; x and yz differ in their inputs
+    pick, another = task.examples
+    first = sum(map(len, encode_pair(tokenizer, pick.context, "a"))) - 1
+    context = len(encode_pair(tokenizer, another.context, "x")[0])
+    longest = context + len(encode_pair(tokenizer, another.context, "yz")[1]) - 1
+    # a/b/c share one row; x and yz differ in their inputs: one forward runs the second
+    # context's first tokens, the next all three rows (the two from the context's last token,
+    # where their first score is read, on)
+    assert shapes == [(1, context - 1), (3, max(first, longest - (context - 1)))]
     for example, lls in zip(task.examples, run.loglik, strict=True):
         expected = [plain_loglik(model, tokenizer, example.context, c) for c in example.choices]
         assert lls == pytest.approx(expected, abs=1e-6)
