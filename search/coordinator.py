@@ -17,15 +17,34 @@ The coordinator is the only writer. A generation's evaluations, the run's best-s
 the search state (parents, random state, seen schedules) land in one transaction at the
 generation boundary; ``resume`` rebuilds the cache from stored evaluations and continues from
 the last stored state, reaching the same result as an uninterrupted run with the same seed.
+
+Faults:
+
+- A lost database connection is retried by the store (bounded backoff, a generation never
+  written twice); past the budget the run stops with one line and resumes from its last
+  stored generation.
+- One coordinator per run: ``launch`` and ``resume`` take the run's lease
+  (:class:`storage.leases.Lease`, ``$FTPRUNE_LEASE_S`` seconds, default 60), renewed with
+  every stored generation and by a heartbeat thread in between; a second coordinator is
+  refused while the lease is live (:class:`storage.store.LeaseHeld`), and may take over once
+  it has expired or its owner's process on this machine has exited. A coordinator that lost
+  its lease writes nothing more and leaves the run's status alone.
+- A candidate whose scoring fails (the worker raised, or the fitness is not finite) is
+  recorded once with its reason, ranks below every scored candidate and is never scored
+  again in the run; a stage in which no candidate could be scored fails the run
+  (:class:`SearchFailure`) rather than going on without data.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.config import RunConfig
@@ -35,10 +54,17 @@ from search.settings import check_device, ga_params, open_pool
 
 if TYPE_CHECKING:  # storage (SQLAlchemy) and workers (torch) load lazily: the CLI starts fast
     from storage import EvaluationRecord, Store
+    from storage.leases import Lease
     from workers.pool import EvaluationPool
     from workers.scoring import Evaluation, WindowStats
 
 Key = tuple[tuple[float, ...], str, int]  # (schedule, router, sequence index)
+log = logging.getLogger(__name__)
+
+
+class SearchFailure(RuntimeError):
+    """The search cannot go on: no candidate of a stage could be scored, or a held-out
+    evaluation failed; the message gives the generation and the first reason."""
 
 
 @dataclass(frozen=True)
@@ -110,9 +136,12 @@ def launch(
 ) -> SearchOutcome:
     """Create a run, search, then evaluate the best and the uniform schedule on held-out
     text. Uses ``pool`` if given (left open), else opens and closes one from the config."""
+    from storage.leases import Lease, lease_seconds, new_owner
+
     check_inputs(config, store)
-    run = store.create_run(config.run_name, config.model_dump(), config.seed)
-    return _drive(config, store, run.id, run.name, pool, show_progress)
+    lease = Lease(new_owner(), lease_seconds())
+    run = store.create_run(config.run_name, config.model_dump(), config.seed, lease)
+    return _drive(config, store, run.id, run.name, pool, show_progress, lease)
 
 
 def resume(
@@ -123,7 +152,11 @@ def resume(
     device: str | None = None,
 ) -> SearchOutcome:
     """Continue a stored run from its last generation boundary (``device`` overrides the
-    stored config's for this process's workers; the stored config is left as it was)."""
+    stored config's for this process's workers; the stored config is left as it was).
+
+    Raises :class:`storage.store.LeaseHeld`, changing nothing, while another coordinator's
+    lease on the run is live."""
+    from storage.leases import Lease, lease_seconds, new_owner
     from workers.devices import check_device_spec
 
     run = store.find_run(ref)
@@ -132,8 +165,10 @@ def resume(
         check_device_spec(device)
         config = config.model_copy(update={"device": device})
     check_inputs(config)
-    store.set_status(run.id, "running")
-    return _drive(config, store, run.id, run.name, pool, show_progress)
+    lease = Lease(new_owner(), lease_seconds())
+    store.acquire_lease(run.id, lease)
+    store.set_status(run.id, "running", lease=lease)
+    return _drive(config, store, run.id, run.name, pool, show_progress, lease)
 
 
 def _drive(
@@ -143,34 +178,105 @@ def _drive(
     run_name: str,
     pool: EvaluationPool | None,
     show_progress: bool,
+    lease: Lease,
 ) -> SearchOutcome:
+    """Search, score the held-out split and finish the run, holding ``lease`` throughout
+    (released at the end). Held-out rows the run already has (a finished run resumed) are
+    not stored again."""
+    from storage.engine import DatabaseUnavailable
     from workers.pool import ScoreRequest
 
     owned = pool is None
     try:
-        workers = pool or open_pool(config)
-        try:
-            progress = run_search(config, store, workers, run_id, show_progress)
-            uniform = [config.target_sparsity] * workers.num_blocks
-            results = workers.evaluate(
-                [
-                    ScoreRequest(progress.best_schedule, "heldout", config.router),
-                    ScoreRequest(uniform, "heldout", config.router),
-                ]
-            )
-        finally:
-            if owned:
-                workers.close()
-        heldout = {BEST: results[0], UNIFORM: results[1]}
-        for label, evaluation in heldout.items():
-            store.add_heldout(run_id, label.to_json(), evaluation)
-        store.set_status(run_id, "finished")
+        with LeaseKeeper(store, run_id, lease):
+            workers = pool or open_pool(config)
+            try:
+                progress = run_search(config, store, workers, run_id, show_progress, lease=lease)
+                uniform = [config.target_sparsity] * workers.num_blocks
+                results = workers.evaluate(
+                    [
+                        ScoreRequest(progress.best_schedule, "heldout", config.router),
+                        ScoreRequest(uniform, "heldout", config.router),
+                    ]
+                )
+            finally:
+                if owned:
+                    workers.close()
+            heldout = {BEST: results[0], UNIFORM: results[1]}
+            stored = {(h.label, tuple(h.schedule)) for h in store.heldout(run_id)}
+            for label, evaluation in heldout.items():
+                if evaluation.error is not None:
+                    raise SearchFailure(
+                        f"held-out scoring of the {label.to_json()} schedule failed: "
+                        f"{evaluation.error}"
+                    )
+                if (label.to_json(), tuple(evaluation.schedule)) not in stored:
+                    store.add_heldout(run_id, label.to_json(), evaluation, lease=lease)
+            store.set_status(run_id, "finished", lease=lease)
+            store.release_lease(run_id, lease.owner)
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(
+            f"{exc}; run {run_name!r} keeps its last stored generation: "
+            f"`ftprune search resume {run_name}` continues it"
+        ) from None
     except BaseException as exc:
-        store.set_status(
-            run_id, "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        )
+        _record_failure(store, run_id, lease, exc)
         raise
     return SearchOutcome(run_id, run_name, progress, heldout)
+
+
+def _record_failure(store: Store, run_id: int, lease: Lease, exc: BaseException) -> None:
+    """Mark the run failed with the reason and release its lease, unless the lease is lost
+    (the run is another coordinator's now); a database that fails here too is only logged,
+    so the original error is what the caller sees."""
+    from storage import StorageError
+    from storage.store import LeaseLost
+
+    if isinstance(exc, LeaseLost):
+        return
+    reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    try:
+        store.set_status(run_id, "failed", reason, lease=lease)
+        store.release_lease(run_id, lease.owner)
+    except StorageError as other:
+        log.warning("could not record that the run failed: %s", other)
+
+
+class LeaseKeeper:
+    """Renews a run's lease from a daemon thread every third of its duration while the
+    block runs, so a long generation never lets it lapse; a renewal that fails (database
+    away) is logged and tried again at the next beat, and a lost lease stops the beats
+    (the next stored generation then raises :class:`storage.store.LeaseLost`)."""
+
+    def __init__(self, store: Store, run_id: int, lease: Lease) -> None:
+        self.store, self.run_id, self.lease = store, run_id, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="ftprune-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        from storage.store import LeaseLost
+
+        while not self._stop.wait(self.lease.duration_s / 3):
+            try:
+                self.store.renew_lease(self.run_id, self.lease, retry=False)
+            except LeaseLost as exc:
+                log.warning("%s", exc)
+                return
+            except Exception as exc:  # a heartbeat outlives a database outage
+                log.warning("lease renewal failed, trying again at the next beat: %s", exc)
 
 
 def minibatch_order(seed: int, generation: int, num_sequences: int) -> list[int]:
@@ -188,13 +294,15 @@ def run_search(
     show_progress: bool = True,
     token_budget: int | None = None,
     after_generation: Callable[[int, list[float], int], None] | None = None,
+    lease: Lease | None = None,
 ) -> SearchProgress:
     """The generation loop, from the run's stored state if it has one.
 
     Stops after ``config.generations`` generations, or after the first generation that
     brings the forward tokens read by the routed model to ``token_budget``.
     ``after_generation(generation, best schedule, forward tokens so far)`` runs after each
-    generation is stored.
+    generation is stored. With ``lease`` every generation is stored only while the lease is
+    the run's (and renews it).
     """
     from tqdm.auto import tqdm
 
@@ -202,8 +310,11 @@ def run_search(
     stages = config.resolved_stages()
     stored_state = store.search_state(run_id)
     cache = FitnessCache()
+    failed: dict[tuple[float, ...], str] = {}  # schedules that failed once: never scored again
     for row in store.evaluations(run_id):
-        if row.per_sequence is not None:
+        if row.error is not None:
+            failed[tuple(row.schedule)] = row.error
+        elif row.per_sequence is not None:
             cache.add(row.schedule, row.router, _stats_from_json(row.per_sequence))
     if stored_state is None:
         params = ga_params(config, pool.num_blocks)
@@ -240,6 +351,7 @@ def run_search(
             fitness = _score_stage(
                 pool,
                 cache,
+                failed,
                 survivors,
                 config.router,
                 data,
@@ -248,14 +360,30 @@ def run_search(
                 records,
                 show_progress,
             )
-            survivors = sorted(survivors, key=lambda s: fitness[tuple(s)])[: stage.keep]
+            ranked = sorted(survivors, key=lambda s: fitness[tuple(s)])
+            scored = [s for s in ranked if tuple(s) not in failed]
+            if not scored:
+                reasons = sorted({failed[tuple(s)] for s in ranked})
+                raise SearchFailure(
+                    f"generation {generation + 1}, stage {index + 1}: none of the "
+                    f"{len(ranked)} candidates could be scored ({'; '.join(reasons[:3])})"
+                )
+            survivors = scored[: stage.keep]
             if index < len(stages) - 1:
-                survivors += [s for s in incumbents if s not in survivors]
+                survivors += [
+                    s for s in incumbents if s not in survivors and tuple(s) not in failed
+                ]
             best_fitness = fitness[tuple(survivors[0])]
-        search.tell(survivors)
+        # Parents come from the final stage's ranking; only when too few candidates survive
+        # (failures) do screened-out ones, then failed ones, fill the places.
+        search.tell(
+            survivors
+            + [s for s in candidates if s not in survivors and tuple(s) not in failed]
+            + [s for s in candidates if tuple(s) in failed]
+        )
         best_schedule = survivors[0]
         store.record_generation(
-            run_id, generation, records, best_fitness, best_schedule, search.state()
+            run_id, generation, records, best_fitness, best_schedule, search.state(), lease
         )
         tokens_used += sum(r.forward_tokens for r in records)
         if show_progress:
@@ -277,6 +405,7 @@ def run_search(
 def _score_stage(
     pool: EvaluationPool,
     cache: FitnessCache,
+    failed: dict[tuple[float, ...], str],
     candidates: list[list[float]],
     router_spec: str,
     data: list[int],
@@ -286,7 +415,9 @@ def _score_stage(
     show_progress: bool,
 ) -> dict[tuple[float, ...], float]:
     """Score ``candidates`` on ``data`` through the cache; append a record per candidate
-    that needed new work; return each candidate's fitness on ``data``."""
+    that needed new work (a failure with its reason, added to ``failed``); return each
+    candidate's fitness on ``data`` (infinite for a failed one, which is never requested
+    again)."""
     from tqdm.auto import tqdm
 
     from router import router_kind
@@ -296,6 +427,8 @@ def _score_stage(
     router = router_kind(router_spec)  # one router per run: its kind keys the cache
     requests, owners = [], []
     for schedule in candidates:
+        if tuple(schedule) in failed:
+            continue
         missing = cache.missing(schedule, router, data)
         if missing:
             requests.append(ScoreRequest(schedule, "calibration", router_spec, tuple(missing)))
@@ -309,6 +442,23 @@ def _score_stage(
     ) as bar:
         results = pool.evaluate(requests, on_result=lambda _: bar.update())
     for schedule, result in zip(owners, results, strict=True):
+        if result.error is not None:
+            failed[tuple(schedule)] = result.error
+            records.append(
+                EvaluationRecord(
+                    schedule=schedule,
+                    router=router,
+                    metrics=None,
+                    duration_s=result.duration_s,
+                    worker=result.worker,
+                    stage=stage,
+                    sequences=data,
+                    forward_tokens=0,  # unknown: the work was lost with the failure
+                    per_sequence={},
+                    error=result.error,
+                )
+            )
+            continue
         cache.add(schedule, router, result.per_sequence)
         metrics = cache.merged(schedule, router, data).metrics()
         records.append(
@@ -324,7 +474,10 @@ def _score_stage(
                 per_sequence={str(i): s.to_json() for i, s in result.per_sequence.items()},
             )
         )
-    return {tuple(s): cache.merged(s, router, data).metrics().kl for s in candidates}
+    return {
+        tuple(s): math.inf if tuple(s) in failed else cache.merged(s, router, data).metrics().kl
+        for s in candidates
+    }
 
 
 def _stats_from_json(per_sequence: dict[str, list[float]]) -> dict[int, WindowStats]:

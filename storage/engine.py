@@ -16,6 +16,10 @@ Guarantees:
 - Passwords never appear in messages: :func:`redact` hides them in URLs and
   :func:`database_errors` turns driver errors into one-line :class:`StorageError` messages
   with the password removed.
+- PostgreSQL engines check a pooled connection before handing it out (``pool_pre_ping``),
+  so a server restarted between two transactions costs nothing. :func:`is_disconnect` tells
+  a lost or refused connection (worth retrying) from every other error, and
+  :class:`Backoff` is the bounded exponential schedule the store retries on.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,10 +38,18 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 DEFAULT_URL = "sqlite:///ftprune.db"
 READ_ONLY = "ftprune_read_only"
 POSTGRES_DRIVER = "postgresql+psycopg"
+RETRY_ENV = "FTPRUNE_DB_RETRY_S"
+DEFAULT_RETRY_S = 120.0
+# SQLSTATEs of a server that is shutting down or starting up (class 08 is "connection").
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
 
 
 class StorageError(ValueError):
     """A bad database URL, an unreachable database or a missing row; the message is one line."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database stayed unreachable for the whole retry budget (nothing was written)."""
 
 
 def default_url() -> str:
@@ -198,6 +211,56 @@ def _enable_wal(cursor: Any, patience_s: float = 60.0) -> None:
             time.sleep(0.05)
 
 
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether ``exc`` is a PostgreSQL connection that was lost, refused or shut down (the
+    statement did not run, or its transaction was rolled back with the connection): a
+    constraint violation, a bad statement or any SQLite error is not."""
+    import psycopg
+
+    if not isinstance(exc, DBAPIError) or not isinstance(exc.orig, psycopg.Error):
+        return False
+    if exc.connection_invalidated:
+        return True
+    state = exc.orig.sqlstate
+    return isinstance(exc.orig, psycopg.OperationalError) and (
+        state is None or state.startswith("08") or state in _SERVER_GONE
+    )
+
+
+def retry_budget_s() -> float:
+    """Seconds a store keeps retrying a lost database: ``$FTPRUNE_DB_RETRY_S``, else 120."""
+    text = os.environ.get(RETRY_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRY_S
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = -1.0
+    if not 0.0 <= budget < float("inf"):
+        raise StorageError(f"{RETRY_ENV} must be a number of seconds >= 0, got {text!r}")
+    return budget
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Bounded exponential backoff: waits of ``first_s``, doubling up to ``max_s``, for as
+    long as the next wait still ends within ``budget_s`` (both of the waits' sum and of the
+    wall time since the first failure, which also counts the failed attempts)."""
+
+    budget_s: float
+    first_s: float = 0.25
+    max_s: float = 8.0
+
+    def waits(self) -> Iterator[float]:
+        """The waits to sleep between attempts; exhausted when the budget is spent."""
+        deadline = time.monotonic() + self.budget_s
+        wait, waited = self.first_s, 0.0
+        while waited + wait <= self.budget_s and time.monotonic() + wait <= deadline:
+            yield wait
+            waited += wait
+            wait = min(2 * wait, self.max_s)
+
+
 def read_only(engine: Engine) -> Engine:
     """The same engine (same pool) for transactions that only read: on SQLite they begin
     deferred and see one consistent snapshot without taking the write lock; writing through
@@ -211,6 +274,11 @@ def _scrub(message: str, url: str) -> str:
     return first.replace(password, "***") if password else first
 
 
+def error_line(exc: DBAPIError, url: str) -> str:
+    """``database URL: first line of the driver's message``, with the password removed."""
+    return f"database {redact(url)}: {_scrub(str(exc.orig), url)}"
+
+
 @contextlib.contextmanager
 def database_errors(url: str) -> Iterator[None]:
     """Turn driver errors (unreachable server, bad credentials, missing database) raised in
@@ -218,4 +286,4 @@ def database_errors(url: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise StorageError(f"database {redact(url)}: {_scrub(str(exc.orig), url)}") from None
+        raise StorageError(error_line(exc, url)) from None

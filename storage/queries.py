@@ -134,12 +134,14 @@ def _evaluation_columns() -> tuple[Any, ...]:
         EvaluationRow.forward_tokens,
         EvaluationRow.worker,
         EvaluationRow.created_at,
+        EvaluationRow.error,
     )
 
 
 def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
     """Per generation (ordered), its best evaluation at the generation's highest fidelity
-    (ties go to the earlier evaluation), with the same columns as :func:`population`."""
+    (ties go to the earlier evaluation; failed evaluations never count), with the same
+    columns as :func:`population`."""
     ranked = (
         select(
             *_evaluation_columns(),
@@ -154,7 +156,7 @@ def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
             )
             .label("rank"),
         )
-        .where(EvaluationRow.run_id == run_id)
+        .where(EvaluationRow.run_id == run_id, EvaluationRow.error.is_(None))
         .subquery()
     )
     columns = [ranked.c[c.key] for c in _evaluation_columns()]
@@ -163,8 +165,9 @@ def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
 
 def population(store: Store, run_id: int, generation: int | None = None) -> pd.DataFrame:
     """Every evaluation of a run (or of one generation), in the order recorded: selection
-    stage, fidelity, schedule, router, window metrics, duration, forward tokens and worker
-    (stage and forward tokens are NA on rows recorded before they were kept)."""
+    stage, fidelity, schedule, router, window metrics, duration, forward tokens, worker and
+    the reason of a failed evaluation (``error``; its metrics are NA). Stage and forward
+    tokens are NA on rows recorded before they were kept."""
     statement = select(*_evaluation_columns()).where(EvaluationRow.run_id == run_id)
     if generation is not None:
         statement = statement.where(EvaluationRow.generation == generation)

@@ -59,12 +59,17 @@ class RunRow(Base):
     best_fitness: Mapped[float | None] = mapped_column(Float)
     best_schedule: Mapped[list[float] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(String(2000))
+    # The coordinator driving the run and until when its claim holds (NULL: nobody); see
+    # storage.store.Store.acquire_lease.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     evaluations: Mapped[list["EvaluationRow"]] = relationship(back_populates="run")
 
 
 class EvaluationRow(Base):
-    """One scored schedule of a run's search (calibration split)."""
+    """One scored schedule of a run's search (calibration split). A candidate whose scoring
+    raised or gave a non-finite fitness has ``error`` set and no metrics (NULL)."""
 
     __tablename__ = "ftp_evaluations"
     __table_args__ = (Index(None, "run_id", "generation"),)
@@ -74,13 +79,14 @@ class EvaluationRow(Base):
     generation: Mapped[int] = mapped_column(Integer)
     schedule: Mapped[list[float]] = mapped_column(JSON)
     router: Mapped[str] = mapped_column(String(40))
-    fitness: Mapped[float] = mapped_column(Float)
-    top1: Mapped[float] = mapped_column(Float)
-    ppl: Mapped[float] = mapped_column(Float)
-    realized_sparsity: Mapped[float] = mapped_column(Float)
+    fitness: Mapped[float | None] = mapped_column(Float)
+    top1: Mapped[float | None] = mapped_column(Float)
+    ppl: Mapped[float | None] = mapped_column(Float)
+    realized_sparsity: Mapped[float | None] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)
     worker: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    error: Mapped[str | None] = mapped_column(String(2000))  # why scoring failed; NULL if not
     # Window positions the fitness was measured on; NULL for rows recorded before it was kept.
     fidelity: Mapped[int | None] = mapped_column(Integer)
     # Search-engine detail (NULL on older rows): the selection stage, the calibration

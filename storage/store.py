@@ -23,32 +23,69 @@ conformance suite run against SQLite and PostgreSQL):
 - Passwords never appear in what :func:`redact` returns, which is what messages print, nor
   in :class:`StorageError` messages.
 - Runs are addressed by id or by unique name (:meth:`Store.find_run`).
+- A PostgreSQL server that was reachable when the store opened and then drops or refuses
+  connections (a restart, a failover) is retried with bounded exponential backoff
+  (:class:`storage.engine.Backoff`, ``retry_s`` seconds: ``$FTPRUNE_DB_RETRY_S``, default
+  120), reads and writes alike; past the budget a call raises
+  :class:`storage.engine.DatabaseUnavailable` and has written nothing. A write is retried
+  only when it certainly did not commit, or when the store can tell from the database
+  whether it did (:meth:`Store.record_generation` checks the generation it wrote, so a
+  generation is never written twice); a commit lost in flight that it cannot check is a
+  :class:`StorageError`. A database unreachable at open fails at once.
+- A run's lease (:meth:`Store.acquire_lease`) names the one coordinator that drives it;
+  writes given a :class:`storage.leases.Lease` land only while that lease is still the
+  run's (otherwise :class:`LeaseLost`, nothing written), and renew it.
+- A failed evaluation (an :class:`EvaluationRecord` with ``error``) is stored with its
+  reason and no metrics; generation summaries cover the evaluations that succeeded.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import math
 import os
 import statistics
+import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Any, Iterable, Mapping, NoReturn, Protocol, Sequence
+from typing import (
+    Any,
+    Callable,
+    Concatenate,
+    Iterable,
+    Iterator,
+    Mapping,
+    NoReturn,
+    ParamSpec,
+    Protocol,
+    Sequence,
+    TypeVar,
+)
 
 from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.engine import (
+    Backoff,
+    DatabaseUnavailable,
     StorageError,
     database_errors,
     default_url,
+    error_line,
+    is_disconnect,
     make_engine,
     make_reader_engine,
     read_only,
     redact,
     require_existing,
+    retry_budget_s,
 )
+from storage.leases import Lease, describe_owner, owner_gone
 from storage.migrate import require_head, upgrade
 from storage.schema import (
     BenchmarkRow,
@@ -62,6 +99,25 @@ from storage.schema import (
     TunedWeightsRow,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+P = ParamSpec("P")
+# Whether a write whose commit was lost in flight is in the database (read in a new session);
+# _replay answers "no" for writes that may simply run again.
+Landed = Callable[[Session], bool]
+
+
+def _replay(_session: Session) -> bool:
+    return False
+
+
+class LeaseHeld(StorageError):
+    """Another live coordinator holds the run's lease."""
+
+
+class LeaseLost(StorageError):
+    """The run's lease is no longer this coordinator's (it expired and was taken over)."""
 
 
 def code_version() -> str:
@@ -128,48 +184,77 @@ class EvaluationRecord:
     """A :class:`Scored` candidate with the search engine's detail: its selection stage, the
     calibration sequences its fitness covers, the per-sequence sums this evaluation computed
     and the forward tokens it cost. :meth:`Store.record_generation` stores these fields when
-    a record carries them and NULL otherwise."""
+    a record carries them and NULL otherwise. A failed candidate has ``error`` (why) and no
+    ``metrics``."""
 
     schedule: list[float]
     router: str
-    metrics: Metrics
+    metrics: Metrics | None
     duration_s: float
     worker: str
     stage: int
     sequences: list[int]
     per_sequence: dict[str, list[float]]
     forward_tokens: int
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.metrics is None) == (self.error is None):
+            raise ValueError("an evaluation record has metrics or an error, not both or neither")
+
+
+def _reads(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[Store, P], T]:
+    """Run a read-only method again after a lost connection (see :meth:`Store._pause`)."""
+
+    @functools.wraps(method)
+    def retried(self: Store, *args: P.args, **kwargs: P.kwargs) -> T:
+        waits: Iterator[float] | None = None
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except DBAPIError as exc:
+                if not is_disconnect(exc):
+                    raise
+                waits = waits or self.backoff.waits()
+                self._pause(exc, waits)
+
+    return retried
 
 
 class Store:
     """ftprune's database; see the module docstring for its guarantees."""
 
-    def __init__(self, url: str | None = None, create: bool = True) -> None:
+    def __init__(
+        self, url: str | None = None, create: bool = True, retry_s: float | None = None
+    ) -> None:
         """Open the database at ``url`` to write, bringing it to the newest schema first
         (:func:`open_reader` reads without changing anything).
 
         With ``create=False`` a missing SQLite file is a :class:`StorageError`, so commands
-        that need an existing database never leave an empty one behind.
+        that need an existing database never leave an empty one behind. ``retry_s``: how
+        long a lost connection is retried (default: :func:`storage.engine.retry_budget_s`).
         """
         url = url or default_url()
+        budget = retry_budget_s() if retry_s is None else retry_s
         if not create:
             require_existing(url)
         engine = make_engine(url)
         with database_errors(url):
             upgrade(engine)
-        self._attach(url, engine, writable=True)
+        self._attach(url, engine, writable=True, retry_s=budget)
 
     @classmethod
     def _reading(cls, url: str, engine: Engine) -> Store:
         """A store over a reader engine (see :func:`open_reader`)."""
         store = cls.__new__(cls)
-        store._attach(url, engine, writable=False)
+        store._attach(url, engine, writable=False, retry_s=retry_budget_s())
         return store
 
-    def _attach(self, url: str, engine: Engine, writable: bool) -> None:
+    def _attach(self, url: str, engine: Engine, writable: bool, retry_s: float) -> None:
         self.url = url
         self.engine = engine
         self.writable = writable
+        self.backoff = Backoff(retry_s)
         self.read_engine = read_only(engine)
         self._session: sessionmaker[Session] | _NoWrites = (
             sessionmaker(engine, expire_on_commit=False) if writable else _NoWrites(url)
@@ -191,11 +276,110 @@ class Store:
     ) -> None:
         self.close()
 
+    # -- transactions and retries ---------------------------------------------------------
+
+    def _write(
+        self, work: Callable[[Session], T], landed: Landed | None = None, retry: bool = True
+    ) -> T:
+        """Run ``work`` in one write transaction and return its result. On a lost connection
+        (:func:`storage.engine.is_disconnect`) wait and run it again, within the backoff
+        budget; if the connection was lost while committing, first ask ``landed`` whether
+        the commit happened (then return the result) or not (then run again); without
+        ``landed`` that is a :class:`StorageError`. ``retry=False``: one attempt only."""
+        waits: Iterator[float] | None = None
+        unsure: list[T] = []  # the result of an attempt whose commit was lost in flight
+        while True:
+            committing = False
+            try:
+                if unsure:
+                    with self._reader() as session:
+                        if landed is not None and landed(session):
+                            return unsure[0]
+                    unsure.clear()
+                with self._session.begin() as session:
+                    result = work(session)
+                    session.flush()
+                    committing = True
+                return result
+            except DBAPIError as exc:
+                if not (retry and is_disconnect(exc)):
+                    raise
+                if committing:
+                    if landed is None:
+                        raise StorageError(
+                            f"{error_line(exc, self.url)} (the connection was lost while "
+                            "committing: whether the write landed is unknown)"
+                        ) from None
+                    unsure.append(result)
+                waits = waits or self.backoff.waits()
+                self._pause(exc, waits)
+
+    def _pause(self, exc: DBAPIError, waits: Iterator[float]) -> None:
+        """Sleep the next backoff wait, or raise :class:`DatabaseUnavailable` when the
+        budget is spent."""
+        wait = next(waits, None)
+        if wait is None:
+            raise DatabaseUnavailable(
+                f"{error_line(exc, self.url)} (still unreachable after "
+                f"{self.backoff.budget_s:g} s of retries)"
+            ) from None
+        log.warning("%s; retrying in %.2f s", error_line(exc, self.url), wait)
+        time.sleep(wait)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def acquire_lease(self, run_id: int, lease: Lease) -> None:
+        """Make ``lease`` the run's, expiring ``lease.duration_s`` from now (the database's
+        clock on PostgreSQL). Raises :class:`LeaseHeld` (one line: who, until when) if
+        another owner's lease is unexpired and that owner is not a process of this machine
+        known to have exited (:func:`storage.leases.owner_gone`). Re-acquiring one's own
+        lease renews it."""
+
+        def work(session: Session) -> None:
+            run = _run_row(session, run_id, lock=True)
+            now = _db_now(session)
+            holder, until = run.lease_owner, _utc(run.lease_expires_at)
+            if (
+                holder is not None
+                and holder != lease.owner
+                and until is not None
+                and until > now
+                and not owner_gone(holder)
+            ):
+                raise LeaseHeld(
+                    f"run {run.name!r} is driven by another coordinator "
+                    f"({describe_owner(holder)}) whose lease runs until "
+                    f"{until:%Y-%m-%d %H:%M:%S} UTC ({(until - now).total_seconds():.0f} s "
+                    "from now): let it finish, or resume the run once the lease has expired"
+                )
+            _extend(run, lease, now)
+
+        self._write(work, _replay)
+
+    def renew_lease(self, run_id: int, lease: Lease, retry: bool = True) -> None:
+        """Push the lease's expiry ``lease.duration_s`` past now; :class:`LeaseLost` if the
+        run's lease is no longer ``lease.owner``'s."""
+        self._write(lambda session: _fence(session, run_id, lease), _replay, retry)
+
+    def release_lease(self, run_id: int, owner: str) -> None:
+        """Clear the run's lease if ``owner`` holds it (otherwise nothing changes)."""
+
+        def work(session: Session) -> None:
+            run = _run_row(session, run_id, lock=True)
+            if run.lease_owner == owner:
+                run.lease_owner = run.lease_expires_at = None
+
+        self._write(work, _replay)
+
     # -- runs ---------------------------------------------------------------------------
 
-    def create_run(self, name: str | None, config: dict[str, Any], seed: int) -> RunRow:
-        """Insert a run in status ``running``; raises :class:`StorageError` on a taken name."""
-        with self._session.begin() as session:
+    def create_run(
+        self, name: str | None, config: dict[str, Any], seed: int, lease: Lease | None = None
+    ) -> RunRow:
+        """Insert a run in status ``running`` (holding ``lease`` if given, in the same
+        transaction); raises :class:`StorageError` on a taken name."""
+
+        def work(session: Session) -> RunRow:
             if name and session.scalar(select(RunRow.id).where(RunRow.name == name)):
                 raise StorageError(f"a run named {name!r} already exists")
             run = RunRow(
@@ -206,15 +390,26 @@ class Store:
                 code_version=code_version(),
             )
             session.add(run)
+            if lease is not None:
+                _extend(run, lease, _db_now(session))
             session.flush()
             if not name:
                 run.name = f"run-{run.id}"
             return run
 
+        def landed(session: Session) -> bool:  # only a lease's owner id tells the run is ours
+            assert lease is not None
+            owned = select(RunRow.id).where(RunRow.lease_owner == lease.owner)
+            return session.scalar(owned) is not None
+
+        return self._write(work, landed if lease is not None else None)
+
+    @_reads
     def run_name_taken(self, name: str) -> bool:
         with self._reader() as session:
             return session.scalar(select(RunRow.id).where(RunRow.name == name)) is not None
 
+    @_reads
     def find_run(self, ref: str | int) -> RunRow:
         """The run with id ``ref`` or name ``ref``; raises :class:`StorageError` if none."""
         with self._reader() as session:
@@ -225,6 +420,7 @@ class Store:
                 raise StorageError(f"no run {ref!r} in {redact(self.url)}")
             return run
 
+    @_reads
     def latest_run(self) -> RunRow | None:
         with self._reader() as session:
             return session.scalar(select(RunRow).order_by(RunRow.id.desc()).limit(1))
@@ -233,33 +429,28 @@ class Store:
         self,
         run_id: int,
         generation: int,
-        evaluations: Iterable[Scored],
+        evaluations: Iterable[Scored | EvaluationRecord],
         best_fitness: float,
         best_schedule: list[float],
         search_state: dict[str, Any] | None = None,
+        lease: Lease | None = None,
     ) -> None:
-        """Store a generation's new evaluations, its summary per stage (one stage per
-        fidelity, lowest first), the run's progress and (if given) the search state to
-        resume from, in one transaction."""
-        scored = [(e, e.metrics) for e in evaluations]
-        with self._session.begin() as session:
-            session.add_all(
-                EvaluationRow(
-                    run_id=run_id,
-                    generation=generation,
-                    schedule=e.schedule,
-                    router=e.router,
-                    fitness=m.kl,
-                    top1=m.top1,
-                    ppl=m.ppl,
-                    realized_sparsity=m.realized_sparsity,
-                    duration_s=e.duration_s,
-                    worker=e.worker,
-                    fidelity=m.positions,
-                    **(_engine_detail(e) if isinstance(e, EvaluationRecord) else {}),
-                )
-                for e, m in scored
-            )
+        """Store a generation's new evaluations (failed ones with their reason), its summary
+        per stage (one stage per fidelity, lowest first, over the evaluations that
+        succeeded), the run's progress and (if given) the search state to resume from, in
+        one transaction; with ``lease``, only while it is the run's (and renewing it).
+
+        A commit lost in flight is checked, not repeated: the generation counts as stored
+        when its summary rows, the run's progress and the search state are what this call
+        wrote. Recording a generation that is already stored otherwise raises
+        ``IntegrityError``."""
+        batch = list(evaluations)
+        scored = [(e, m) for e in batch if (m := e.metrics) is not None]
+
+        def work(session: Session) -> None:
+            if lease is not None:
+                _fence(session, run_id, lease)
+            session.add_all(_evaluation_row(run_id, generation, e) for e in batch)
             session.add_all(_generation_summaries(run_id, generation, scored, best_fitness))
             if search_state is not None:
                 session.merge(
@@ -276,10 +467,36 @@ class Store:
             run.best_schedule = best_schedule
             run.updated_at = utcnow()
 
-    def add_heldout(self, run_id: int, label: str, evaluation: Scored) -> None:
-        """Store held-out window metrics of one schedule under ``label``."""
+        def landed(session: Session) -> bool:
+            run = session.get(RunRow, run_id)
+            state = session.get(SearchStateRow, run_id)
+            summaries = session.scalar(
+                select(func.count(GenerationRow.id)).where(
+                    GenerationRow.run_id == run_id, GenerationRow.generation == generation
+                )
+            )
+            return (
+                run is not None
+                and bool(summaries)
+                and run.generations_done == generation + 1
+                and run.best_fitness == best_fitness
+                and (lease is None or run.lease_owner == lease.owner)
+                and (search_state is None or (state is not None and state.state == search_state))
+            )
+
+        self._write(work, landed)
+
+    def add_heldout(
+        self, run_id: int, label: str, evaluation: Scored, lease: Lease | None = None
+    ) -> None:
+        """Store held-out window metrics of one schedule under ``label`` (with ``lease``,
+        only while it is the run's); a commit lost in flight counts as stored when the run
+        holds a row of that label and schedule."""
         m = evaluation.metrics
-        with self._session.begin() as session:
+
+        def work(session: Session) -> None:
+            if lease is not None:
+                _fence(session, run_id, lease)
             session.add(
                 HeldoutRow(
                     run_id=run_id,
@@ -293,14 +510,32 @@ class Store:
                 )
             )
 
-    def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
-        with self._session.begin() as session:
+        def landed(session: Session) -> bool:
+            rows = session.scalars(
+                select(HeldoutRow.schedule).where(
+                    HeldoutRow.run_id == run_id, HeldoutRow.label == label
+                )
+            )
+            return list(evaluation.schedule) in list(rows)
+
+        self._write(work, landed)
+
+    def set_status(
+        self, run_id: int, status: str, error: str | None = None, lease: Lease | None = None
+    ) -> None:
+        """Set the run's status and error (with ``lease``, only while it is the run's)."""
+
+        def work(session: Session) -> None:
+            if lease is not None:
+                _fence(session, run_id, lease)
             run = _run_row(session, run_id)
             run.status = status
             run.error = error[:2000] if error else None
             run.updated_at = utcnow()
             if status != "running":
                 run.finished_at = utcnow()
+
+        self._write(work, _replay)
 
     # -- routers, evaluation and benchmark results -------------------------------------------
 
@@ -329,7 +564,7 @@ class Store:
             )
         if len({len(values) for values in curves.values()}) > 1:
             raise StorageError("router curves must all have the same length")
-        row = RouterRow(
+        values = dict(
             run_id=run_id,
             label=label,
             schedule=list(schedule),
@@ -346,10 +581,14 @@ class Store:
             realized_sparsity=heldout.realized_sparsity if heldout else None,
             train_s=train_s,
         )
-        with self._session.begin() as session:
+
+        def work(session: Session) -> int:
+            row = RouterRow(**values)
             session.add(row)
             session.flush()
             return row.id
+
+        return self._write(work)
 
     def add_eval_results(
         self,
@@ -368,7 +607,7 @@ class Store:
             if missing:
                 raise StorageError(f"evaluation result lacks {', '.join(missing)}: {result!r}")
             rows.append(
-                EvalResultRow(
+                dict(
                     run_id=run_id,
                     router_id=router_id,
                     label=label,
@@ -381,8 +620,7 @@ class Store:
                     **{key: _finite(result.get(key)) for key in EVAL_RESULT_EXTRAS},
                 )
             )
-        with self._session.begin() as session:
-            session.add_all(rows)
+        self._write(lambda session: session.add_all(EvalResultRow(**row) for row in rows))
 
     def add_benchmark_rows(
         self, kind: str, rows: Iterable[Mapping[str, Any]], run_id: int | None = None
@@ -400,10 +638,9 @@ class Store:
             if reserved:
                 raise StorageError(f"benchmark row fields {reserved} are reserved: {row!r}")
             records.append(
-                BenchmarkRow(kind=kind, run_id=run_id, row=dict(row), code_version=code_version())
+                dict(kind=kind, run_id=run_id, row=dict(row), code_version=code_version())
             )
-        with self._session.begin() as session:
-            session.add_all(records)
+        self._write(lambda session: session.add_all(BenchmarkRow(**r) for r in records))
 
     def set_tuned_weights(
         self, study: str, rows: Iterable[Mapping[str, Any]], run_id: int | None = None
@@ -418,16 +655,18 @@ class Store:
             if missing:
                 raise StorageError(f"tuned weights lack {', '.join(missing)}: {row!r}")
             records.append(
-                TunedWeightsRow(
-                    run_id=run_id, study=study, **{key: row[key] for key in TUNED_WEIGHTS_KEYS}
-                )
+                dict(run_id=run_id, study=study, **{key: row[key] for key in TUNED_WEIGHTS_KEYS})
             )
-        with self._session.begin() as session:
+
+        def work(session: Session) -> None:  # replaces the study's rows: safe to run again
             session.execute(delete(TunedWeightsRow).where(TunedWeightsRow.study == study))
-            session.add_all(records)
+            session.add_all(TunedWeightsRow(**r) for r in records)
+
+        self._write(work, _replay)
 
     # -- reads ----------------------------------------------------------------------------
 
+    @_reads
     def evaluations(self, run_id: int) -> list[EvaluationRow]:
         with self._reader() as session:
             return list(
@@ -438,6 +677,7 @@ class Store:
                 )
             )
 
+    @_reads
     def heldout(self, run_id: int) -> list[HeldoutRow]:
         with self._reader() as session:
             return list(
@@ -446,6 +686,7 @@ class Store:
                 )
             )
 
+    @_reads
     def routers(self, run_id: int) -> list[RouterRow]:
         """The run's trained routers, oldest first."""
         with self._reader() as session:
@@ -455,12 +696,14 @@ class Store:
                 )
             )
 
+    @_reads
     def search_state(self, run_id: int) -> dict[str, Any] | None:
         """The search state stored at the run's last generation boundary, if any."""
         with self._reader() as session:
             row = session.get(SearchStateRow, run_id)
             return row.state if row else None
 
+    @_reads
     def run_totals(self, run_id: int) -> dict[str, int]:
         """Evaluations stored for the run and the forward tokens they cost."""
         with self._reader() as session:
@@ -472,13 +715,17 @@ class Store:
             ).one()
         return {"evaluations": int(count or 0), "forward_tokens": int(tokens or 0)}
 
+    @_reads
     def run_status(self, ref: str | int) -> dict[str, Any]:
         """The status summary of a run, as ``ftprune search status --json`` prints it."""
         run = self.find_run(ref)
         with self._reader() as session:
-            count = session.scalar(
-                select(func.count(EvaluationRow.id)).where(EvaluationRow.run_id == run.id)
-            )
+            count, failed = session.execute(
+                select(func.count(EvaluationRow.id), func.count(EvaluationRow.error)).where(
+                    EvaluationRow.run_id == run.id
+                )
+            ).one()
+        expires = _utc(run.lease_expires_at)
         return {
             "run": run.name,
             "id": run.id,
@@ -486,6 +733,7 @@ class Store:
             "generations": run.generations_done,
             "generations_planned": run.config.get("generations"),
             "evaluations": count,
+            "failed_evaluations": failed,
             "best_fitness": run.best_fitness,
             "best_schedule": run.best_schedule,
             "target_sparsity": run.config.get("target_sparsity"),
@@ -493,8 +741,11 @@ class Store:
             "error": run.error,
             "created_at": run.created_at.isoformat() if run.created_at else None,
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "lease_owner": run.lease_owner,
+            "lease_expires_at": expires.isoformat() if expires else None,
         }
 
+    @_reads
     def tuned_weights(
         self, run_id: int | None, model: str, target_sparsity: float
     ) -> TunedWeightsRow | None:
@@ -564,11 +815,76 @@ def _finite(value: Any) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _run_row(session: Session, run_id: int) -> RunRow:
-    run = session.get(RunRow, run_id)
+def _run_row(session: Session, run_id: int, lock: bool = False) -> RunRow:
+    """The run's row; ``lock``: held until the transaction ends (``FOR UPDATE`` on
+    PostgreSQL; SQLite's write transactions hold the whole file already)."""
+    run = session.get(RunRow, run_id, with_for_update=lock)
     if run is None:
         raise StorageError(f"no run with id {run_id}")
     return run
+
+
+def _db_now(session: Session) -> datetime:
+    """The time lease expiries are measured in: the server's clock on PostgreSQL (shared by
+    every coordinator), this machine's on SQLite (a local file)."""
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(select(func.clock_timestamp()))
+        assert isinstance(now, datetime)
+        return now.astimezone(timezone.utc)
+    return utcnow()
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A stored timestamp as an aware UTC time (SQLite hands them back naive, in UTC)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _extend(run: RunRow, lease: Lease, now: datetime) -> None:
+    run.lease_owner = lease.owner
+    run.lease_expires_at = now + timedelta(seconds=lease.duration_s)
+
+
+def _fence(session: Session, run_id: int, lease: Lease) -> None:
+    """Lock the run's row and renew ``lease`` on it; :class:`LeaseLost` if the run's lease
+    is no longer ``lease.owner``'s."""
+    run = _run_row(session, run_id, lock=True)
+    if run.lease_owner != lease.owner:
+        holder = describe_owner(run.lease_owner) if run.lease_owner else "no coordinator"
+        raise LeaseLost(
+            f"run {run.name!r} is no longer driven by this coordinator ({holder} holds its "
+            "lease now): stopping without writing"
+        )
+    _extend(run, lease, _db_now(session))
+
+
+def _evaluation_row(
+    run_id: int, generation: int, evaluation: Scored | EvaluationRecord
+) -> EvaluationRow:
+    """The row of one evaluation: its metrics, or (failed) its reason and NULL metrics."""
+    detail = _engine_detail(evaluation) if isinstance(evaluation, EvaluationRecord) else {}
+    common = dict(
+        run_id=run_id,
+        generation=generation,
+        schedule=evaluation.schedule,
+        router=evaluation.router,
+        duration_s=evaluation.duration_s,
+        worker=evaluation.worker,
+        **detail,
+    )
+    m = evaluation.metrics
+    if m is None:
+        assert isinstance(evaluation, EvaluationRecord) and evaluation.error is not None
+        return EvaluationRow(**common, error=evaluation.error[:2000])
+    return EvaluationRow(
+        **common,
+        fitness=m.kl,
+        top1=m.top1,
+        ppl=m.ppl,
+        realized_sparsity=m.realized_sparsity,
+        fidelity=m.positions,
+    )
 
 
 def _engine_detail(record: EvaluationRecord) -> dict[str, Any]:
@@ -581,7 +897,10 @@ def _engine_detail(record: EvaluationRecord) -> dict[str, Any]:
 
 
 def _generation_summaries(
-    run_id: int, generation: int, scored: list[tuple[Scored, Metrics]], best_so_far: float
+    run_id: int,
+    generation: int,
+    scored: list[tuple[Scored | EvaluationRecord, Metrics]],
+    best_so_far: float,
 ) -> list[GenerationRow]:
     """One summary row per fidelity (stage 0 = lowest); a single empty stage-0 row when the
     generation scored nothing new."""

@@ -2,9 +2,12 @@
 
 The search only ever calls :meth:`EvaluationPool.evaluate`; it never imports Ray.
 Guarantees of every pool: ``evaluate`` returns exactly one :class:`Evaluation` per request,
-in the order given; each worker loads the model once, on the settings' device, and keeps it
-for the pool's lifetime; :meth:`EvaluationPool.train` trains a router on a worker (its model,
-device and data), never in the calling process, and returns it as plain data.
+in the order given; a request whose scoring raises (out of memory, say) or gives a
+non-finite fitness comes back as a failed evaluation (``error`` set), once, without retries
+and without replacing the worker, which is healthy and scores the next request; each
+worker loads the model once, on the settings' device, and keeps it for the pool's
+lifetime; :meth:`EvaluationPool.train` trains a router on a worker (its model, device and
+data), never in the calling process, and returns it as plain data.
 The Ray pool tokenizes the calibration and held-out text once, in this process (tokenizer
 only, no model), and puts the sequences into Ray's object store once; every actor, a
 replacement included, reads that one object. It survives workers that die or hang: their
@@ -17,11 +20,16 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol, Sequence
 
+import torch
+
 from router.loading import load_tokenizer
+from router.registry import router_kind
 from workers.data import SPLITS, Split
 from workers.heap import heap_mode, tune_heap
 from workers.scoring import Evaluation, Scorer, ScorerSettings, SplitSequences, build_splits
@@ -106,6 +114,37 @@ class EvaluationPool(abc.ABC):
         self.close()
 
 
+def score_request(scorer: ScorerLike, request: ScoreRequest) -> Evaluation:
+    """Score one request; an exception of the scorer (not an interrupt) or a non-finite
+    window sum becomes a failed :class:`Evaluation` whose ``error`` names it."""
+    started = time.perf_counter()
+    try:
+        result = scorer.score(request.schedule, request.split, request.router, request.sequences)
+    except Exception as exc:  # an application error: this candidate fails, the worker lives
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        return _failure(request, reason, time.perf_counter() - started)
+    for index, stats in sorted(result.per_sequence.items()):
+        if not (math.isfinite(stats.kl_sum) and math.isfinite(stats.nll_sum)):
+            reason = f"non-finite fitness on sequence {index} (KL sum {stats.kl_sum})"
+            return replace(result, per_sequence={}, error=reason)
+    return result
+
+
+def _failure(request: ScoreRequest, reason: str, duration_s: float) -> Evaluation:
+    log.warning("scoring failed: %s", reason)
+    return Evaluation(
+        schedule=[float(s) for s in request.schedule],
+        split=request.split,
+        router=router_kind(request.router),
+        per_sequence={},
+        duration_s=duration_s,
+        error=reason,
+    )
+
+
 def _describe(scorer: ScorerLike) -> tuple[int, dict[str, int]]:
     return scorer.num_blocks, {split: scorer.num_sequences(split) for split in SPLITS}
 
@@ -129,11 +168,7 @@ class LocalPool(EvaluationPool):
     ) -> list[Evaluation]:
         results = []
         for request in requests:
-            results.append(
-                self.scorer.score(
-                    request.schedule, request.split, request.router, request.sequences
-                )
-            )
+            results.append(score_request(self.scorer, request))
             if on_result:
                 on_result(results[-1])
         return results
@@ -156,6 +191,9 @@ class RayPool(EvaluationPool):
     allowed) and keeps at most one task in flight, so work flows to whichever actor is free.
     An actor that dies, or runs one task longer than ``task_timeout_s``, is killed and
     replaced, and its task goes back in the queue, at most ``max_retries`` times per request.
+    A replacement gets work only once it has loaded its model, so ``task_timeout_s`` bounds
+    scoring alone, never a worker's start; replacements that die before they are ready, more
+    than ``max_retries`` times in a row, are a :class:`WorkerFailure`.
     A training request runs on one actor without a time limit; if that actor dies it is
     replaced and the request runs again, at most ``max_retries`` times.
     """
@@ -175,10 +213,7 @@ class RayPool(EvaluationPool):
 
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False)
+            _start_ray(address)
         threads = settings.threads or max(1, int(cpus_per_worker))
         self._actor_class = ray.remote(_ScorerActor).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0
@@ -189,6 +224,8 @@ class RayPool(EvaluationPool):
         self.task_timeout_s = task_timeout_s
         self.max_retries = max_retries
         self.replaced = 0
+        self._starting: dict[Any, Any] = {}  # replacement actor -> its readiness call
+        self._start_failures = 0  # replacements in a row that died before they were ready
         self._actors = [self._new_actor() for _ in range(workers)]
         described = ray.get([a.describe.remote() for a in self._actors])
         self.num_blocks, self.num_sequences = described[0]
@@ -202,20 +239,25 @@ class RayPool(EvaluationPool):
         results: list[Evaluation | None] = [None] * len(requests)
         attempts = [0] * len(requests)
         queue = list(range(len(requests)))
-        idle = list(self._actors)
+        idle = [actor for actor in self._actors if actor not in self._starting]
         pending: dict[Any, tuple[int, Any, float]] = {}
         while queue or pending:
             while queue and idle:
                 index, actor = queue.pop(0), idle.pop()
                 ref = actor.score.remote(requests[index])
                 pending[ref] = (index, actor, time.monotonic())
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            starting = {ref: actor for actor, ref in self._starting.items()}
+            done, _ = ray.wait([*pending, *starting], num_returns=1, timeout=1.0)
             for ref in done:
+                if ref in starting:
+                    if self._ready(starting[ref], ref):
+                        idle.append(starting[ref])
+                    continue
                 index, actor, _ = pending.pop(ref)
                 try:
                     result = results[index] = ray.get(ref)
                 except (RayActorError, WorkerCrashedError, GetTimeoutError) as exc:
-                    self._retry(index, actor, attempts, queue, idle, exc)
+                    self._retry(index, actor, attempts, queue, exc)
                     continue
                 idle.append(actor)
                 if on_result:
@@ -231,7 +273,6 @@ class RayPool(EvaluationPool):
                             actor,
                             attempts,
                             queue,
-                            idle,
                             TimeoutError(f"no result in {self.task_timeout_s} s"),
                         )
         return results  # type: ignore[return-value]
@@ -240,10 +281,35 @@ class RayPool(EvaluationPool):
         return self._actor_class.remote(self._settings, self._scorer_factory, self.sequences_ref)
 
     def _replace(self, dead: Any) -> Any:
+        """A fresh actor in ``dead``'s place, starting (see :meth:`_ready`)."""
         fresh = self._new_actor()
         self._actors[self._actors.index(dead)] = fresh
+        self._starting.pop(dead, None)
+        self._starting[fresh] = fresh.describe.remote()
         self.replaced += 1
         return fresh
+
+    def _ready(self, actor: Any, ref: Any) -> bool:
+        """Whether a starting actor whose readiness call ``ref`` returned came up; one that
+        died is replaced again (see the class docstring for the bound)."""
+        import ray
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        del self._starting[actor]
+        try:
+            ray.get(ref)
+        except (RayActorError, WorkerCrashedError) as exc:
+            self._start_failures += 1
+            if self._start_failures > self.max_retries:
+                raise WorkerFailure(
+                    f"{self._start_failures} replacement workers in a row died while "
+                    f"starting: {exc}"
+                ) from None
+            log.warning("a replacement worker died while starting (%s); replacing it", exc)
+            self._replace(actor)
+            return False
+        self._start_failures = 0
+        return True
 
     def _retry(
         self,
@@ -251,14 +317,13 @@ class RayPool(EvaluationPool):
         dead: Any,
         attempts: list[int],
         queue: list[int],
-        idle: list[Any],
         cause: Exception,
     ) -> None:
         attempts[index] += 1
         if attempts[index] > self.max_retries:
             raise WorkerFailure(f"request {index} failed {attempts[index]} times: {cause}")
         log.warning("worker lost (%s); replacing it and retrying request %d", cause, index)
-        idle.append(self._replace(dead))
+        self._replace(dead)
         queue.insert(0, index)
 
     def block_influence(self) -> list[float]:
@@ -303,9 +368,41 @@ class RayPool(EvaluationPool):
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
+        self._starting.clear()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
+
+
+def _start_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` or, without one, start a new local instance (never
+    a running one found on this machine).
+
+    A local instance, and a cluster at a loopback address (``127.0.0.1:PORT``, or ``auto``
+    with ``RAY_ADDRESS`` naming one, as under ``ray job submit`` on such a cluster), is
+    joined as a node on 127.0.0.1, so every server Ray starts for it (GCS, raylet, object
+    manager, workers, agents) listens on 127.0.0.1 only. Ray replaces a loopback node
+    address with the machine's reachable one (``services.resolve_ip_for_localhost``) unless
+    it runs as a single-machine cluster (``ray_constants.ENABLE_RAY_CLUSTER`` off, as the
+    environment variable ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` sets it when Ray is
+    imported); that mode is on for the duration of the call only.
+    """
+    import ray
+    from ray._common.network_utils import is_localhost, parse_address
+    from ray._private import ray_constants
+
+    named = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    parsed = parse_address(named) if named else None
+    loopback = address is None or (parsed is not None and is_localhost(parsed[0]))
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = cluster_mode and not loopback
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 class _ScorerActor:
@@ -330,7 +427,7 @@ class _ScorerActor:
         return heap_mode()
 
     def score(self, request: ScoreRequest) -> Evaluation:
-        return self.scorer.score(request.schedule, request.split, request.router, request.sequences)
+        return score_request(self.scorer, request)
 
     def block_influence(self) -> list[float]:
         return self.scorer.block_influence()

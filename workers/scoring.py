@@ -135,7 +135,11 @@ def merge_stats(stats: Sequence[WindowStats]) -> WindowStats:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One scored schedule on a set of sequences, as returned by every pool."""
+    """One scored schedule on a set of sequences, as returned by every pool.
+
+    A failed evaluation (the scorer raised, or a fitness was not finite) has ``error``, one
+    line saying why, and no per-sequence statistics; it has no metrics.
+    """
 
     schedule: list[float]
     split: str
@@ -143,9 +147,12 @@ class Evaluation:
     per_sequence: dict[int, WindowStats]
     duration_s: float
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    error: str | None = None
 
     @property
     def metrics(self) -> WindowMetrics:
+        if self.error is not None:
+            raise ValueError(f"a failed evaluation has no metrics ({self.error})")
         return merge_stats(list(self.per_sequence.values())).metrics()
 
     @property

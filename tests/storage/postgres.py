@@ -1,7 +1,9 @@
 """A throwaway PostgreSQL server for the storage tests.
 
 ``initdb`` into a fresh temporary directory, listen only on 127.0.0.1 at a free port, and
-delete everything on :meth:`PostgresServer.stop`. The server binaries are looked up on PATH,
+delete everything on :meth:`PostgresServer.stop`; :meth:`PostgresServer.halt` and
+:meth:`PostgresServer.start` stop and start it again on the same port and data directory (a
+restarted database, for the fault tests). The server binaries are looked up on PATH,
 then in Debian's ``/usr/lib/postgresql/<version>/bin`` (newest first). PostgreSQL refuses to
 run as root, so under root the server runs as ``nobody`` (through ``runuser``) in a directory
 owned by that user. Connections from 127.0.0.1 as ``postgres`` are trusted; every other role
@@ -103,14 +105,55 @@ class PostgresServer:
                 )
             )
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: open connections are cut), keeping its data."""
         subprocess.run(
             [*self.as_user, self.pg_ctl, "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"],
             cwd=self.root,
             capture_output=True,
             check=False,
         )
+
+    def start(self) -> None:
+        """Start the (halted) server again on its port; raises :class:`PostgresUnavailable`."""
+        started = self._pg_ctl_start()
+        if started.returncode != 0:
+            raise PostgresUnavailable(f"pg_ctl start failed: {self._log_tail(started)}")
+
+    def restart(self) -> None:
+        self.halt()
+        self.start()
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        options = f"-F -h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        return subprocess.run(
+            [
+                *self.as_user,
+                self.pg_ctl,
+                "-D",
+                str(self.root / "data"),
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+        )
+
+    def _log_tail(self, started: subprocess.CompletedProcess[str]) -> str:
+        log = self.root / "server.log"
+        text = log.read_text(errors="replace") if log.exists() else started.stderr
+        return text[-500:].strip()
 
 
 def start_server(attempts: int = 3) -> PostgresServer:
@@ -145,35 +188,12 @@ def start_server(attempts: int = 3) -> PostgresServer:
     (data / "pg_hba.conf").write_text(HBA)
     for _ in range(attempts):
         server = PostgresServer(root, _free_port(), pg_ctl, as_user)
-        options = f"-F -h 127.0.0.1 -p {server.port} -k {root} -c max_connections=200"
-        started = subprocess.run(
-            [
-                *as_user,
-                pg_ctl,
-                "-D",
-                str(data),
-                "-l",
-                str(root / "server.log"),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                options,
-                "start",
-            ],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
+        started = server._pg_ctl_start()
         if started.returncode == 0:
             return server
-    log = (
-        (root / "server.log").read_text(errors="replace")[-500:]
-        if (root / "server.log").exists()
-        else started.stderr[-500:]
-    )
+    log = server._log_tail(started)
     shutil.rmtree(root, ignore_errors=True)
-    raise PostgresUnavailable(f"pg_ctl start failed: {log.strip()}")
+    raise PostgresUnavailable(f"pg_ctl start failed: {log}")
 
 
 def _run(command: list[str], cwd: Path, what: str) -> None:
