@@ -24,6 +24,7 @@ from ftprune.cli_common import (
     Pool,
     Quiet,
     Workers,
+    checked_url,
     echo_heldout_table,
     format_schedule,
     on_device,
@@ -120,7 +121,8 @@ def search_launch(
             device=device,
             dtype=dtype,
         )
-        _run_and_report(cfg, db, quiet)
+        url = checked_url(db, writes=True)  # after the config: a bad one needs no SQLAlchemy
+        _run_and_report(cfg, url, quiet)
 
 
 @search_app.command("status")
@@ -179,7 +181,8 @@ def demo(
             dtype=dtype,
             **overrides,
         )
-        run_pipeline_and_report(cfg, db, 1, quiet)
+        url = checked_url(db, writes=True)  # after the config: a bad one needs no SQLAlchemy
+        run_pipeline_and_report(cfg, url, 1, quiet)
 
 
 @search_app.command("resume")
@@ -207,13 +210,11 @@ def search_resume(
     _report(cfg, outcome, url, time.perf_counter() - started)
 
 
-def _run_and_report(cfg: Any, db: str | None, quiet: bool) -> None:
-    from search.coordinator import check_inputs, launch
-    from storage import check_url, default_url
+def _run_and_report(cfg: Any, url: str, quiet: bool) -> None:
+    from ftprune.cli_checks import check_run
+    from search.coordinator import launch
 
-    url = db or default_url()
-    check_url(url)
-    check_inputs(cfg)
+    check_run(cfg)
     store = open_store(url)
     started = time.perf_counter()
     outcome = launch(cfg, store, show_progress=not quiet)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import Device, Dtype, fail, user_errors
+from ftprune.cli_common import Device, Dtype, check_output_file, fail, user_errors
 
 bench_app = typer.Typer(
     help="Benchmarks: time the product, write rows as JSON.", no_args_is_help=True
@@ -112,13 +112,14 @@ def routing(
         fail("--device must be cpu, cuda or cuda:N (a benchmark names what it times)")
     if device != "cpu" and clock == "cpu":
         fail("--clock cpu measures this process's CPU time: use --clock wall on a GPU")
-    _check_json_out(json_out)
-    from router import check_model_spec
+    check_output_file(json_out, "--json")
+    from ftprune.cli_checks import check_context
+    from router.loading import model_config
     from workers.devices import check_device_available
 
     with user_errors():
         check_device_available(device)
-        check_model_spec(model)
+        check_context(model, model_config(model), seq_lens, "--seq-len")
 
     import torch
 
@@ -167,19 +168,14 @@ def _write_json(rows: list[dict], json_out: Path | None) -> None:
         typer.echo(f"wrote {len(rows)} rows to {json_out}")
 
 
-def _check_json_out(json_out: Path | None) -> None:
-    if json_out is not None and not json_out.parent.is_dir():
-        fail(f"directory {json_out.parent} does not exist")
-
-
 def _checked_config(path: Path | None, **overrides: Any) -> Any:
     """The run config with ``overrides``, its model and data checked; exits 2 on bad input."""
+    from ftprune.cli_checks import check_run
     from search.config import build_config
-    from search.coordinator import check_inputs
 
     with user_errors():
         cfg = build_config(path, **overrides)
-        check_inputs(cfg)
+        check_run(cfg)
     return cfg
 
 
@@ -207,7 +203,7 @@ def search(
     """
     if tokens < 1 or seeds < 1:
         fail("--tokens and --seeds must be at least 1")
-    _check_json_out(json_out)
+    check_output_file(json_out, "--json")
     cfg = _checked_config(
         config, model=model, target_sparsity=target_sparsity, device=device, dtype=dtype
     )
@@ -234,7 +230,7 @@ def coordinator(
     """
     if workers < 1 or candidates < 1:
         fail("--workers and --candidates must be at least 1")
-    _check_json_out(json_out)
+    check_output_file(json_out, "--json")
     if db is not None:
         from storage import StorageError, check_url
 
@@ -282,7 +278,7 @@ def _quality_command(kind: str) -> Any:
             fail("--seeds must be at least 1")
         if sequences is not None and sequences < 1:
             fail("--sequences must be at least 1")
-        _check_json_out(json_out)
+        check_output_file(json_out, "--json")
         cfg = _checked_config(
             config,
             model=model,
@@ -362,12 +358,12 @@ def eval_bench(
         fail("--sparsity must lie in [0, 1)")
     if dtype not in ("float32", "bfloat16", "float64"):
         fail(f"--dtype must be float32, bfloat16 or float64, not {dtype!r}")
-    _check_json_out(json_out)
+    check_output_file(json_out, "--json")
     from ftprune.eval import load_choice_tasks
-    from router import check_model_spec
+    from router.loading import model_config
 
     with user_errors():
-        check_model_spec(model)
+        model_config(model)
         tasks = load_choice_tasks(task_file or [], limit)
     from ftprune.bench.eval import format_table, run
 

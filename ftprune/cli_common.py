@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
@@ -40,37 +42,82 @@ Dtype = Annotated[
 ]
 
 
+# The library's input errors, by (module, class): each message is one line for the user.
+USER_ERRORS = (
+    ("search.config", "ConfigError"),
+    ("router.loading", "ModelSpecError"),
+    ("router.registry", "RouterSpecError"),
+    ("router.checkpoint", "CheckpointError"),
+    ("storage.engine", "StorageError"),
+    ("workers.data", "DataSpecError"),
+    ("workers.devices", "DeviceError"),
+    ("workers.tasks", "TaskError"),
+)
+
+
+# Failures of the work itself, not of its input (the run is marked failed and resumable):
+# one line each as well.
+RUN_FAILURES = (
+    ("search.coordinator", "SearchFailure"),
+    ("workers.pool", "WorkerFailure"),
+)
+
+
+def is_user_error(exc: BaseException, kinds: tuple[tuple[str, str], ...] = USER_ERRORS) -> bool:
+    """Whether ``exc`` is one of ``kinds`` (:data:`USER_ERRORS`). Imports nothing: an error
+    class can only have been raised once its module is loaded, so modules not yet imported
+    are skipped (bad input met before torch or SQLAlchemy load never loads them)."""
+    return any(
+        module in sys.modules and isinstance(exc, getattr(sys.modules[module], name))
+        for module, name in kinds
+    )
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's input errors into one line on stderr and exit status 2."""
-    from router import ModelSpecError
-    from router.checkpoint import CheckpointError
-    from search.config import ConfigError
-    from storage import StorageError
-    from workers import DataSpecError
-    from workers.devices import DeviceError
-    from workers.scoring import RouterSpecError
-    from workers.tasks import TaskError
-
+    """Turn the library's input errors into one line on stderr and exit status 2, and the
+    failures of :data:`RUN_FAILURES` into one line and exit status 1."""
     try:
         yield
-    except (
-        ConfigError,
-        ModelSpecError,
-        DataSpecError,
-        StorageError,
-        RouterSpecError,
-        CheckpointError,
-        DeviceError,
-        TaskError,
-    ) as exc:
-        fail(str(exc))
+    except Exception as exc:
+        if is_user_error(exc):
+            fail(str(exc))
+        if is_user_error(exc, RUN_FAILURES):
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        raise
 
 
 def fail(message: str) -> NoReturn:
     """Bad input: ``message`` as one line on stderr, exit status 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """Exit 2 with one line unless ``path`` (if given) can be written now, before the work
+    whose result it will hold: its directory exists, it is no directory, and a byte written
+    there sticks (a full disk, ``/dev/full`` or a read-only file fail here). The probe
+    leaves the file as it was: a new file is removed, an existing one truncated back."""
+    if path is None:
+        return
+    if path.is_dir():
+        fail(f"{option} {path} is a directory")
+    if not path.parent.is_dir():
+        fail(f"{option}: directory {path.parent} does not exist")
+    existed = path.exists()
+    size = path.stat().st_size if path.is_file() else 0
+    try:
+        with open(path, "ab") as handle:
+            handle.write(b"\n")
+            handle.flush()
+            if path.is_file():
+                handle.truncate(size)
+    except OSError as exc:
+        fail(f"cannot write {option} {path}: {exc.strerror or exc}")
+    finally:
+        if not existed:
+            path.unlink(missing_ok=True)
 
 
 def on_device(cfg: RunConfig, device: str | None) -> RunConfig:
@@ -84,10 +131,70 @@ def on_device(cfg: RunConfig, device: str | None) -> RunConfig:
     return cfg.model_copy(update={"device": device})
 
 
+def checked_url(db: str | None, writes: bool = False) -> str:
+    """``--db`` or the default URL, checked early (StorageError for a URL ftprune cannot
+    use, and with ``writes`` for a SQLite file :func:`check_writable` refuses); loads
+    SQLAlchemy but neither torch nor a model."""
+    from storage import check_url, default_url
+
+    url = db or default_url()
+    check_url(url)
+    if writes:
+        check_writable(url)
+    return url
+
+
 def open_store(db: str | None, create: bool = True) -> Any:
+    """The store of a command that writes, after :func:`check_writable`. Raises
+    StorageError (one line)."""
     from storage import Store, default_url
 
-    return Store(db or default_url(), create=create)
+    url = db or default_url()
+    check_writable(url)
+    return Store(url, create=create)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names (None for PostgreSQL and in-memory SQLite); StorageError
+    for a URL ftprune does not support."""
+    from sqlalchemy.engine import make_url
+
+    from storage import check_url
+
+    check_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+PROBE_BYTES = 1 << 20  # room a SQLite database needs to start: its schema, -wal and -shm
+
+
+def check_writable(url: str) -> None:
+    """Raise StorageError unless a SQLite database can be written now: the file (if it
+    exists) opens for writing, and its directory takes a new file of PROBE_BYTES (SQLite's
+    ``-wal`` and ``-shm`` live there; a full disk fails here, before SQLite creates or
+    changes anything). The probe is an unnamed temporary file, gone when closed; the
+    database is not opened. PostgreSQL permissions and space are the server's to report."""
+    import tempfile
+
+    from storage import StorageError, redact
+
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        if path.exists():
+            with open(path, "r+b"):
+                pass
+        with tempfile.TemporaryFile(dir=path.parent) as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+    except OSError as exc:
+        raise StorageError(
+            f"database {redact(url)} is not writable: {exc.strerror or exc}"
+        ) from None
 
 
 def format_schedule(schedule: list[float]) -> str:

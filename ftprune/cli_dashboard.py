@@ -10,6 +10,7 @@ otherwise and runs until interrupted (Ctrl-C).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import subprocess
@@ -50,8 +51,10 @@ def dashboard(
     raise typer.Exit(serve(url, host, port))
 
 
-def streamlit_command(url: str, host: str, port: int) -> list[str]:
-    """The command line that serves :mod:`dashboards.app` on ``host:port`` over ``url``."""
+def streamlit_command(host: str, port: int) -> list[str]:
+    """The command line that serves :mod:`dashboards.app` on ``host:port``. It holds no
+    database URL (the app reads ``$FTPRUNE_DB``, see :func:`serve`): command lines are
+    visible to every user of the machine, and a URL may hold a password."""
     import dashboards
 
     app = Path(dashboards.__file__).resolve().parent / "app.py"
@@ -71,16 +74,13 @@ def streamlit_command(url: str, host: str, port: int) -> list[str]:
         "false",
         "--client.toolbarMode",
         "viewer",
-        "--",
-        "--db",
-        url,
     ]
 
 
 def serve(url: str, host: str, port: int) -> int:
-    """Run the Streamlit server until it exits or is interrupted; its exit status (0 after
-    Ctrl-C)."""
-    process = subprocess.Popen(streamlit_command(url, host, port))
+    """Run the Streamlit server over ``url`` (passed in its environment as ``$FTPRUNE_DB``)
+    until it exits or is interrupted; its exit status (0 after Ctrl-C)."""
+    process = subprocess.Popen(streamlit_command(host, port), env={**os.environ, "FTPRUNE_DB": url})
     try:
         return process.wait()
     except KeyboardInterrupt:  # the server got the same SIGINT and shuts down

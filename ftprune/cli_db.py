@@ -44,15 +44,19 @@ def upgrade(db: Db = None) -> None:
     Migrates an older one in place, keeping its rows.
     Adopts a database made before migrations existed.
     Safe to run from several processes at once.
+    Refuses a read-only SQLite file, or one on a full disk, before changing anything.
     """
+    from ftprune.cli_common import check_writable
     from storage import default_url, redact
     from storage.engine import database_errors, make_engine
     from storage.migrate import SKELETON_REVISION
     from storage.migrate import upgrade as upgrade_database
 
     url = db or default_url()
-    with _storage_errors(), database_errors(url):
-        done = upgrade_database(make_engine(url))
+    with _storage_errors():
+        check_writable(url)
+        with database_errors(url):
+            done = upgrade_database(make_engine(url))
     if done.before == done.after:
         typer.echo(f"{redact(url)}: already at revision {done.after} (newest)")
     elif done.adopted_skeleton:

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import Db, Device, Quiet, fail, open_store, user_errors
+from ftprune.cli_common import (
+    Db,
+    Device,
+    Quiet,
+    check_output_file,
+    fail,
+    open_store,
+    user_errors,
+)
 
 
 def _fixed_routers() -> tuple[str, ...]:
@@ -138,9 +146,8 @@ def eval_command(
         fail("--batch-size and --resamples must be at least 1")
     if dtype not in ("float32", "bfloat16"):
         fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
-    for out in (json_out, plot_out):
-        if out is not None and not out.parent.is_dir():
-            fail(f"directory {out.parent} does not exist")
+    check_output_file(json_out, "--json")
+    check_output_file(plot_out, "--plot")
     lm_tasks = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     with user_errors():
         plan, targets, view, store = _prepare(
@@ -225,10 +232,10 @@ def _prepare(
         def targets(blocks: int) -> Target:
             return Target("export", schedule_values, spec)
     else:
-        from router import check_model_spec
+        from router.loading import model_config
 
         assert model is not None and sparsity is not None
-        check_model_spec(model)
+        model_config(model)
         settings = ScorerSettings(model=model, dtype=dtype, source=BUILTIN_PYDOC)
         kind = router or "static"
         uniform = sparsity

@@ -16,6 +16,7 @@ from ftprune.cli_common import (
     Pool,
     Quiet,
     Workers,
+    checked_url,
     echo_heldout_table,
     format_schedule,
     on_device,
@@ -67,21 +68,22 @@ def pipeline(
             device=device,
             dtype=dtype,
         )
+        url = checked_url(db, writes=True)  # after the config: a bad one needs no SQLAlchemy
         if _tuned(weights):
             from ftprune.tune import tuned_config
 
-            cfg = tuned_config(cfg, open_store(db, create=False))
-        run_pipeline_and_report(cfg, db, rounds, quiet)
+            cfg = tuned_config(cfg, open_store(url, create=False))
+        run_pipeline_and_report(cfg, url, rounds, quiet)
 
 
-def run_pipeline_and_report(cfg: Any, db: str | None, rounds: int, quiet: bool) -> None:
-    """Validate, run the pipeline, print the summary (used by ``pipeline`` and ``demo``)."""
+def run_pipeline_and_report(cfg: Any, url: str, rounds: int, quiet: bool) -> None:
+    """Validate, run the pipeline, print the summary (used by ``pipeline`` and ``demo``;
+    ``url`` is checked already)."""
+    from ftprune.cli_checks import check_run
     from ftprune.pipeline import check_pipeline, run_pipeline
-    from storage import check_url, default_url
 
-    url = db or default_url()
-    check_url(url)
     check_pipeline(cfg, None, rounds)  # before the database is created or touched
+    check_run(cfg)
     store = open_store(url)
     started = time.perf_counter()
     outcome = run_pipeline(
@@ -115,19 +117,19 @@ def router_train(
     Training runs on a worker of the run's pool (one Ray actor, or this process for a local
     pool), on ``--device`` if given, else the run's device.
     """
+    from ftprune.cli_checks import check_run, check_schedule
     from ftprune.pipeline import train_router_step
     from search.config import ConfigError, RunConfig
-    from search.coordinator import check_inputs
     from search.settings import open_pool
-    from storage import default_url
 
     with user_errors():
-        store = open_store(db or default_url(), create=False)
+        if steps is not None and steps < 1:
+            raise ConfigError("--steps must be at least 1")
+        chosen = _parse_schedule(schedule) if schedule else None
+        store = open_store(db, create=False)
         row = store.find_run(run)
         cfg = on_device(RunConfig(**row.config), device)
         if steps is not None:
-            if steps < 1:
-                raise ConfigError("--steps must be at least 1")
             cfg = cfg.model_copy(
                 update={"router_training": cfg.router_training.model_copy(update={"steps": steps})}
             )
@@ -135,12 +137,11 @@ def router_train(
             from ftprune.tune import tuned_config
 
             cfg = tuned_config(cfg, store, row.id)
-        chosen = _parse_schedule(schedule) if schedule else row.best_schedule
+        chosen = chosen or row.best_schedule
         if not chosen:
             raise ConfigError(f"run {row.name!r} has no best schedule yet: pass --schedule")
-        if any(not 0.0 <= s < 1.0 for s in chosen):
-            raise ConfigError("every block sparsity must lie in [0, 1)")
-        check_inputs(cfg)
+        blocks = check_run(cfg).num_hidden_layers
+        check_schedule(chosen, blocks, "--schedule" if schedule else "the run's best schedule")
         existing = store.routers(row.id)
         chosen_label = _router_label(label, len(existing))
         if any(r.label == chosen_label.to_json() for r in existing):
@@ -148,11 +149,6 @@ def router_train(
                 f"run {row.name!r} already has a router labelled {chosen_label.to_json()!r}"
             )
         with open_pool(cfg, workers=1) as pool:
-            if len(chosen) != pool.num_blocks:
-                raise ConfigError(
-                    f"--schedule has {len(chosen)} entries; {cfg.model} has "
-                    f"{pool.num_blocks} decoder blocks"
-                )
             stored = train_router_step(
                 cfg, store, row.id, row.name, chosen, chosen_label, pool, not quiet
             )

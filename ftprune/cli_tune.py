@@ -108,10 +108,10 @@ def tune(
 
 def _check(cfg: Any, objectives: tuple[str, ...]) -> None:
     """The config's inputs as tune uses them: every worker scores in its own process."""
+    from ftprune.cli_checks import check_run
     from ftprune.tune import check_tuning
-    from search.coordinator import check_inputs
 
-    check_inputs(cfg.model_copy(update={"pool": "local"}))
+    check_run(cfg.model_copy(update={"pool": "local"}))
     check_tuning(cfg, objectives)
 
 

@@ -14,7 +14,9 @@ Model specs understood by :func:`load_model`:
 - anything else: a Hugging Face hub id (needs network access the first time).
 
 Only the Llama, Qwen2 and Mistral decoder families are accepted: their decoder layers share
-the layout the routing engine relies on.
+the layout the routing engine relies on. All three are built into transformers, so no code
+from a model's repository is ever needed: every ``from_pretrained`` here passes
+``trust_remote_code=False``, and a config that asks for remote code is refused by family.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
 # reached by attribute, which static types cannot follow.
 CausalLM = Any
 DTYPES = ("float32", "bfloat16", "float16")
+NO_REMOTE_CODE = {"trust_remote_code": False}  # passed to every from_pretrained (see above)
+RANDOM_CONTEXT = 4096  # max_position_embeddings of the random presets
 
 # Decoder shapes of the random presets: (hidden, layers, heads, kv_heads, intermediate, vocab).
 _RANDOM_SHAPES: dict[str, tuple[int, int, int, int, int, int | None]] = {
@@ -112,11 +116,11 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[
             source = str(_converted_gguf(smollm2_gguf_path(), name=SMOLLM2_ALIAS))
         elif spec.endswith(".gguf"):
             source = str(_converted_gguf(Path(spec)))
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **NO_REMOTE_CODE)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation="sdpa"
+            source, dtype=torch_dtype, attn_implementation="sdpa", **NO_REMOTE_CODE
         )
-    _check_family(model)
+    _check_family(model.config)
     model.to(device).eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
@@ -136,23 +140,51 @@ def load_tokenizer(spec: str) -> Any:
     check_model_spec(spec)
     if spec.startswith("random:"):
         return byte_tokenizer()
-    gguf = smollm2_gguf_path() if spec == SMOLLM2_ALIAS else Path(spec)
-    if gguf.suffix == ".gguf":
-        copy = _conversion_target(gguf, SMOLLM2_ALIAS if spec == SMOLLM2_ALIAS else None)
-        tokenizer = (
-            AutoTokenizer.from_pretrained(copy)
-            if (copy / "config.json").is_file()
-            else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        )
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(spec)
+    source, options = _unconverted_source(spec)
+    tokenizer = AutoTokenizer.from_pretrained(source, **options, **NO_REMOTE_CODE)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _check_family(model: Any) -> None:
-    family = getattr(model.config, "model_type", "?")
+def model_config(spec: str) -> Any:
+    """The Hugging Face config of ``spec`` (``max_position_embeddings``,
+    ``num_hidden_layers``, ...) without reading weights or converting a GGUF.
+
+    Raises :class:`ModelSpecError` (one line) for unknown specs, a config that cannot be
+    read (a hub id missing from the cache while offline included) and unsupported families.
+    """
+    from transformers import AutoConfig
+
+    check_model_spec(spec)
+    if spec.startswith("random:"):
+        config = _random_config(spec, byte_tokenizer())
+    else:
+        source, options = _unconverted_source(spec)
+        try:
+            config = AutoConfig.from_pretrained(source, **options, **NO_REMOTE_CODE)
+        except (OSError, ValueError, KeyError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ModelSpecError(f"cannot read the config of model {spec!r}: {reason}") from None
+    _check_family(config)
+    return config
+
+
+def _unconverted_source(spec: str) -> tuple[str | Path, dict[str, str]]:
+    """Where ``from_pretrained`` finds the config and tokenizer of a non-random ``spec``
+    without converting anything: a GGUF's converted copy if there is one, else the file
+    itself (``gguf_file``); a directory or hub id as given."""
+    gguf = smollm2_gguf_path() if spec == SMOLLM2_ALIAS else Path(spec)
+    if gguf.suffix != ".gguf":
+        return spec, {}
+    copy = _conversion_target(gguf, SMOLLM2_ALIAS if spec == SMOLLM2_ALIAS else None)
+    if (copy / "config.json").is_file():
+        return copy, {}
+    return gguf.parent, {"gguf_file": gguf.name}
+
+
+def _check_family(config: Any) -> None:
+    family = getattr(config, "model_type", "?")
     if family not in SUPPORTED_FAMILIES:
         raise ModelSpecError(
             f"model family {family!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}"
@@ -185,9 +217,9 @@ def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **NO_REMOTE_CODE)
     model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, **NO_REMOTE_CODE
     )
     # The dequantized weights are plain tensors; drop the GGUF quantizer so they serialize.
     setattr(model, "hf_quantizer", None)  # noqa: B010 (a Module attribute, not a weight)
@@ -233,28 +265,34 @@ def byte_tokenizer() -> Any:
     )
 
 
-def _random_model(spec: str, torch_dtype: Any, device: str) -> tuple[Any, Any]:
-    import torch
+def _random_config(spec: str, tokenizer: Any) -> Any:
+    """The config of a random preset, for its byte-level ``tokenizer``."""
     import transformers
-    from transformers import AutoModelForCausalLM
 
     family, (hidden, layers, heads, kv_heads, intermediate, vocab) = _parse_random(spec)
-    tokenizer = byte_tokenizer()
     config_class = getattr(transformers, _RANDOM_FAMILIES[family])
-    config = config_class(
+    return config_class(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         intermediate_size=intermediate,
         vocab_size=vocab or len(tokenizer),
-        max_position_embeddings=4096,
+        max_position_embeddings=RANDOM_CONTEXT,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
+
+
+def _random_model(spec: str, torch_dtype: Any, device: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = byte_tokenizer()
+    config = _random_config(spec, tokenizer)
     # Initialized on the target device: a 7B-shaped model would take minutes on the CPU.
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""The command line: help, input validation before any work, a tiny search end to end."""
+"""The command line: help, a fast start, a tiny search end to end (bad input, command by
+command: tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -45,58 +46,6 @@ def test_help_starts_without_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
-
-
-@pytest.mark.parametrize(
-    "override,message",
-    [
-        (["--target-sparsity", "1.5"], "target_sparsity"),
-        (["--model", "no-such-model"], "unknown model"),
-        (["--calibration", "/nonexistent/file.txt"], "not found"),
-        (["--seq-len", "4"], "window"),
-    ],
-)
-def test_bad_input_is_one_line_and_touches_no_database(tmp_path, override, message):
-    db = tmp_path / "never.db"
-    result = runner.invoke(
-        app,
-        [
-            "search",
-            "launch",
-            "--config",
-            str(ROOT / "configs/tiny.yaml"),
-            "--db",
-            f"sqlite:///{db}",
-            *override,
-        ],
-    )
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
-    assert not db.exists()
-
-
-def test_missing_config_and_bad_yaml(tmp_path):
-    result = runner.invoke(app, ["search", "launch", "--config", str(tmp_path / "none.yaml")])
-    assert result.exit_code == 2 and "not found" in result.output
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("population: [unclosed\n")
-    result = runner.invoke(app, ["search", "launch", "--config", str(bad)])
-    assert result.exit_code == 2 and "YAML" in result.output
-    unknown = tmp_path / "unknown.yaml"
-    unknown.write_text("populaton: 3\n")
-    result = runner.invoke(app, ["search", "launch", "--config", str(unknown)])
-    assert result.exit_code == 2 and "populaton" in result.output
-
-
-def test_status_of_missing_database_or_run(tmp_path, db_url):
-    result = runner.invoke(app, ["search", "status", "--db", f"sqlite:///{tmp_path}/x.db"])
-    assert result.exit_code == 2 and "no database" in result.output
-    from storage import Store
-
-    Store(db_url)
-    result = runner.invoke(app, ["search", "status", "ghost", "--db", db_url])
-    assert result.exit_code == 2 and "no run 'ghost'" in result.output
 
 
 def test_tiny_search_end_to_end_then_status_json(db_url):
@@ -158,17 +107,20 @@ def test_bench_coordinator_writes_its_row(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,message",
-    [
-        (["bench", "search", "--tokens", "0"], "--tokens"),
-        (["bench", "search", "--model", "nope"], "unknown model"),
-        (["bench", "coordinator", "--workers", "0"], "--workers"),
-        (["bench", "coordinator", "--db", "mysql://x/y"], "unsupported"),
-        (["bench", "quality", "--seeds", "0"], "--seeds"),
-        (["bench", "ablation", "--model", "nope"], "unknown model"),
-        (["bench", "quality", "--seq-len", "4"], "window"),
-    ],
+    ("module", "name"), [("search.coordinator", "SearchFailure"), ("workers.pool", "WorkerFailure")]
 )
-def test_bench_bad_input_is_one_line(args, message):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and message in result.output
+def test_a_failed_run_is_one_line_and_exit_1(module, name, capsys):
+    """A failure of the work itself (not bad input) is one line on stderr and exit status 1,
+    not a traceback."""
+    import importlib
+
+    import typer
+
+    from ftprune.cli_common import user_errors
+
+    failure = getattr(importlib.import_module(module), name)
+    with pytest.raises(typer.Exit) as exited, user_errors():
+        raise failure("generation 2, stage 1: none of the 8 candidates could be scored")
+    assert exited.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err == "error: generation 2, stage 1: none of the 8 candidates could be scored\n"

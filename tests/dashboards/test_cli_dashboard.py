@@ -4,6 +4,7 @@ bound to the address asked for (127.0.0.1 by default), headless, without usage s
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -50,10 +51,12 @@ def test_a_port_in_use_is_refused_before_starting(filled, monkeypatch):
 
 def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
     started: list[list[str]] = []
+    environments: list[dict[str, str]] = []
 
     class Server:
-        def __init__(self, command: list[str]) -> None:
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
             started.append(command)
+            environments.append(env)
 
         def wait(self, timeout: float | None = None) -> int:
             return 0
@@ -64,7 +67,7 @@ def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
     (command,) = started
     assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
     assert command[4].endswith("dashboards/app.py")
-    options = dict(zip(command[5:-3:2], command[6:-3:2], strict=True))
+    options = dict(zip(command[5::2], command[6::2], strict=True))
     assert options == {
         "--server.address": "127.0.0.1",
         "--server.port": "8765",
@@ -72,7 +75,7 @@ def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
         "--browser.gatherUsageStats": "false",
         "--client.toolbarMode": "viewer",
     }
-    assert command[-3:] == ["--", "--db", filled.url]
+    assert environments == [{**os.environ, "FTPRUNE_DB": filled.url}]  # not in its argv
     assert "http://127.0.0.1:8765" in result.stderr
 
 
