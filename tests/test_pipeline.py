@@ -3,6 +3,7 @@ the seeded fine-tuning search, and input checks that run before the database is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,22 @@ from storage import Store
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny.yaml"
 runner = CliRunner()
+
+
+def _refused(result, message: str) -> None:
+    """Bad input: exit status 2, nothing on stdout, one line on stderr naming ``message``."""
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+
+
+def _dump(db_url: str) -> list[str]:
+    """Every row and schema statement of a SQLite database (what a write would change)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as db:
+        return list(db.iterdump())
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +96,41 @@ def test_pipeline_records_each_step_and_round(tiny_pipeline):
     assert all(parent in generation0 for parent in parents)
 
 
+def test_an_interrupted_fine_tuning_run_resumes_to_the_pipelines_result(tiny_pipeline):
+    """Step 3's run (seeded from step 1, scoring with the trained router) stopped after one
+    of its two generations, as a coordinator that died would leave it: ``search resume``
+    finishes it with exactly the evaluations and held-out rows of the pipeline's own
+    uninterrupted step 3."""
+    from search.config import RunConfig
+    from search.coordinator import run_search
+    from search.settings import scorer_settings
+    from workers.pool import LocalPool
+
+    db_url, _, _ = tiny_pipeline
+    store = Store(db_url, create=False)
+    done = store.find_run("tiny-finetune-1")
+    config = RunConfig(**{**done.config, "run_name": "tiny-finetune-1-again"})
+    assert config.seed_run == "tiny" and config.router.startswith("dynamic:")
+    run = store.create_run(config.run_name, config.model_dump(), config.seed)
+    with LocalPool(scorer_settings(config)) as pool:
+        run_search(config.model_copy(update={"generations": 1}), store, pool, run.id, False)
+    assert store.run_status(run.id)["generations"] == 1
+    result = runner.invoke(app, ["search", "resume", config.run_name, "--db", db_url, "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    def stored(run_id: int) -> tuple[list, list]:
+        evaluations = sorted(
+            (r.generation, r.stage, tuple(r.schedule), r.router, r.fitness)
+            for r in store.evaluations(run_id)
+        )
+        heldout = [(h.label, h.schedule, h.router, h.kl, h.top1) for h in store.heldout(run_id)]
+        return evaluations, heldout
+
+    assert stored(run.id) == stored(done.id)
+    resumed = store.find_run(run.id)
+    assert resumed.status == "finished" and resumed.best_schedule == done.best_schedule
+
+
 def test_router_train_and_export_round_trip(tiny_pipeline, tmp_path):
     from router import load_model, route
     from router.checkpoint import load_routed, load_router
@@ -130,6 +182,7 @@ def test_export_refuses_a_changed_checkpoint(tiny_pipeline, tmp_path):
     latest = store.routers(store.find_run("tiny").id)[-1]
     weights = Path(latest.checkpoint) / "router.safetensors"
     original = weights.read_bytes()
+    before = _dump(db_url)
     try:
         weights.write_bytes(original[:-4] + b"\0\0\0\0")
         result = runner.invoke(
@@ -137,7 +190,8 @@ def test_export_refuses_a_changed_checkpoint(tiny_pipeline, tmp_path):
         )
     finally:
         weights.write_bytes(original)
-    assert result.exit_code == 2 and "changed since it was recorded" in result.output
+    _refused(result, "changed since it was recorded")
+    assert not (tmp_path / "out").exists() and _dump(db_url) == before
 
 
 @pytest.mark.parametrize(
@@ -152,9 +206,7 @@ def test_pipeline_bad_input_is_one_line_and_touches_no_database(tmp_path, args, 
     result = runner.invoke(
         app, ["pipeline", "--config", str(TINY), "--db", f"sqlite:///{db}", *args]
     )
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    _refused(result, message)
     assert not db.exists()
 
 
@@ -163,7 +215,7 @@ def test_pipeline_refuses_a_config_that_is_not_a_step_1(tmp_path):
     config.write_text(TINY.read_text() + "router: random\n")
     db = tmp_path / "never.db"
     result = runner.invoke(app, ["pipeline", "--config", str(config), "--db", f"sqlite:///{db}"])
-    assert result.exit_code == 2 and "static router" in result.output
+    _refused(result, "static router")
     assert not db.exists()
 
 
@@ -181,7 +233,7 @@ def test_bad_router_spec_is_refused_before_the_search(tmp_path, router, message)
     result = runner.invoke(
         app, ["search", "launch", "--config", str(config), "--db", f"sqlite:///{db}"]
     )
-    assert result.exit_code == 2 and message in result.output
+    _refused(result, message)
     assert not db.exists()
 
 
@@ -279,8 +331,10 @@ def test_labels_round_trip_and_refuse_what_they_are_not():
 
 def test_router_train_refuses_a_label_that_reads_as_a_heldout_row(tiny_pipeline):
     db_url, _, _ = tiny_pipeline
+    before = _dump(db_url)
     result = runner.invoke(
         app,
         ["router", "train", "--run", "tiny", "--label", "finetuned-1", "--db", db_url, "--quiet"],
     )
-    assert result.exit_code == 2 and "--label" in result.output
+    _refused(result, "--label")
+    assert _dump(db_url) == before

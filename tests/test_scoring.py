@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from router import StaticRouter, routing_of
+from router import StaticRouter, load_model, routing_of
 from router.loading import byte_tokenizer
 from workers import DataSpec, Scorer, ScorerSettings, WindowComparator
 from workers.data import build_sequences
@@ -58,19 +59,39 @@ def test_per_sequence_stats_do_not_depend_on_the_slice(tiny_llama, sequences):
         assert part[index].tokens == len(sequences[index]) - 1
 
 
-def test_top_k_teacher_ranks_schedules_like_full_kl(tiny_llama, sequences):
-    full = WindowComparator(tiny_llama[0], sequences, window=8)
-    top = WindowComparator(tiny_llama[0], sequences, window=8, teacher_top_k=64)
-    schedules = [[s] * 4 for s in (0.05, 0.2, 0.35, 0.5, 0.65)]
-    full_kl = [
-        merge_stats(list(full.compare(s, StaticRouter()).values())).metrics().kl for s in schedules
+def test_top_k_teacher_ranks_close_schedules_like_full_kl(sequences):
+    """Schedules of one mean whose full window KLs lie within a few percent of each other
+    rank the same under the top-K teacher, with K covering most of the teacher's mass (a
+    real LM's teacher is peaked: here the final norm is scaled up so that 64 of the 258
+    tokens hold over 90% of it)."""
+    model, _ = load_model("random:llama-tiny")
+    with torch.no_grad():
+        model.model.norm.weight.mul_(16.0)
+    full = WindowComparator(model, sequences, window=8)
+    top = WindowComparator(model, sequences, window=8, teacher_top_k=64)
+    schedules = [
+        [0.3, 0.3, 0.4, 0.2],
+        [0.2, 0.4, 0.3, 0.3],
+        [0.3, 0.3, 0.2, 0.4],
+        [0.3, 0.3, 0.3, 0.3],
+        [0.25, 0.35, 0.3, 0.3],
+        [0.35, 0.25, 0.3, 0.3],
     ]
-    top_kl = [
-        merge_stats(list(top.compare(s, StaticRouter()).values())).metrics().kl for s in schedules
-    ]
-    assert sorted(range(5), key=full_kl.__getitem__) == sorted(range(5), key=top_kl.__getitem__)
-    # coarsening to the top K lowers KL
-    assert all(0.0 <= t <= f + 1e-6 for t, f in zip(top_kl, full_kl, strict=True))
+
+    def kl(comparator: WindowComparator, schedule: list[float]) -> float:
+        stats = comparator.compare(schedule, StaticRouter())
+        return merge_stats(list(stats.values())).metrics().kl
+
+    full_kl = [kl(full, s) for s in schedules]
+    top_kl = [kl(top, s) for s in schedules]
+    mass = torch.stack([t.log_probs.exp().sum(-1) for t in top._teachers.values()])
+    assert 0.9 < mass.mean().item() < 1.0
+    ranked = sorted(range(len(schedules)), key=full_kl.__getitem__)
+    gaps = [full_kl[b] / full_kl[a] - 1 for a, b in zip(ranked, ranked[1:], strict=False)]
+    assert max(gaps[:3]) < 0.05  # the closest four differ by under 5% each
+    assert sorted(range(len(schedules)), key=top_kl.__getitem__) == ranked
+    # Coarsening to the top K plus a rest bucket lowers KL, by little at this coverage.
+    assert all(0.9 * f <= t <= f + 1e-6 for t, f in zip(top_kl, full_kl, strict=True))
 
 
 def test_window_longer_than_sequences_is_rejected(tiny_llama):
@@ -95,9 +116,27 @@ def test_scorer_and_local_pool_agree():
     assert pooled[0].forward_tokens == 2 * 48 + 2 * 64
 
 
-def test_block_influence_is_positive_per_block():
+def test_block_influence_is_one_minus_the_cosine_of_each_blocks_input_and_output():
+    """ShortGPT's BI_i = 1 - mean over tokens of cos(h_i, h_{i+1}), computed here by hand
+    from transformers' hidden states, one sequence at a time (the calibration sequences
+    differ in length: the mean is over tokens, not over sequences)."""
     influence = Scorer(TINY).block_influence()
-    assert len(influence) == 4 and all(0.0 < bi < 2.0 for bi in influence)
+    model, tokenizer = load_model(TINY.model)
+    sequences = build_sequences(TINY.data_spec("calibration"), tokenizer)
+    assert len({len(seq) for seq in sequences}) > 1
+    totals, tokens = torch.zeros(4, dtype=torch.float64), 0
+    with torch.no_grad():
+        for seq in sequences:
+            ids = seq[None, :-1]  # the scored inputs: every token but the last
+            hidden = model(ids, output_hidden_states=True, use_cache=False).hidden_states
+            for block in range(4):
+                a, b = hidden[block][0].double(), hidden[block + 1][0].double()
+                cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+                totals[block] += (1.0 - cos).sum()
+            tokens += ids.shape[1]
+    expected = (totals / tokens).tolist()
+    assert influence == pytest.approx(expected, rel=1e-4)
+    assert len(set(round(bi, 4) for bi in expected)) == 4  # blocks tell apart
 
 
 def test_window_stats_round_trip_through_json_by_field():
