@@ -116,11 +116,13 @@ class FitnessCache:
 def check_inputs(config: RunConfig, store: Store | None = None) -> None:
     """Everything that can be checked before any work starts (model, data, router, device,
     and with a store the run name and seed run); raises ValueError subclasses."""
-    from router import check_model_spec, check_router_spec
+    from router.loading import check_model_spec
+
+    check_model_spec(config.model)  # before anything imports torch: a bad model is quick
+    from router.registry import check_router_spec
     from storage import StorageError
     from workers import check_source
 
-    check_model_spec(config.model)
     check_source(config.calibration)
     check_router_spec(config.router)
     check_device(config)

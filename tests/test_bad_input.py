@@ -561,8 +561,13 @@ LIGHT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args", LIGHT_CASES)
-def test_bad_config_or_option_is_answered_before_heavy_imports(args, inputs, tmp_path):
+@pytest.mark.parametrize(
+    ("args", "heavy"),
+    [(case, HEAVY) for case in LIGHT_CASES]
+    # the database URL is checked (SQLAlchemy) before the model, the model before torch
+    + [("search launch --config {tiny} --model no-such-model --db sqlite:///x.db", HEAVY[:3])],
+)
+def test_bad_config_or_option_is_answered_before_heavy_imports(args, heavy, inputs, tmp_path):
     # a timing test would be flaky on a shared machine: what makes a bad input slow to answer
     # is importing these packages, so check that none of them was imported
     argv = args.format(tiny=TINY, demo=ROOT / "configs/demo.yaml", **{"in": inputs}).split()
@@ -570,7 +575,7 @@ def test_bad_config_or_option_is_answered_before_heavy_imports(args, inputs, tmp
         "import sys\nfrom ftprune.cli import main\n"
         f"sys.argv = ['ftprune', *{argv!r}]\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
-        f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))"
+        f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
