@@ -446,34 +446,24 @@ def _score_stage(
     for schedule, result in zip(owners, results, strict=True):
         if result.error is not None:
             failed[tuple(schedule)] = result.error
-            records.append(
-                EvaluationRecord(
-                    schedule=schedule,
-                    router=router,
-                    metrics=None,
-                    duration_s=result.duration_s,
-                    worker=result.worker,
-                    stage=stage,
-                    sequences=data,
-                    forward_tokens=0,  # unknown: the work was lost with the failure
-                    per_sequence={},
-                    error=result.error,
-                )
-            )
-            continue
-        cache.add(schedule, router, result.per_sequence)
-        metrics = cache.merged(schedule, router, data).metrics()
+        else:
+            cache.add(schedule, router, result.per_sequence)
         records.append(
             EvaluationRecord(
                 schedule=schedule,
                 router=router,
-                metrics=metrics,
+                metrics=(
+                    None
+                    if result.error is not None
+                    else cache.merged(schedule, router, data).metrics()
+                ),
                 duration_s=result.duration_s,
                 worker=result.worker,
                 stage=stage,
                 sequences=data,
-                forward_tokens=result.forward_tokens,
+                forward_tokens=result.forward_tokens,  # 0 for a failure: its work was lost
                 per_sequence={str(i): s.to_json() for i, s in result.per_sequence.items()},
+                error=result.error,
             )
         )
     return {

@@ -49,20 +49,9 @@ def test_help_starts_without_heavy_imports():
 
 
 def test_tiny_search_end_to_end_then_status_json(db_url):
-    result = runner.invoke(
-        app,
-        [
-            "search",
-            "launch",
-            "--config",
-            str(ROOT / "configs/tiny.yaml"),
-            "--db",
-            db_url,
-            "--run-name",
-            "smoke",
-            "--quiet",
-        ],
-    )
+    launch = ["search", "launch", "--config", str(ROOT / "configs/tiny.yaml")]
+    launch += ["--db", db_url, "--run-name", "smoke"]
+    result = runner.invoke(app, [*launch, "--quiet"])
     assert result.exit_code == 0, result.output
     assert "best schedule" in result.output and "uniform + static router" in result.output
     status = runner.invoke(app, ["search", "status", "smoke", "--json", "--db", db_url])
@@ -77,19 +66,7 @@ def test_tiny_search_end_to_end_then_status_json(db_url):
     } <= data.keys()
     assert data["run"] == "smoke" and data["status"] == "finished" and data["generations"] == 3
     assert abs(sum(data["best_schedule"]) / len(data["best_schedule"]) - 0.3) <= 1e-9
-    again = runner.invoke(
-        app,
-        [
-            "search",
-            "launch",
-            "--config",
-            str(ROOT / "configs/tiny.yaml"),
-            "--db",
-            db_url,
-            "--run-name",
-            "smoke",
-        ],
-    )
+    again = runner.invoke(app, launch)
     assert again.exit_code == 2 and "already exists" in again.output
 
 

@@ -8,20 +8,14 @@ from typing import Iterator
 
 import pytest
 
-from tests.storage.conftest import in_ci
-from tests.storage.postgres import PostgresServer, PostgresUnavailable, start_server
+from tests.storage.conftest import serve_postgres
+from tests.storage.postgres import PostgresServer
 
 
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[PostgresServer]:
-    try:
-        server = start_server()
-    except PostgresUnavailable as exc:
-        if in_ci():
-            pytest.fail(f"PostgreSQL is required in CI: {exc}", pytrace=False)
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    yield server
-    server.stop()
+    """A server of the module's own, which its tests stop and restart."""
+    yield from serve_postgres()
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the whole session, stopped and deleted at the end."""
+def serve_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for a fixture: skipped where Debian's server programs
+    are missing, a failure in CI; stopped and deleted at the end."""
     try:
         server = start_server()
     except PostgresUnavailable as exc:
@@ -33,6 +33,12 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(f"PostgreSQL unavailable: {exc}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session."""
+    yield from serve_postgres()
 
 
 @pytest.fixture
