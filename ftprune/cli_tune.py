@@ -1,5 +1,7 @@
 """``ftprune tune``: Optuna over router training's loss weights, guide decay and learning
-rate, in the project's database; ``ftprune tune status`` shows a study's best trials.
+rate, in the project's database; ``ftprune tune status`` shows a study's best trials (and
+plots its sensitivity), ``ftprune tune check`` retrains the best against the first trial
+over seeds on held-out data the study never saw.
 
 Input is checked before any work starts and before the database is touched (one
 ``error:`` line, exit 2); parallel workers on SQLite are refused that way.
@@ -13,7 +15,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import Db, Device, Quiet, on_device, open_store, user_errors
+from ftprune.cli_common import (
+    Db,
+    Device,
+    Quiet,
+    check_output_file,
+    on_device,
+    open_store,
+    user_errors,
+)
 
 tune_app = typer.Typer(help="Tune the router's loss weights with Optuna (see `tune status`).")
 
@@ -161,36 +171,124 @@ def _run(spec: Any, store: Any, run_id: int | None, workers: int, quiet: bool) -
 def tune_status(
     study: Annotated[Optional[str], typer.Option(help="Study name (default: the newest).")] = None,
     top: Annotated[int, typer.Option(help="Trials to list.")] = 5,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option(help="Also write a PNG: held-out KL against each sampled setting."),
+    ] = None,
     db: Db = None,
 ) -> None:
     """Show a study's trial counts and its best trials (feasible first, lowest KL first)."""
+    from search.config import ConfigError
+
+    with user_errors():
+        if top < 1:
+            raise ConfigError("--top must be at least 1")
+        check_output_file(plot, "--plot")
+        found = _load_study(db, study)
+    typer.echo(f"study {found.study_name}: {_counts(found)}")
+    _echo_table(found, top)
+    if plot is not None:
+        from ftprune.tune import sensitivity_plot
+
+        sensitivity_plot(found, plot)
+        typer.echo(f"wrote {plot}")
+
+
+@tune_app.command("check")
+def tune_check(
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: the newest).")] = None,
+    seeds: Annotated[int, typer.Option(help="Router seeds per settings (0 .. N-1).")] = 3,
+    heldout_sequences: Annotated[
+        int,
+        typer.Option(
+            help="Held-out sequences per length to lay out; those that overlap the "
+            "study's own are dropped."
+        ),
+    ] = 16,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the rows and the summary as JSON.")
+    ] = None,
+    quiet: Quiet = False,
+    db: Db = None,
+) -> None:
+    """Do the best settings beat the first trial's (the config's own, the paper's equal
+    weights) on data the study never judged on?
+
+    Retrains both with router seeds 0 .. N-1 on the study's calibration sequences and
+    schedule, scores each on held-out sequences disjoint from the study's, and prints the
+    rows, each side's mean, spread and range, and whether every seed of the best beats
+    every seed of the first.
+    """
+    from search.config import ConfigError
+
+    with user_errors():
+        if seeds < 2:
+            raise ConfigError("--seeds must be at least 2 (a spread needs two)")
+        if heldout_sequences < 1:
+            raise ConfigError("--heldout-sequences must be at least 1")
+        check_output_file(json_out, "--json")
+        found = _load_study(db, study)
+    import json
+
+    from ftprune.tune import check_study, check_verdict
+
+    with user_errors():
+        rows = check_study(found, seeds, heldout_sequences, progress=not quiet)
+    verdict = check_verdict(rows)
+    typer.echo(
+        f"study {found.study_name}: {rows[0]['heldout_sequences']} held-out sequences the "
+        f"study never saw"
+    )
+    typer.echo(
+        f"  {'weights':<16}{'seed':>5}{'KL':>10}{'top-1':>8}{'λ_g':>9}{'λ_s':>9}{'λ_d':>9}"
+        f"{'guide':>7}{'lr':>10}{'achieved':>10}  feasible"
+    )
+    for r in rows:
+        typer.echo(
+            f"  {r['weights'] + ' (trial ' + str(r['trial']) + ')':<16}{r['seed']:>5}"
+            f"{r['heldout_kl']:>10.4f}{r['heldout_top1']:>8.3f}{r['lambda_guide']:>9.3g}"
+            f"{r['lambda_sparse']:>9.3g}{r['lambda_distill']:>9.3g}{r['guide_steps']:>7}"
+            f"{r['lr']:>10.2e}{r['achieved_sparsity']:>10.3f}  "
+            f"{'yes' if r['feasible'] else 'no'}"
+        )
+    for name in ("first", "best"):
+        v = verdict[name]
+        typer.echo(
+            f"{name}: KL mean {v['mean']:.4f}, sd {v['sd']:.4f}, range "
+            f"[{v['min']:.4f}, {v['max']:.4f}]"
+        )
+    typer.echo(
+        "best beats first beyond the seed spread (every seed below every seed): "
+        + ("yes" if verdict["beyond_spread"] else "no")
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps({"rows": rows, "summary": verdict}, indent=1))
+        typer.echo(f"wrote {json_out}")
+
+
+def _load_study(db: str | None, study: str | None) -> Any:
+    """The named study (default: the newest) in the database; StorageError if absent."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     from ftprune.tune import optuna_url
-    from search.config import ConfigError
     from storage import StorageError, default_url, redact
     from storage.engine import require_existing
 
     url = db or default_url()
-    with user_errors():
-        if top < 1:
-            raise ConfigError("--top must be at least 1")
-        require_existing(url)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            storage = optuna.storages.RDBStorage(optuna_url(url), skip_table_creation=True)
-            names = [s.study_name for s in storage.get_all_studies()]
-        except (SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no Optuna tables
-            names = []
-        if not names:
-            raise StorageError(f"no tuning study in {redact(url)}")
-        name = study or names[-1]
-        if name not in names:
-            raise StorageError(f"no study {name!r} in {redact(url)}; studies: {', '.join(names)}")
-        found = optuna.load_study(study_name=name, storage=storage)
-    typer.echo(f"study {name}: {_counts(found)}")
-    _echo_table(found, top)
+    require_existing(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = optuna.storages.RDBStorage(optuna_url(url), skip_table_creation=True)
+        names = [s.study_name for s in storage.get_all_studies()]
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no Optuna tables
+        names = []
+    if not names:
+        raise StorageError(f"no tuning study in {redact(url)}")
+    name = study or names[-1]
+    if name not in names:
+        raise StorageError(f"no study {name!r} in {redact(url)}; studies: {', '.join(names)}")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _counts(study: Any) -> str:

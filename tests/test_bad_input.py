@@ -330,6 +330,21 @@ CASES = [
         "holds no text",
     ),
     Case("tune-status-missing-database", "tune status --db {db}", "no database at"),
+    Case("tune-status-no-study", "tune status --db {db}", "no tuning study in", db="run"),
+    Case(
+        "tune-status-plot-missing-directory",
+        "tune status --plot {in}/none/s.png --db {db}",
+        "--plot: directory .* does not exist",
+        db="run",
+    ),
+    Case("tune-check-one-seed", "tune check --seeds 1 --db {db}", "--seeds must be at least 2"),
+    Case(
+        "tune-check-no-sequences",
+        "tune check --heldout-sequences 0 --db {db}",
+        "--heldout-sequences must be at least 1",
+    ),
+    Case("tune-check-missing-database", "tune check --db {db}", "no database at"),
+    Case("tune-check-no-study", "tune check --db {db}", "no tuning study in", db="run"),
     # dashboard
     Case(
         "dashboard-port-not-a-number",
@@ -521,6 +536,7 @@ def test_the_table_covers_every_command():
         "eval",
         "tune",
         "tune status",
+        "tune check",
         "dashboard",
         "bench routing",
         "bench search",

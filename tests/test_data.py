@@ -11,6 +11,7 @@ from workers.data import (
     DataSpec,
     DataSpecError,
     build_sequences,
+    disjoint_sequences,
     documents,
     split_documents,
     split_text,
@@ -26,6 +27,28 @@ def test_pydoc_splits_are_disjoint_and_cover_the_text():
     parts = split_documents("builtin:pydoc")
     assert not set(parts["calibration"]) & set(parts["heldout"])
     assert sorted(parts["calibration"] + parts["heldout"]) == list(range(len(docs)))
+
+
+def test_disjoint_sequences_share_no_token_position_with_the_avoided_ones():
+    tokenizer = byte_tokenizer()
+    avoid = DataSpec("builtin:pydoc", "heldout", (64,), per_length=4)
+    spec = DataSpec("builtin:pydoc", "heldout", (48, 64), per_length=16)
+    stream = bytes(tokenizer(split_text("builtin:pydoc", "heldout"))["input_ids"])
+
+    def span(sequence):
+        start = stream.find(bytes(sequence.tolist()))
+        assert start >= 0
+        return start, start + len(sequence)
+
+    taken = [span(s) for s in build_sequences(avoid, tokenizer)]
+    fresh = disjoint_sequences(spec, avoid, tokenizer)
+    every = [tuple(s.tolist()) for s in build_sequences(spec, tokenizer)]
+    assert 0 < len(fresh) < len(every)  # the layouts meet at the split's first token
+    assert all(tuple(s.tolist()) in every for s in fresh)
+    for start, end in map(span, fresh):
+        assert all(end <= lo or hi <= start for lo, hi in taken)
+    with pytest.raises(ValueError, match="one source and split"):
+        disjoint_sequences(spec, DataSpec("builtin:pydoc", "calibration", (64,), 4), tokenizer)
 
 
 def test_batches_are_deterministic_with_requested_shapes():

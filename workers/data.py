@@ -121,24 +121,47 @@ def build_sequences(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
 
     Raises :class:`DataSpecError` when the split holds too few tokens.
     """
+    tokens = _split_tokens(spec, tokenizer)
+    return [torch.tensor(tokens[a:b], dtype=torch.long) for a, b in _spans(spec, len(tokens))]
+
+
+def disjoint_sequences(spec: DataSpec, avoid: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
+    """The sequences of ``spec`` that share no token position with any sequence of ``avoid``
+    (the same source and split), in :func:`build_sequences` order: data that a measurement
+    made on ``avoid``'s sequences has never seen. Fewer than ``spec`` asks for, possibly none.
+    """
+    if (spec.source, spec.split) != (avoid.source, avoid.split):
+        raise ValueError("disjoint_sequences compares layouts of one source and split")
+    tokens = _split_tokens(spec, tokenizer)
+    taken = _spans(avoid, len(tokens))
+    return [
+        torch.tensor(tokens[a:b], dtype=torch.long)
+        for a, b in _spans(spec, len(tokens))
+        if all(b <= lo or hi <= a for lo, hi in taken)
+    ]
+
+
+def _split_tokens(spec: DataSpec, tokenizer: Any) -> list[int]:
     text = split_text(spec.source, spec.split)
-    tokens = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+    return tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)[
         "input_ids"
     ]
+
+
+def _spans(spec: DataSpec, total: int) -> list[tuple[int, int]]:
+    """[start, end) token spans of ``spec``'s sequences in a split of ``total`` tokens."""
     lengths = sorted(L for L in spec.seq_lens for _ in range(spec.per_length))
     slot = max(spec.seq_lens) + 1
-    slots = len(tokens) // slot
+    slots = total // slot
     if slots < len(lengths):
         raise DataSpecError(
-            f"{spec.source} ({spec.split}) has {len(tokens)} tokens: too few for "
+            f"{spec.source} ({spec.split}) has {total} tokens: too few for "
             f"{len(lengths)} sequences of up to {slot - 1} tokens"
         )
     # Evenly spaced, non-overlapping slots; interleave lengths across the source.
     order = sorted(range(len(lengths)), key=lambda i: (i % spec.per_length, i))
-    sequences: list[torch.Tensor | None] = [None] * len(lengths)
+    spans = [(0, 0)] * len(lengths)
     for position, index in enumerate(order):
         start = round(position * slots / len(lengths)) * slot
-        sequences[index] = torch.tensor(
-            tokens[start : start + lengths[index] + 1], dtype=torch.long
-        )
-    return sequences  # type: ignore[return-value]
+        spans[index] = (start, start + lengths[index] + 1)
+    return spans

@@ -5,6 +5,7 @@ killed worker's trial failed and retried, and the best settings used by ``router
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -106,7 +107,7 @@ def test_parallel_workers_on_postgresql_share_the_budget(postgresql_url):
     assert "8 finished trials" in done.stdout
 
 
-def test_one_worker_on_sqlite(sqlite_url, one_thread):
+def test_one_worker_on_sqlite_then_status_and_check(sqlite_url, tmp_path, one_thread):
     result = runner.invoke(
         app, ["tune", "--config", str(TINY), "--trials", "8", "-q", "--db", sqlite_url]
     )
@@ -118,7 +119,43 @@ def test_one_worker_on_sqlite(sqlite_url, one_thread):
         app, ["tune", "--config", str(TINY), "--trials", "10", "-q", "--db", sqlite_url]
     )  # resumed by name: 2 more
     assert again.exit_code == 0, again.output
-    _check_study(sqlite_url, "tune-tiny", 10)
+    trials = _check_study(sqlite_url, "tune-tiny", 10)
+
+    plot = tmp_path / "sensitivity.png"
+    status = runner.invoke(app, ["tune", "status", "--plot", str(plot), "--db", sqlite_url])
+    assert status.exit_code == 0 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    out = tmp_path / "check.json"
+    checked = runner.invoke(
+        app,
+        ["tune", "check", "--seeds", "2", "--heldout-sequences", "6", "-q"]
+        + ["--json", str(out), "--db", sqlite_url],
+    )
+    assert checked.exit_code == 0, checked.output
+    result = json.loads(out.read_text())
+    rows, summary = result["rows"], result["summary"]
+    best = min(
+        (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["constraint"] <= 0),
+        key=lambda t: (t.values[0], t.number),
+    )
+    assert [(r["weights"], r["seed"]) for r in rows] == [
+        ("first", 0),
+        ("best", 0),
+        ("first", 1),
+        ("best", 1),
+    ]
+    for row in rows:
+        trial = trials[0] if row["weights"] == "first" else best
+        assert row["trial"] == trial.number
+        assert all(row[name] == trial.params[name] for name in trial.params)
+        # 6 per length laid out, the 2 at the study's own positions dropped
+        assert row["heldout_sequences"] == 4 and row["heldout_kl"] >= 0
+    first = [r["heldout_kl"] for r in rows if r["weights"] == "first"]
+    assert summary["first"]["min"] == min(first) and summary["first"]["max"] == max(first)
+    assert summary["beyond_spread"] == (
+        max(r["heldout_kl"] for r in rows if r["weights"] == "best") < min(first)
+    )
+    assert "beyond the seed spread" in checked.output
 
 
 @pytest.mark.parametrize(
