@@ -75,9 +75,16 @@ def routing(
             "use with --threads 1)."
         ),
     ] = "wall",
+    router: Annotated[
+        str,
+        typer.Option(
+            help="What rows with S > 0 route with: static, or dynamic (FTP's dynamic "
+            "router with its attention features: what a trained router costs)."
+        ),
+    ] = "static",
     json_out: JsonOut = None,
 ) -> None:
-    """Time dense against routed prefill (static router, uniform schedule).
+    """Time dense against routed prefill (uniform schedule; static or dynamic router).
 
     Per batch, length and S: a 'blocks' row (decoder stack, ideal 1/(1-S))
     and an 'end_to_end' row (with embeddings and LM head).
@@ -108,6 +115,8 @@ def routing(
         fail("--threads must be at least 1")
     if clock not in ("wall", "cpu"):
         fail(f"--clock must be wall or cpu, not {clock!r}")
+    if router not in ("static", "dynamic"):
+        fail(f"--router must be static or dynamic, not {router!r}")
     if device == "auto":
         fail("--device must be cpu, cuda or cuda:N (a benchmark names what it times)")
     if device != "cpu" and clock == "cpu":
@@ -138,6 +147,7 @@ def routing(
         attention_window=attention_window or None,
         clock=clock,
         device=device,
+        router=router,
     )
     load_before = os.getloadavg()[0]
     rows = run(bench, show_progress=True)

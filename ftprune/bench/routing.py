@@ -4,7 +4,8 @@ For every (batch, seq_len) the benchmark times each routed run right next to a d
 the order alternating between repeats and every repeat visiting every (scope, S), so drift
 in a shared machine's load hits all sides alike:
 
-- the dense model and the routed model (uniform schedule, static router) at each target
+- the dense model and the routed model (uniform schedule; the static router, or with
+  ``router="dynamic"`` FTP's dynamic router and its attention features) at each target
   sparsity S, in two scopes: ``blocks`` (the decoder stack alone: ``model.model`` on
   precomputed embeddings) and ``end_to_end`` (``model(input_ids)``: embeddings, decoder
   stack and the LM head over every position);
@@ -41,7 +42,9 @@ the ideal is 1 and overhead = 1 / efficiency - 1 is what routing adds. (Against 
 model on seq_len tokens, ideal 1 / (1 - 1/seq_len), the odd length would count too: on a
 CPU a plain forward of 1023 or 2047 tokens takes 1.1-1.2% longer than one of 1024 or 2048.)
 The end-to-end reference also embeds and projects one token fewer, under 0.03% of its
-time at 1024 tokens. Rows with S > 0 route with the static router (what the search scores).
+time at 1024 tokens. Rows with S > 0 route with ``RoutingBench.router``: ``static`` (what the
+search scores) or ``dynamic`` (the untrained dynamic router, what a trained one costs: its
+features, factors, MLP and top-k in every block); every row records which.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class RoutingBench:
     clock: str = "wall"
     seed: int = 0
     device: str = "cpu"
+    router: str = "static"  # what rows with S > 0 route with: static or dynamic
 
 
 class _FeatureReader(StaticRouter):
@@ -175,7 +179,7 @@ def _prefill_rows(
         # At S = 0 every block would call the plain layer: skip one token per block instead,
         # so that the dynamic router, its features, top-k, gather and scatter all run.
         schedule = [sparsity or 1.0 / seq_len] * blocks
-        router = overhead_router if sparsity == 0 else StaticRouter()
+        router = overhead_router if sparsity == 0 or bench.router == "dynamic" else StaticRouter()
 
         def call() -> float:
             routing = route(model, schedule, router, attention_window=bench.attention_window)
@@ -337,6 +341,7 @@ def _row(
         "speedup_ci95": [round(low, 4), round(high, 4)],
         "efficiency_ci95": [round(low / ideal, 4), round(high / ideal, 4)],
         "scope": scope,
+        "router": "dynamic" if target == 0 or bench.router == "dynamic" else "static",
         "clock": bench.clock,
         "threads": torch.get_num_threads(),
         "device": bench.device,

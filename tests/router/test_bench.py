@@ -46,6 +46,7 @@ def test_help_names_the_options():
         (["--batch", "0"], "--batch"),
         (["--dtype", "int8"], "--dtype"),
         (["--clock", "sundial"], "--clock"),
+        (["--router", "oracle"], "--router must be static or dynamic"),
         (["--model", "no-such-model"], "unknown model"),
         (["--json", "/no/such/dir/out.json"], "does not exist"),
     ],
@@ -119,3 +120,32 @@ def test_median_interval_uses_the_binomial_order_statistics(n, ranks):
     """The textbook ranks for a 95% interval of a median (the whole range below 6)."""
     values = [float(v) for v in range(n, 0, -1)]  # order of arrival must not matter
     assert median_ci95(values) == (float(ranks[0]), float(ranks[1]))
+
+
+@pytest.mark.parametrize("router", ["static", "dynamic"])
+def test_rows_above_zero_route_with_the_chosen_router(router, monkeypatch):
+    from ftprune.bench.routing import RoutingBench, run
+    from router.dynamic import DynamicRouter
+
+    calls = []
+    scores = DynamicRouter.scores
+
+    def counted(self, block, hidden_states, state):
+        calls.append(block)
+        return scores(self, block, hidden_states, state)
+
+    monkeypatch.setattr(DynamicRouter, "scores", counted)
+    bench = RoutingBench(
+        model="random:qwen2-tiny",
+        seq_lens=(48,),
+        sparsities=(0.5,),
+        repeats=1,
+        warmup=0,
+        clock="cpu",
+        router=router,
+    )
+    rows = run(bench)
+    prefill = [r for r in rows if r["scope"] != "features"]
+    assert [r["router"] for r in prefill] == [router, router]
+    assert bool(calls) == (router == "dynamic")  # one timed forward per scope
+    assert all(r["realized_sparsity"] == pytest.approx(0.5, abs=0.02) for r in prefill)
