@@ -301,6 +301,7 @@ def test_bench_ablation_trains_every_variant(tmp_path):
     routers = [r["router"] for r in json.loads(out.read_text())]
     assert routers == [
         "static",
+        "random",
         "dynamic",
         "dynamic-no-position",
         "dynamic-no-attention",

@@ -14,7 +14,7 @@ Ablation, per seed: the static-router search of the pipeline's step 1, then one 
 trained for its best schedule per variant: ``dynamic`` (all four factors), ``dynamic-no-<f>``
 for each factor f, and ``hidden_state`` (an MLP over the block's input hidden state, the
 design FTP argues against); rows are ``searched`` + each variant, and ``searched`` +
-``static`` for reference.
+``static`` and ``searched`` + ``random`` (the seeded baseline) for reference.
 
 Rows: allocation, router, seed, seq_len, heldout_kl, heldout_top1, heldout_ppl,
 realized_sparsity (measured, padding excluded). Held-out sequences come from the held-out
@@ -163,7 +163,10 @@ def run_ablation(
             progress(f"seed {seed}: search with the static router")
             searched = launch(config, store, False, pool).search.best_schedule
             store.close()
-            entries: list[Entry] = [("searched", "static", "static", searched)]
+            entries: list[Entry] = [
+                ("searched", "static", "static", searched),
+                ("searched", "random", "random", searched),
+            ]
             for name, kind, factors in variants:
                 progress(f"seed {seed}: train router {name}")
                 trained = pool.train(training_request(config, searched, False, kind, factors))
