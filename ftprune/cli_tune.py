@@ -243,7 +243,8 @@ def tune_check(
         f"  {'weights':<16}{'seed':>5}{'KL':>10}{'top-1':>8}{'λ_g':>9}{'λ_s':>9}{'λ_d':>9}"
         f"{'guide':>7}{'lr':>10}{'achieved':>10}  feasible"
     )
-    for r in rows:
+    *trained, static = rows
+    for r in trained:
         typer.echo(
             f"  {r['weights'] + ' (trial ' + str(r['trial']) + ')':<16}{r['seed']:>5}"
             f"{r['heldout_kl']:>10.4f}{r['heldout_top1']:>8.3f}{r['lambda_guide']:>9.3g}"
@@ -257,6 +258,10 @@ def tune_check(
             f"{name}: KL mean {v['mean']:.4f}, sd {v['sd']:.4f}, range "
             f"[{v['min']:.4f}, {v['max']:.4f}]"
         )
+    typer.echo(
+        f"static router, same schedule and sequences: KL {static['heldout_kl']:.4f}, "
+        f"top-1 {static['heldout_top1']:.3f}"
+    )
     typer.echo(
         "best beats first beyond the seed spread (every seed below every seed): "
         + ("yes" if verdict["beyond_spread"] else "no")

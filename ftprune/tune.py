@@ -490,12 +490,16 @@ def check_study(
     minus any that share a token position with the study's own held-out sequences (see
     :func:`workers.data.disjoint_sequences`). Rows: ``weights`` (``first``/``best``),
     ``trial``, ``seed``, the held-out window metrics, achieved sparsity, ``feasible``,
-    ``heldout_sequences``, ``train_s``. Single-objective studies only (ConfigError).
+    ``heldout_sequences``, ``train_s``; a last row, ``weights`` = ``static``, is the static
+    router on the same schedule and sequences (the baseline a trained router has to beat).
+    Single-objective studies only (ConfigError).
     """
+    from router import StaticRouter
     from router.loading import load_tokenizer
     from search.settings import scorer_settings, train_config
     from workers import Scorer
     from workers.data import disjoint_sequences
+    from workers.scoring import merge_stats
     from workers.training import train_on_scorer
 
     if len(study.directions) != 1:
@@ -549,13 +553,25 @@ def check_study(
                     "train_s": trained.train_s,
                 }
             )
+    per_sequence = scorer.comparator("heldout").compare(schedule, StaticRouter())
+    m = merge_stats(list(per_sequence.values())).metrics()
+    rows.append(
+        {
+            "weights": "static",
+            "heldout_kl": m.kl,
+            "heldout_top1": m.top1,
+            "heldout_ppl": m.ppl,
+            "realized_sparsity": m.realized_sparsity,
+            "heldout_sequences": len(sequences),
+        }
+    )
     return rows
 
 
 def check_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Summary of :func:`check_study` rows: held-out KL mean, sd and range per weights, and
     ``beyond_spread``: every seed of the best settings below every seed of the first
-    trial's (the two ranges disjoint)."""
+    trial's (the two ranges disjoint); ``static``: the static router's KL."""
     summary: dict[str, Any] = {}
     for name in ("first", "best"):
         kl = [r["heldout_kl"] for r in rows if r["weights"] == name]
@@ -566,6 +582,7 @@ def check_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "max": max(kl),
         }
     summary["beyond_spread"] = summary["best"]["max"] < summary["first"]["min"]
+    summary["static"] = next((r["heldout_kl"] for r in rows if r["weights"] == "static"), None)
     return summary
 
 

@@ -138,12 +138,15 @@ def test_one_worker_on_sqlite_then_status_and_check(sqlite_url, tmp_path, one_th
         (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["constraint"] <= 0),
         key=lambda t: (t.values[0], t.number),
     )
-    assert [(r["weights"], r["seed"]) for r in rows] == [
+    assert [(r["weights"], r.get("seed")) for r in rows] == [
         ("first", 0),
         ("best", 0),
         ("first", 1),
         ("best", 1),
+        ("static", None),
     ]
+    *rows, static = rows
+    assert static["heldout_sequences"] == 4 and summary["static"] == static["heldout_kl"]
     for row in rows:
         trial = trials[0] if row["weights"] == "first" else best
         assert row["trial"] == trial.number
