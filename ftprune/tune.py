@@ -594,6 +594,7 @@ def sensitivity_plot(study: optuna.Study, out: Any) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, len(SETTINGS), figsize=(3.6 * len(SETTINGS), 3.4), sharey=True)
     for axis, name in zip(axes, SETTINGS, strict=True):
@@ -615,6 +616,7 @@ def sensitivity_plot(study: optuna.Study, out: Any) -> None:
                 axis.annotate(str(trial.number), (trial.params[name], value), fontsize=7)
         if name != "guide_steps":
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(name)
     axes[0].set_ylabel("held-out window KL")
     axes[0].set_yscale("log")
