@@ -188,7 +188,7 @@ def tune_status(
     typer.echo(f"study {found.study_name}: {_counts(found)}")
     _echo_table(found, top)
     if plot is not None:
-        from ftprune.tune import sensitivity_plot
+        from ftprune.tune_report import sensitivity_plot
 
         sensitivity_plot(found, plot)
         typer.echo(f"wrote {plot}")
@@ -230,7 +230,7 @@ def tune_check(
         found = _load_study(db, study)
     import json
 
-    from ftprune.tune import check_study, check_verdict
+    from ftprune.tune_report import check_study, check_verdict
 
     with user_errors():
         rows = check_study(found, seeds, heldout_sequences, progress=not quiet)
