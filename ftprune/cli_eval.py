@@ -48,7 +48,10 @@ def eval_command(
     ] = None,
     model: Annotated[
         Optional[str],
-        typer.Option(help="Evaluate this model ad hoc with a uniform schedule (needs --sparsity)."),
+        typer.Option(
+            help="Evaluate this model ad hoc: a uniform schedule (--sparsity) or one "
+            "sparsity per block (--schedule)."
+        ),
     ] = None,
     sparsity: Annotated[
         Optional[float], typer.Option(help="Uniform block sparsity S for --model, 0 <= S < 1.")
@@ -62,7 +65,11 @@ def eval_command(
         ),
     ] = None,
     schedule: Annotated[
-        Optional[str], typer.Option(help="With --run: uniform, best or finetuned.")
+        Optional[str],
+        typer.Option(
+            help="With --run: uniform, best or finetuned. With --model: one sparsity per "
+            "decoder block, comma-separated (0.0,0.0,0.41,...)."
+        ),
     ] = None,
     router: Annotated[
         Optional[str],
@@ -127,12 +134,19 @@ def eval_command(
     ]
     if len(sources) != 1:
         fail("give exactly one of --run, --export, --model (with --sparsity) or --compare")
-    if (model is None) != (sparsity is None):
-        fail("--model and --sparsity go together")
+    blocks = None
+    if model is not None:
+        if (sparsity is None) == (schedule is None):
+            fail("--model needs exactly one of --sparsity and --schedule")
+        if schedule is not None:
+            blocks = _block_list(schedule)
+            schedule = None
+    elif sparsity is not None:
+        fail("--sparsity goes with --model")
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         fail("--sparsity must lie in [0, 1)")
     if schedule is not None and run is None:
-        fail("--schedule goes with --run")
+        fail("--schedule goes with --run or --model")
     if router is not None and (export is not None or compare is not None):
         fail("--router goes with --run or --model")
     if model is not None and router is not None and router not in _fixed_routers():
@@ -156,6 +170,7 @@ def eval_command(
             export,
             model,
             sparsity,
+            blocks,
             schedule,
             router,
             lm_tasks,
@@ -179,6 +194,7 @@ def _prepare(
     export: Path | None,
     model: str | None,
     sparsity: float | None,
+    blocks: list[float] | None,
     schedule: str | None,
     router: str | None,
     lm_tasks: list[str],
@@ -233,15 +249,23 @@ def _prepare(
             return Target("export", schedule_values, spec)
     else:
         from router.loading import model_config
+        from search.config import ConfigError
 
-        assert model is not None and sparsity is not None
-        model_config(model)
+        assert model is not None
+        layers = model_config(model).num_hidden_layers
+        if blocks is not None and len(blocks) != layers:
+            raise ConfigError(
+                f"--schedule has {len(blocks)} entries but {model} has {layers} decoder blocks"
+            )
         settings = ScorerSettings(model=model, dtype=dtype, source=BUILTIN_PYDOC)
         kind = router or "static"
-        uniform = sparsity
+        given = blocks
 
-        def targets(blocks: int) -> Target:
-            return Target("uniform", [uniform] * blocks, kind)
+        def targets(count: int) -> Target:
+            if given is not None:
+                return Target("schedule", given, kind)
+            assert sparsity is not None
+            return Target("uniform", [sparsity] * count, kind)
 
     if text is not None:
         settings = dataclasses.replace(settings, source=text)
@@ -307,3 +331,14 @@ def _execute(
     if plot_out is not None:
         plot(rows, plot_out)
         typer.echo(f"wrote {plot_out}")
+
+
+def _block_list(text: str) -> list[float]:
+    """``--schedule`` with ``--model``: comma-separated block sparsities, each in [0, 1)."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        fail(f"--schedule with --model is one sparsity per block, comma-separated: {text!r}")
+    if any(not 0.0 <= v < 1.0 for v in values):
+        fail("every --schedule entry must lie in [0, 1)")
+    return values

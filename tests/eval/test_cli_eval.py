@@ -91,7 +91,17 @@ def test_bad_task_file_is_one_line_before_any_model(write_task, no_model_load, t
     "args, fragment",
     [
         (["--sparsity", "0.3"], "exactly one of"),
-        (["--model", "random:llama-tiny"], "go together"),
+        (["--model", "random:llama-tiny"], "exactly one of --sparsity and --schedule"),
+        (
+            ["--model", "random:llama-tiny", "--sparsity", "0.3", "--schedule", "0,0,0,0"],
+            "exactly one of --sparsity and --schedule",
+        ),
+        (
+            ["--model", "random:llama-tiny", "--schedule", "0.1,0.2"],
+            "--schedule has 2 entries but random:llama-tiny has 4 decoder blocks",
+        ),
+        (["--model", "random:llama-tiny", "--schedule", "0.1,lots"], "comma-separated"),
+        (["--model", "random:llama-tiny", "--schedule", "0,0,0,1"], "[0, 1)"),
         (["--model", "random:llama-tiny", "--sparsity", "1.2"], "[0, 1)"),
         (
             ["--model", "random:llama-tiny", "--sparsity", "0.3", "--router", "dynamic"],
@@ -167,7 +177,11 @@ def test_reserved_task_as_data_spec_is_refused():
     DataSpec("bigbench:physics", "heldout", (64,), 1)  # evaluating on it is allowed
 
 
-def test_ad_hoc_eval_matches_the_scorer(write_task, tmp_path):
+@pytest.mark.parametrize(
+    "option, value, schedule",
+    [("--sparsity", "0.4", [0.4] * 4), ("--schedule", "0,0.2,0.6,0.8", [0.0, 0.2, 0.6, 0.8])],
+)
+def test_ad_hoc_eval_matches_the_scorer(write_task, tmp_path, option, value, schedule):
     from router import load_model, route
     from workers.choice import score_choices
     from workers.tasks import load_task_file
@@ -180,8 +194,8 @@ def test_ad_hoc_eval_matches_the_scorer(write_task, tmp_path):
             "eval",
             "--model",
             "random:llama-tiny",
-            "--sparsity",
-            "0.4",
+            option,
+            value,
             "--task-file",
             str(task),
             "--json",
@@ -196,7 +210,7 @@ def test_ad_hoc_eval_matches_the_scorer(write_task, tmp_path):
     model, tokenizer = load_model("random:llama-tiny")
     examples = load_task_file(task).examples
     dense = score_choices(model, tokenizer, examples, progress=False)
-    route(model, [0.4] * 4)
+    route(model, schedule)
     routed = score_choices(model, tokenizer, examples, progress=False)
     assert rows[0]["dense"] == pytest.approx(sum(dense.acc) / 5)
     assert rows[0]["routed"] == pytest.approx(sum(routed.acc) / 5)
