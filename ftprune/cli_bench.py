@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import Device, Dtype, check_output_file, fail, user_errors
+from ftprune.cli_common import Device, Dtype, JsonOut, check_output_file, fail, user_errors
 
 bench_app = typer.Typer(
     help="Benchmarks: time the product, write rows as JSON.", no_args_is_help=True
@@ -31,9 +31,6 @@ Model = Annotated[
     typer.Option(
         help="Model: smollm2-135m, random:llama-tiny, a .gguf file, a directory or a hub id."
     ),
-]
-JsonOut = Annotated[
-    Optional[Path], typer.Option("--json", help="Write the rows to this file (a JSON list).")
 ]
 
 

@@ -26,6 +26,9 @@ Pool = Annotated[
 ]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Number of Ray workers.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+JsonOut = Annotated[
+    Optional[Path], typer.Option("--json", help="Write the rows to this file (a JSON list).")
+]
 Device = Annotated[
     Optional[str],
     typer.Option(

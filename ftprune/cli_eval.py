@@ -19,6 +19,7 @@ import typer
 from ftprune.cli_common import (
     Db,
     Device,
+    JsonOut,
     Quiet,
     check_output_file,
     fail,
@@ -111,9 +112,7 @@ def eval_command(
     force: Annotated[
         bool, typer.Option("--force", help="Evaluate on data the run calibrated or trained on.")
     ] = False,
-    json_out: Annotated[
-        Optional[Path], typer.Option("--json", help="Write the rows to this file (a JSON list).")
-    ] = None,
+    json_out: JsonOut = None,
     plot_out: Annotated[
         Optional[Path], typer.Option("--plot", help="Write a retention plot (PNG).")
     ] = None,

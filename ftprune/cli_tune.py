@@ -18,6 +18,7 @@ import typer
 from ftprune.cli_common import (
     Db,
     Device,
+    JsonOut,
     Quiet,
     check_output_file,
     on_device,
@@ -205,9 +206,7 @@ def tune_check(
             "study's own are dropped."
         ),
     ] = 16,
-    json_out: Annotated[
-        Optional[Path], typer.Option("--json", help="Write the rows and the summary as JSON.")
-    ] = None,
+    json_out: JsonOut = None,
     quiet: Quiet = False,
     db: Db = None,
 ) -> None:
@@ -267,7 +266,7 @@ def tune_check(
         + ("yes" if verdict["beyond_spread"] else "no")
     )
     if json_out is not None:
-        json_out.write_text(json.dumps({"rows": rows, "summary": verdict}, indent=1))
+        json_out.write_text(json.dumps(rows, indent=1))
         typer.echo(f"wrote {json_out}")
 
 

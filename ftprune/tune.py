@@ -275,7 +275,7 @@ class Objective:
         cost = measure(
             self.scorer, schedule, trained.router, multi and self.spec.objectives[1] == "latency"
         )
-        miss = abs(cost["achieved_sparsity"] - sum(schedule) / len(schedule))
+        miss = sparsity_miss(cost["achieved_sparsity"], schedule)
         m = trained.heldout
         trial.set_constraint("sparsity_miss", miss - config.tuning.tolerance)
         trial.set_user_attr("constraint", miss - config.tuning.tolerance)
@@ -292,6 +292,12 @@ class Objective:
         if not multi:
             return m.kl
         return m.kl, cost["flop_saving" if self.spec.objectives[1] == "flops" else "latency_ms"]
+
+
+def sparsity_miss(achieved: float, schedule: Sequence[float]) -> float:
+    """How far a router's own achieved sparsity lies from the schedule's mean (a trial is
+    feasible when this is at most ``tuning.tolerance``)."""
+    return abs(achieved - sum(schedule) / len(schedule))
 
 
 class _Reporter:

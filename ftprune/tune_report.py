@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from ftprune.tune import SETTINGS, best_trials, measure
+from ftprune.tune import SETTINGS, best_trials, measure, sparsity_miss
 from search.config import ConfigError, RunConfig
 
 
@@ -48,6 +48,10 @@ def check_study(
     best = best_trials(study)
     if not best:
         raise ConfigError(f"study {study.study_name!r} has no feasible complete trial")
+    if best[0].number == study.trials[0].number:
+        raise ConfigError(
+            f"study {study.study_name!r}: the best trial is the first, nothing to check it against"
+        )
     config = RunConfig(**study.user_attrs["config"])
     settings = scorer_settings(config)
     chosen = {"first": study.trials[0], "best": best[0]}
@@ -74,37 +78,34 @@ def check_study(
                 scorer, schedule, train_config(run, progress), training.kind, training.factors
             )
             cost = measure(scorer, schedule, trained.router, False)
-            m = trained.heldout
-            miss = abs(cost["achieved_sparsity"] - sum(schedule) / len(schedule))
+            miss = sparsity_miss(cost["achieved_sparsity"], schedule)
             rows.append(
                 {
                     "weights": name,
                     "trial": trial.number,
                     "seed": seed,
                     **update,
-                    "heldout_kl": m.kl,
-                    "heldout_top1": m.top1,
-                    "heldout_ppl": m.ppl,
-                    "realized_sparsity": m.realized_sparsity,
+                    **_window(trained.heldout, len(sequences)),
                     **cost,
                     "feasible": miss <= config.tuning.tolerance,
-                    "heldout_sequences": len(sequences),
                     "train_s": trained.train_s,
                 }
             )
     per_sequence = scorer.comparator("heldout").compare(schedule, StaticRouter())
-    m = merge_stats(list(per_sequence.values())).metrics()
-    rows.append(
-        {
-            "weights": "static",
-            "heldout_kl": m.kl,
-            "heldout_top1": m.top1,
-            "heldout_ppl": m.ppl,
-            "realized_sparsity": m.realized_sparsity,
-            "heldout_sequences": len(sequences),
-        }
-    )
+    static = merge_stats(list(per_sequence.values())).metrics()
+    rows.append({"weights": "static", **_window(static, len(sequences))})
     return rows
+
+
+def _window(metrics: Any, sequences: int) -> dict[str, Any]:
+    """A row's held-out fields from :class:`workers.scoring.WindowMetrics`."""
+    return {
+        "heldout_kl": metrics.kl,
+        "heldout_top1": metrics.top1,
+        "heldout_ppl": metrics.ppl,
+        "realized_sparsity": metrics.realized_sparsity,
+        "heldout_sequences": sequences,
+    }
 
 
 def check_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -87,6 +87,12 @@ class RoutingBench:
     router: str = "static"  # what rows with S > 0 route with: static or dynamic
 
 
+def _routes_dynamic(bench: RoutingBench, sparsity: float) -> bool:
+    """Whether the row at target ``sparsity`` routes with the dynamic router (S = 0 always
+    does: it measures what a dynamic router costs)."""
+    return sparsity == 0 or bench.router == "dynamic"
+
+
 class _FeatureReader(StaticRouter):
     """Static decisions, but asks for attention features (what a dynamic router pays)."""
 
@@ -179,7 +185,7 @@ def _prefill_rows(
         # At S = 0 every block would call the plain layer: skip one token per block instead,
         # so that the dynamic router, its features, top-k, gather and scatter all run.
         schedule = [sparsity or 1.0 / seq_len] * blocks
-        router = overhead_router if sparsity == 0 or bench.router == "dynamic" else StaticRouter()
+        router = overhead_router if _routes_dynamic(bench, sparsity) else StaticRouter()
 
         def call() -> float:
             routing = route(model, schedule, router, attention_window=bench.attention_window)
@@ -341,7 +347,7 @@ def _row(
         "speedup_ci95": [round(low, 4), round(high, 4)],
         "efficiency_ci95": [round(low / ideal, 4), round(high / ideal, 4)],
         "scope": scope,
-        "router": "dynamic" if target == 0 or bench.router == "dynamic" else "static",
+        "router": "dynamic" if _routes_dynamic(bench, target) else "static",
         "clock": bench.clock,
         "threads": torch.get_num_threads(),
         "device": bench.device,

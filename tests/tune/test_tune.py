@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from ftprune.cli import app
 from ftprune.tune import tuned_config
-from search.config import build_config
+from ftprune.tune_report import check_study, check_verdict
+from search.config import ConfigError, build_config
 from storage import Store
 from tests.storage.helpers import scored
 
@@ -132,8 +133,8 @@ def test_one_worker_on_sqlite_then_status_and_check(sqlite_url, tmp_path, one_th
         + ["--json", str(out), "--db", sqlite_url],
     )
     assert checked.exit_code == 0, checked.output
-    result = json.loads(out.read_text())
-    rows, summary = result["rows"], result["summary"]
+    rows = json.loads(out.read_text())
+    summary = check_verdict(rows)
     best = min(
         (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["constraint"] <= 0),
         key=lambda t: (t.values[0], t.number),
@@ -158,7 +159,26 @@ def test_one_worker_on_sqlite_then_status_and_check(sqlite_url, tmp_path, one_th
     assert summary["beyond_spread"] == (
         max(r["heldout_kl"] for r in rows if r["weights"] == "best") < min(first)
     )
-    assert "beyond the seed spread" in checked.output
+    verdict = "yes" if summary["beyond_spread"] else "no"
+    assert f"beyond the seed spread (every seed below every seed): {verdict}" in checked.output
+
+
+def test_check_refuses_a_study_whose_best_is_its_first_trial():
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study()
+    study.set_user_attr("config", {})
+    for value in (0.1, 0.2):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 1e-3},
+                distributions={"lr": FloatDistribution(1e-4, 1e-2, log=True)},
+                value=value,
+                system_attrs={"constraints": [-1.0]},
+            )
+        )
+    with pytest.raises(ConfigError, match="the best trial is the first"):
+        check_study(study, 2, 8)
 
 
 @pytest.mark.parametrize(
