@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 FACTORS = ("position", "attention", "rank", "sparsity")
 HIDDEN_UNITS = 64
+STATIC_SHARPNESS = 10.0  # keep logit per unit of (position - sparsity) at a static start
 
 
 def _mlp(inputs: int, hidden: int) -> nn.Sequential:
@@ -67,6 +68,33 @@ class DynamicRouter(nn.Module):
         columns = torch.tensor([FACTORS.index(name) for name in self.factors])
         self.register_buffer("columns", columns, persistent=False)
         self.mlp = _mlp(len(self.factors), hidden)
+
+    @torch.no_grad()
+    def start_at_static(self, sharpness: float = STATIC_SHARPNESS) -> "DynamicRouter":
+        """Set the MLP so that its keep logit is exactly ``sharpness`` · (position − s_i)
+        (− 0 when the router does not read the sparsity), and return the router.
+
+        From there the router keeps exactly the static router's tokens at prefill (the
+        logit rises with position, so the top k_i are the static router's; block 0 is
+        static anyway), so training starts at the baseline rather than at a random ranking.
+        Two hidden units carry the line (GELU(z) − GELU(−z) = z exactly); every other
+        unit keeps its random input weights and starts with output weight 0, so it joins
+        as soon as training moves its output weight. Raises ValueError without the
+        ``position`` factor.
+        """
+        if "position" not in self.factors or self.hidden < 2:
+            raise ValueError("a static start needs the position factor and 2 hidden units")
+        first, last = cast(nn.Linear, self.mlp[0]), cast(nn.Linear, self.mlp[2])
+        line = torch.zeros(len(self.factors))
+        line[self.factors.index("position")] = 1.0
+        if "sparsity" in self.factors:
+            line[self.factors.index("sparsity")] = -1.0
+        first.weight[:2] = torch.stack([line, -line]).to(first.weight)
+        first.bias[:2] = 0.0
+        last.weight.zero_()
+        last.weight[0, :2] = torch.tensor([sharpness, -sharpness]).to(last.weight)
+        last.bias.zero_()
+        return self
 
     def scores(self, block: int, hidden_states: Tensor, state: "ForwardState") -> Tensor:
         """(batch, new tokens) keep logits of ``block``; static priority at block 0."""

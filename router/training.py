@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, Literal, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -207,7 +207,9 @@ def router_losses(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Router training settings. ``distill`` is "kl" (window KL) or "mse" (final hidden)."""
+    """Router training settings. ``distill`` is "kl" (window KL) or "mse" (final hidden);
+    ``init`` is where a new router starts: "random" weights or "static" (see
+    :meth:`router.dynamic.DynamicRouter.start_at_static`), applied by whoever builds it."""
 
     steps: int = 200
     lr: float = 1e-3
@@ -219,6 +221,7 @@ class TrainConfig:
     eval_every: int = 50
     seed: int = 0
     progress: bool = True
+    init: Literal["random", "static"] = "random"
 
 
 def train_router(

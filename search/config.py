@@ -55,6 +55,17 @@ class RouterTrainingConfig(BaseModel):
     distill: Literal["kl", "mse"] = "kl"
     two_sided: bool = Field(False, description="penalize sparsity above the target too")
     eval_every: int = Field(20, ge=1, description="held-out evaluation period, in steps")
+    init: Literal["random", "static"] = Field(
+        "random",
+        description="start the dynamic router from random weights, or from the static "
+        "router's ranking (it keeps the static router's tokens until training moves it)",
+    )
+
+    @model_validator(mode="after")
+    def _static_start_fits(self) -> "RouterTrainingConfig":
+        if self.init == "static" and (self.kind != "dynamic" or "position" not in self.factors):
+            raise ValueError("init: static needs kind dynamic with the position factor")
+        return self
 
 
 class TuningConfig(BaseModel):

@@ -107,6 +107,7 @@ def train_config(config: RunConfig, show_progress: bool = True) -> TrainConfig:
         eval_every=settings.eval_every,
         seed=config.seed,
         progress=show_progress,
+        init=settings.init,
     )
 
 

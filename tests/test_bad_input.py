@@ -82,6 +82,11 @@ CASES = [
         "router_training.kind: unknown router kind 'lstm'",
     ),
     Case(
+        "launch-static-start-of-a-hidden-state-router",
+        "search launch --config {in}/static-start.yaml --db {db}",
+        "init: static needs kind dynamic with the position factor",
+    ),
+    Case(
         "launch-sparsity-out-of-range",
         L + " --target-sparsity 1.5",
         "target_sparsity: Input should be less than 1",
@@ -428,6 +433,9 @@ def inputs(tmp_path_factory) -> Path:
     (root / "unknown.yaml").write_text(tiny + "populaton: 3\n")
     (root / "kind.yaml").write_text(
         tiny.replace("router_training: {", "router_training: {kind: lstm, ")
+    )
+    (root / "static-start.yaml").write_text(
+        tiny.replace("router_training: {", "router_training: {kind: hidden_state, init: static, ")
     )
     (root / "empty.txt").write_text("")
     (root / "short.txt").write_text("Only a few words of calibration text.\n")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from router import TokenRouter
-from router.dynamic import FACTORS
+from router.dynamic import FACTORS, DynamicRouter
 from router.registry import TRAINED, LearnedRouter, kind_of, new_router
 from router.training import TrainConfig, train_router
 from workers.scoring import Scorer, WindowComparator, WindowMetrics, merge_stats
@@ -112,11 +112,17 @@ def train_on_scorer(
     observe: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainedRouter:
     """Train a new router for ``schedule`` on the scorer's calibration sequences, evaluating
-    on its held-out sequences every ``config.eval_every`` steps and at the end. ``observe``
-    gets each evaluation's metrics as it happens; an exception it raises stops training
-    (the model is left unrouted) and propagates."""
+    on its held-out sequences every ``config.eval_every`` steps and at the end; the router
+    starts where ``config.init`` says. ``observe`` gets each evaluation's metrics as it
+    happens; an exception it raises stops training (the model is left unrouted) and
+    propagates."""
     torch.manual_seed(config.seed)
-    router = new_router(kind, scorer.model.config.hidden_size, factors).to(scorer.device)
+    router = new_router(kind, scorer.model.config.hidden_size, factors)
+    if config.init == "static":
+        if not isinstance(router, DynamicRouter):
+            raise ValueError(f"a {kind} router has no static start")
+        router.start_at_static()
+    router = router.to(scorer.device)
     calibration = scorer.comparator("calibration").sequences
     evaluate = HeldoutEvaluator(scorer.comparator("heldout"), schedule)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from router import keep_count, route
+from router import StaticRouter, keep_count, route
 from router.attention import ROUTED_ATTENTION
-from router.dynamic import FACTORS, DynamicRouter, HiddenStateRouter
+from router.dynamic import FACTORS, STATIC_SHARPNESS, DynamicRouter, HiddenStateRouter
 from tests.router_dynamic.conftest import ids
 
 SCHEDULE = [0.3, 0.5, 0.6, 0.7]
@@ -83,3 +83,23 @@ def test_unknown_or_empty_factors_are_refused():
         DynamicRouter(["position", "entropy"])
     with pytest.raises(ValueError, match="subset"):
         DynamicRouter([])
+
+
+@pytest.mark.parametrize("factors", [FACTORS, ("position", "attention")])
+def test_a_static_start_keeps_the_static_routers_tokens(tiny_llama, factors):
+    model, _ = tiny_llama
+    torch.manual_seed(0)
+    router = DynamicRouter(factors).start_at_static()
+    _, learned = _kept_columns(model, router)
+    _, static = _kept_columns(model, StaticRouter())
+    for block in range(len(SCHEDULE)):
+        assert torch.equal(learned[block], static[block])
+    features = torch.rand(1, 5, 4)
+    scores = router.scores(1, torch.zeros(1, 5, 8), _Features(features))
+    line = features[..., 0] - (features[..., 3] if "sparsity" in factors else 0.0)
+    torch.testing.assert_close(scores, STATIC_SHARPNESS * line)
+
+
+def test_a_static_start_needs_the_position_factor():
+    with pytest.raises(ValueError, match="position"):
+        DynamicRouter(["attention", "rank"]).start_at_static()

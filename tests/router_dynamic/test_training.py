@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from router import route, unroute
+from router import StaticRouter, route, unroute
 from router.dynamic import DynamicRouter, HiddenStateRouter
 from router.losses import LossWeights, distillation_loss
 from router.training import (
@@ -15,10 +17,14 @@ from router.training import (
     train_router,
     training_forward,
 )
+from search.config import build_config
+from search.settings import scorer_settings, training_request
 from tests.router_dynamic.conftest import ids
 from workers.data import DataSpec, build_sequences
-from workers.scoring import WindowComparator
-from workers.training import HeldoutEvaluator
+from workers.scoring import Scorer, WindowComparator, merge_stats
+from workers.training import HeldoutEvaluator, train_request
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SCHEDULE = [0.0, 0.5, 0.5, 0.5]
 WINDOW = 16
@@ -141,3 +147,21 @@ def test_history_records_steps_and_heldout_evaluations(tiny_llama, calibration):
     assert history["heldout_sparsity"][-1] == pytest.approx(3 * 0.5 / 4, abs=0.02)
     assert evaluate.last.kl == history["heldout_kl"][-1]
     assert not hasattr(model, "_ftprune_routing")  # left unrouted
+
+
+@pytest.mark.parametrize("init", ["static", "random"])
+def test_a_static_start_begins_at_the_static_routers_heldout_kl(init):
+    """The run config's ``init: static`` reaches the router a worker trains: its first
+    held-out measurement (before any step) is the static router's (up to the rounding of
+    the attention-measuring kernel); a random start's is not."""
+    config = build_config(
+        ROOT / "configs/tiny.yaml",
+        router_training={"steps": 2, "batch_size": 2, "eval_every": 2, "init": init},
+    )
+    scorer = Scorer(scorer_settings(config))
+    schedule = [0.0, 0.5, 0.5, 0.5]
+    state = train_request(scorer, training_request(config, schedule, show_progress=False))
+    stats = scorer.comparator("heldout").compare(schedule, StaticRouter())
+    static = merge_stats(list(stats.values())).metrics().kl
+    first = state.history["heldout_kl"][0]
+    assert (first == pytest.approx(static, rel=1e-4)) == (init == "static"), (first, static)
