@@ -1,9 +1,9 @@
 """Router checkpoints: weights in safetensors, everything else in a small JSON.
 
 A checkpoint directory holds ``router.safetensors`` (the router's state dict) and
-``router.json``: the router's checkpoint kind and shape (hidden units and the fields its
-:data:`router.registry.TRAINED` entry lists), the schedule, the decode policy, the base
-model spec and dtype, and the library versions that wrote it.
+``router.json``: the router's checkpoint kind and shape (hidden units, nested selection and
+the fields its :data:`router.registry.TRAINED` entry lists), the schedule, the decode
+policy, the base model spec and dtype, and the library versions that wrote it.
 Loading reads safetensors and JSON only (never pickle). Every problem with a checkpoint
 (missing file, bad JSON, unknown kind, wrong tensor names or shapes, a schedule that does
 not fit the model) raises :class:`CheckpointError` with a one-line message.
@@ -19,7 +19,7 @@ import hashlib
 import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -27,7 +27,7 @@ from torch import nn
 
 from router.engine import DECODE_POLICIES, Routing, decoder_layers, route
 from router.loading import ModelSpecError, load_model
-from router.registry import TRAINED, LearnedRouter, kind_of
+from router.registry import TRAINED, LearnedRouter, kind_of, restore_router, router_fields
 
 WEIGHTS = "router.safetensors"
 META = "router.json"
@@ -56,13 +56,12 @@ def save_router(
     meta: dict[str, Any] = {
         "format": FORMAT,
         "kind": kind,
-        "hidden": router.hidden,
         "schedule": [float(s) for s in schedule],
         "decode": decode,
         "model": model_spec,
         "dtype": dtype,
         "versions": _versions(),
-        **TRAINED[kind].shape(router),
+        **router_fields(cast(LearnedRouter, router)),
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -77,7 +76,7 @@ def load_router(directory: str | Path) -> tuple[LearnedRouter, dict[str, Any]]:
     directory = Path(directory)
     meta = read_meta(directory)
     try:
-        router = TRAINED[meta["kind"]].restore(meta)
+        router = restore_router(meta["kind"], meta)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{directory / META}: bad router description ({error})") from None
     path = directory / WEIGHTS

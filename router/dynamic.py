@@ -4,7 +4,8 @@ Both implement the :class:`~router.routers.TokenRouter` seam and are ``nn.Module
 they train with ``router.training`` and save with ``router.checkpoint``. Scores are keep
 logits: sigmoid(score) is the router's keep probability. At prefill the engine keeps the
 top k_i scores of each row (plus its first and last token), so a block's budget holds
-exactly whatever the router outputs.
+exactly whatever the router outputs. A router made with ``nested=True`` routes with nested
+selection (see :mod:`router.engine`): a token an earlier block skipped stays skipped.
 
 :class:`DynamicRouter` is FTP's router: ONE small MLP shared by all blocks, reading four
 per-token factors from the forward's :class:`~router.state.ForwardState`
@@ -55,8 +56,11 @@ class DynamicRouter(nn.Module):
     needs_attention = True
     columns: Tensor  # buffer: the indices of the chosen factors among FACTORS
 
-    def __init__(self, factors: Sequence[str] = FACTORS, hidden: int = HIDDEN_UNITS) -> None:
+    def __init__(
+        self, factors: Sequence[str] = FACTORS, hidden: int = HIDDEN_UNITS, nested: bool = False
+    ) -> None:
         super().__init__()
+        self.nested = nested
         unknown = sorted(set(factors) - set(FACTORS))
         if unknown or not factors:
             raise ValueError(
@@ -112,8 +116,9 @@ class HiddenStateRouter(nn.Module):
 
     needs_attention = False
 
-    def __init__(self, hidden_size: int, hidden: int = HIDDEN_UNITS) -> None:
+    def __init__(self, hidden_size: int, hidden: int = HIDDEN_UNITS, nested: bool = False) -> None:
         super().__init__()
+        self.nested = nested
         self.hidden_size = hidden_size
         self.hidden = hidden
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)

@@ -29,6 +29,12 @@ Guarantees:
   nothing; when rows disagree, the block runs on all rows and the entries of the rows
   that skip are never attended to. Routed caches must not be cropped or reordered (beam
   search, assisted decoding); greedy and sampled ``generate()`` work.
+- **Nested selection.** A router with ``nested = True`` never brings back a token an
+  earlier block skipped: block i keeps the top k_i of the tokens every earlier block
+  computed (so the kept sets shrink block by block and no token carries a stale hidden
+  state into a later block's attention). It needs a non-decreasing schedule (``route``
+  refuses another); under the threshold decode policy a new token that one block skips
+  is skipped by every later block.
 - **Features.** A router with ``needs_attention = True`` gets, in the same pass, the
   attention each computed token receives (see :mod:`router.attention`); other routers run
   on plain SDPA and pay nothing.
@@ -39,6 +45,7 @@ Guarantees:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -101,6 +108,11 @@ class Routing:
         """Whether the router reads attention features."""
         return bool(getattr(self.router, "needs_attention", False))
 
+    @property
+    def nested(self) -> bool:
+        """Whether the router routes with nested selection (see the module docstring)."""
+        return bool(getattr(self.router, "nested", False))
+
 
 def decoder_layers(model: CausalLM) -> nn.ModuleList:
     """The decoder block list of a supported causal LM (``model.model.layers``)."""
@@ -140,6 +152,12 @@ def route(
         raise ValueError(f"decode must be one of {', '.join(DECODE_POLICIES)}")
     if attention_window is not None and attention_window < 1:
         raise ValueError("attention_window must be a positive number of queries or None")
+    chosen = router or StaticRouter()
+    if getattr(chosen, "nested", False) and any(b < a for a, b in itertools.pairwise(schedule)):
+        raise ValueError(
+            "nested selection needs a non-decreasing schedule: a block cannot compute "
+            "tokens an earlier block skipped"
+        )
     unroute(model)
     config = cast(PretrainedConfig, model.config)
     if config._attn_implementation != "sdpa":
@@ -150,7 +168,7 @@ def route(
         )
     routing = Routing(
         schedule=schedule,
-        router=router or StaticRouter(),
+        router=chosen,
         decode=decode,
         attention_window=attention_window,
         flops=FlopModel.of(config),
@@ -378,8 +396,11 @@ def _selection(
     if position_only and key in state.selections:
         return state.selections[key]
     batch, length = hidden.shape[:2]
-    scores = routing.router.scores(index, hidden, state).float()
-    keep, kept = select_tokens(scores, k, state.valid, sparsity)
+    keep, kept = select_tokens(
+        router_scores(routing, index, hidden, state), k, state.valid, sparsity
+    )
+    if routing.nested:
+        state.alive = keep_mask(keep, length)
     key_valid = None if state.valid is None else state.valid.gather(1, keep)
     mask = (
         causal_mask(keep, keep, key_valid, window)
@@ -429,9 +450,11 @@ def _decode(
     cols = (torch.arange(length, device=hidden.device) + state.past)[None].expand(batch, length)
     computed = state.valid
     if routing.decode == "threshold":
-        computed = routing.router.scores(index, hidden, state) >= 0
+        computed = router_scores(routing, index, hidden, state) >= 0
         if state.valid is not None:
             computed = computed & state.valid
+        if routing.nested:
+            state.alive = computed
     new_valid = _all_if_none(computed, cols, batch)
     real = _all_if_none(state.valid, cols, batch)
     # Pairs: each computed query attends to the valid entries before it and to itself.
@@ -482,6 +505,22 @@ def row_ends(length: int, device: torch.device) -> Tensor:
     block keeps), made on the device: a tensor built from a list would be a host-to-device
     copy, which synchronizes the stream on a GPU."""
     return torch.arange(0, length, max(1, length - 1), device=device)
+
+
+def router_scores(routing: Routing, index: int, hidden: Tensor, state: ForwardState) -> Tensor:
+    """The router's float scores for block ``index``; under nested selection the tokens an
+    earlier block of this forward skipped score -inf (only a row's first and last token,
+    which every block keeps, can outrank them)."""
+    scores = routing.router.scores(index, hidden, state).float()
+    if routing.nested and state.alive is not None:
+        scores = scores.masked_fill(~state.alive, -math.inf)
+    return scores
+
+
+def keep_mask(keep: Tensor, length: int) -> Tensor:
+    """(batch, length) bool mask of the kept indices ``keep`` (batch, k)."""
+    mask = torch.zeros(keep.shape[0], length, dtype=torch.bool, device=keep.device)
+    return mask.scatter_(1, keep, True)
 
 
 def select_tokens(

@@ -14,9 +14,9 @@ Guarantees:
   checkpoints ask this module, so adding a router means writing its class in its own
   module and adding one entry below.
 - A trained kind's entry says how to make an untrained router for a model, which fields
-  (besides ``hidden``, the MLP width every trained router has) describe its shape in a
-  checkpoint, and how to rebuild it from them: saving and loading gives back the same
-  router.
+  (besides ``hidden``, the MLP width, and ``nested``, its selection semantics, which every
+  trained router has) describe its shape in a checkpoint, and how to rebuild it from them:
+  :func:`router_fields` and :func:`restore_router` give back the same router.
 - A spec or kind that names nothing raises :class:`RouterSpecError` with one line that
   lists the choices; :func:`check_router_spec` reads no weights.
 """
@@ -43,7 +43,8 @@ class TrainedKind:
 
     ``new(model_hidden_size, factors)`` is an untrained router for a model (each kind
     reads what it needs); ``shape(router)`` the checkpoint fields that describe it beyond
-    ``hidden``; ``restore(fields)`` the router those fields (``hidden`` included) describe.
+    ``hidden`` and ``nested``; ``restore(fields)`` the router those fields (``hidden``
+    included) describe, before :func:`restore_router` sets ``nested``.
     A ``hidden_size`` field is the model hidden size the router reads: a checkpoint
     holding one loads only onto a model of that size.
     """
@@ -136,7 +137,29 @@ def kind_of(router: object) -> str | None:
     return next((name for name, kind in TRAINED.items() if type(router) is kind.cls), None)
 
 
-def new_router(kind: str, hidden_size: int, factors: Sequence[str]) -> LearnedRouter:
+def new_router(
+    kind: str, hidden_size: int, factors: Sequence[str], nested: bool = False
+) -> LearnedRouter:
     """An untrained router of checkpoint kind ``kind`` for a model of ``hidden_size``
-    (``factors``: the inputs of a ``dynamic`` router; other kinds ignore them)."""
-    return trained_kind(kind).new(hidden_size, factors)
+    (``factors``: the inputs of a ``dynamic`` router; other kinds ignore them) that routes
+    with nested selection if ``nested``."""
+    router = trained_kind(kind).new(hidden_size, factors)
+    router.nested = nested
+    return router
+
+
+def router_fields(router: LearnedRouter) -> dict[str, Any]:
+    """The fields that describe a trained router (its kind aside): ``hidden``, ``nested``
+    and its kind's shape fields."""
+    kind = kind_of(router)
+    if kind is None:
+        raise RouterSpecError(f"{type(router).__name__} is no trained router kind")
+    return {"hidden": router.hidden, "nested": router.nested, **TRAINED[kind].shape(router)}
+
+
+def restore_router(kind: str, fields: dict[str, Any]) -> LearnedRouter:
+    """The untrained router of ``kind`` that :func:`router_fields` describe (a checkpoint
+    without ``nested`` predates nested selection: False)."""
+    router = trained_kind(kind).restore(fields)
+    router.nested = bool(fields.get("nested", False))
+    return router

@@ -67,7 +67,9 @@ class ForwardState:
     - ``attention`` (batch, past + length): the latest-attention table, each token's
       attention received in the most recent block that computed it (None unless the
       router has ``needs_attention``; padding holds -inf);
-    - ``features(block)``: FTP's four per-token router inputs.
+    - ``features(block)``: FTP's four per-token router inputs;
+    - ``alive`` (batch, length) bool: under nested selection, the tokens every routed
+      block so far computed (None before the first; see :mod:`router.engine`).
 
     Report, per block and summed over the batch (padding excluded): ``kept``, ``seen``,
     ``block_sparsity``; overall: ``realized_sparsity`` and ``flop_saving``.
@@ -98,6 +100,7 @@ class ForwardState:
         # Selections of a position-only router, by (block sparsity, sliding window).
         self.selections: dict[tuple[float, int | None], Any] = {}
         self.attention = self._initial_attention(positions.device) if track_attention else None
+        self.alive: Tensor | None = None
         blocks = len(schedule)
         self._kept: list[Count] = [0] * blocks
         self._seen: list[Count] = [0] * blocks

@@ -41,7 +41,9 @@ from router.engine import (
     causal_mask,
     decoder_layers,
     keep_count,
+    keep_mask,
     route,
+    router_scores,
     row_ends,
     select_tokens,
     unroute,
@@ -114,8 +116,11 @@ def training_forward(
         hard = scores = None
         k = keep_count(sparsity, length)
         if k < length:
-            scores = routing.router.scores(index, hidden, state).float()
-            hard = _keep_mask(select_tokens(scores, k, None, sparsity)[0], length)
+            alive = state.alive
+            scores = router_scores(routing, index, hidden, state)
+            hard = keep_mask(select_tokens(scores, k, None, sparsity)[0], length)
+            if routing.nested:
+                state.alive = hard
         mask = None
         if hard is not None or (sliding is not None and length > sliding):
             mask = causal_mask(cols, cols, hard, sliding)
@@ -142,6 +147,8 @@ def training_forward(
         # The first and last tokens are always kept: their decision carries no gradient
         # (token 0's update is huge in most LLMs and would swamp the shared router's).
         straight = (prob - prob.detach()).index_fill(1, mandatory, 0.0)
+        if alive is not None:  # nested: a token an earlier block skipped has no choice here
+            straight = straight.masked_fill(~alive, 0.0)
         straight = straight.to(out.dtype)[..., None]
         hidden = torch.where(hard[..., None], out, hidden) + straight * (out - hidden)
         if scores.requires_grad:
@@ -161,15 +168,7 @@ def teacher_outputs(model: CausalLM, input_ids: Tensor, window: int) -> tuple[Te
 def static_keep_mask(sparsity: float, batch: int, length: int, device: Any = None) -> Tensor:
     """(batch, length) bool keep mask of the static position-priority router."""
     scores = position_priority(batch, length, device)
-    return _keep_mask(
-        select_tokens(scores, keep_count(sparsity, length), None, sparsity)[0], length
-    )
-
-
-def _keep_mask(keep: Tensor, length: int) -> Tensor:
-    """(batch, length) bool mask of the sorted kept indices ``keep`` (batch, k)."""
-    mask = torch.zeros(keep.shape[0], length, dtype=torch.bool, device=keep.device)
-    return mask.scatter_(1, keep, True)
+    return keep_mask(select_tokens(scores, keep_count(sparsity, length), None, sparsity)[0], length)
 
 
 def router_losses(
@@ -207,9 +206,10 @@ def router_losses(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Router training settings. ``distill`` is "kl" (window KL) or "mse" (final hidden);
-    ``init`` is where a new router starts: "random" weights or "static" (see
-    :meth:`router.dynamic.DynamicRouter.start_at_static`), applied by whoever builds it."""
+    """Router training settings. ``distill`` is "kl" (window KL) or "mse" (final hidden).
+    Whoever builds the new router applies the last two: ``init`` is where it starts,
+    "random" weights or "static" (see :meth:`router.dynamic.DynamicRouter.start_at_static`),
+    and ``nested`` whether it routes with nested selection (see :mod:`router.engine`)."""
 
     steps: int = 200
     lr: float = 1e-3
@@ -222,6 +222,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     init: Literal["random", "static"] = "random"
+    nested: bool = False
 
 
 def train_router(

@@ -61,6 +61,12 @@ class RouterTrainingConfig(BaseModel):
         "router's ranking (it keeps the static router's tokens until training moves it)",
     )
 
+    nested: bool = Field(
+        False,
+        description="nested selection: a token an earlier block skipped stays skipped "
+        "(needs non-decreasing schedules)",
+    )
+
     @model_validator(mode="after")
     def _static_start_fits(self) -> "RouterTrainingConfig":
         if self.init == "static" and (self.kind != "dynamic" or "position" not in self.factors):
@@ -149,6 +155,10 @@ class RunConfig(BaseModel):
     generations: int = Field(8, ge=1)
     crossover_prob: float = Field(0.5, ge=0.0, le=1.0)
     max_moves: int = Field(3, ge=1, description="most level moves per mutation")
+    monotone: bool = Field(
+        False,
+        description="search only non-decreasing schedules (what a nested router can route)",
+    )
     stages: list[StageConfig] | None = Field(
         None, description="multi-fidelity selection; default: see default_stages()"
     )
@@ -206,6 +216,11 @@ class RunConfig(BaseModel):
                 trained_kind(self.router_training.kind)  # the checkpoint kinds of the registry
             except RouterSpecError as error:
                 raise ValueError(f"router_training.kind: {error}") from None
+        if self.router_training.nested and not self.monotone:
+            raise ValueError(
+                "router_training.nested needs monotone: true (a nested router routes "
+                "only non-decreasing schedules)"
+            )
         if self.target_sparsity > self.max_block_sparsity:
             raise ValueError("target_sparsity cannot exceed max_block_sparsity")
         if min(self.seq_lens + self.heldout_seq_lens) < 2:

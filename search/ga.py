@@ -9,7 +9,10 @@ and every operator preserves that:
 - mutation moves one level from one block to another (EvoPress), so the sum never changes;
 - crossover (DEAP's uniform crossover on levels) is followed by a repair that moves single
   levels until the sum is exact again, never leaving the bounds;
-- a schedule handed out once is never handed out again (duplicates are rejected).
+- a schedule handed out once is never handed out again (duplicates are rejected);
+- with ``monotone``, every schedule is sorted into non-decreasing order as it is admitted
+  (sparsity never falls with depth: the schedules a nested router can route). Sorting
+  keeps the sum and the bounds, so the constraint costs the other guarantees nothing.
 
 The search is (mu + lambda): each generation's candidates are the current parents plus new
 offspring; the caller scores them however it likes (e.g. on growing data in stages) and
@@ -174,6 +177,7 @@ class GAParams:
     crossover_prob: float = 0.5
     max_moves: int = 3
     seed: int = 0
+    monotone: bool = False
 
 
 class EvolutionarySearch:
@@ -214,7 +218,10 @@ class EvolutionarySearch:
         for schedule in seed_parents:
             levels = [round(s / self.grid.step) for s in schedule]
             if not self._admit(levels, self._parents):
-                raise ValueError("seed parents must be distinct schedules on the search grid")
+                raise ValueError(
+                    "seed parents must be distinct schedules on the search grid"
+                    + (" once sorted" if params.monotone else "")
+                )
         with self._rng():
             self._candidates = self._parents + self._offspring()
 
@@ -282,6 +289,8 @@ class EvolutionarySearch:
             random.setstate(outside)
 
     def _admit(self, levels: list[int], into: list[list[int]]) -> bool:
+        if self.params.monotone:
+            levels = sorted(levels)
         key = tuple(levels)
         if key in self._seen or not self.grid.is_valid(levels):
             return False

@@ -81,6 +81,7 @@ def ga_params(config: RunConfig, num_blocks: int) -> GAParams:
         crossover_prob=config.crossover_prob,
         max_moves=config.max_moves,
         seed=config.seed,
+        monotone=config.monotone,
     )
 
 
@@ -108,6 +109,7 @@ def train_config(config: RunConfig, show_progress: bool = True) -> TrainConfig:
         seed=config.seed,
         progress=show_progress,
         init=settings.init,
+        nested=settings.nested,
     )
 
 

@@ -87,6 +87,11 @@ CASES = [
         "init: static needs kind dynamic with the position factor",
     ),
     Case(
+        "launch-nested-router-without-a-monotone-search",
+        "search launch --config {in}/nested.yaml --db {db}",
+        "router_training.nested needs monotone: true",
+    ),
+    Case(
         "launch-sparsity-out-of-range",
         L + " --target-sparsity 1.5",
         "target_sparsity: Input should be less than 1",
@@ -436,6 +441,9 @@ def inputs(tmp_path_factory) -> Path:
     )
     (root / "static-start.yaml").write_text(
         tiny.replace("router_training: {", "router_training: {kind: hidden_state, init: static, ")
+    )
+    (root / "nested.yaml").write_text(
+        tiny.replace("router_training: {", "router_training: {nested: true, ")
     )
     (root / "empty.txt").write_text("")
     (root / "short.txt").write_text("Only a few words of calibration text.\n")

@@ -176,3 +176,25 @@ def test_tell_rejects_unknown_schedules():
 
 def _tilt(schedule):
     return schedule[0] - schedule[-1] + 0.1 * schedule[1]
+
+
+def test_a_monotone_search_hands_out_only_feasible_non_decreasing_schedules():
+    goal = [0.0, 0.0, 0.2, 0.3, 0.5, 0.8]  # non-decreasing, mean 0.3
+
+    def distance(s):
+        return sum((a - b) ** 2 for a, b in zip(s, goal, strict=True))
+
+    params = GAParams(num_blocks=6, target=0.3, s_max=0.8, offspring=12, seed=0, monotone=True)
+    search, history = _run(params, 25, distance)
+    seen = set()
+    for generation, candidates in enumerate(history):
+        for schedule in candidates if generation == 0 else candidates[2:]:
+            assert is_feasible(schedule, 0.3, 0.8)
+            assert schedule == sorted(schedule)
+            assert tuple(schedule) not in seen
+            seen.add(tuple(schedule))
+    assert min(map(distance, history[-1])) < min(map(distance, history[0])) / 4
+    resumed = EvolutionarySearch.from_state(json.loads(json.dumps(search.state())))
+    assert resumed.params.monotone and resumed.ask() == search.ask()
+    free = EvolutionarySearch(GAParams(num_blocks=6, target=0.3, s_max=0.8, seed=0))
+    assert any(s != sorted(s) for s in free.ask())

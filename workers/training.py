@@ -24,7 +24,7 @@ from torch import nn
 
 from router import TokenRouter
 from router.dynamic import FACTORS, DynamicRouter
-from router.registry import TRAINED, LearnedRouter, kind_of, new_router
+from router.registry import LearnedRouter, kind_of, new_router, restore_router, router_fields
 from router.training import TrainConfig, train_router
 from workers.scoring import Scorer, WindowComparator, WindowMetrics, merge_stats
 
@@ -72,7 +72,7 @@ class TrainedRouterState:
         assert kind is not None  # train_on_scorer builds trained kinds only
         return cls(
             kind,
-            {"hidden": router.hidden, **TRAINED[kind].shape(router)},
+            router_fields(router),
             {name: t.detach().cpu().clone() for name, t in router.state_dict().items()},
             trained.history,
             trained.heldout,
@@ -82,7 +82,7 @@ class TrainedRouterState:
 
     def router(self) -> LearnedRouter:
         """The trained router, on the CPU, in eval mode."""
-        router = TRAINED[self.kind].restore(self.fields)
+        router = restore_router(self.kind, self.fields)
         router.load_state_dict(self.state_dict)
         return router.eval()
 
@@ -113,11 +113,12 @@ def train_on_scorer(
 ) -> TrainedRouter:
     """Train a new router for ``schedule`` on the scorer's calibration sequences, evaluating
     on its held-out sequences every ``config.eval_every`` steps and at the end; the router
-    starts where ``config.init`` says. ``observe`` gets each evaluation's metrics as it
+    starts where ``config.init`` says and routes with nested selection if
+    ``config.nested``. ``observe`` gets each evaluation's metrics as it
     happens; an exception it raises stops training (the model is left unrouted) and
     propagates."""
     torch.manual_seed(config.seed)
-    router = new_router(kind, scorer.model.config.hidden_size, factors)
+    router = new_router(kind, scorer.model.config.hidden_size, factors, config.nested)
     if config.init == "static":
         if not isinstance(router, DynamicRouter):
             raise ValueError(f"a {kind} router has no static start")

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from router import decoder_layers, keep_count, load_model, route, unroute
+from router import RandomRouter, decoder_layers, keep_count, load_model, route, unroute
+from router.dynamic import DynamicRouter
 from tests.conftest import FAMILIES
 from tests.router.reference import (
     FeatureRecorder,
@@ -160,3 +161,67 @@ def test_bfloat16_routing_is_exact_at_zero_and_close_to_the_reference(family):
         with torch.no_grad():
             swapped = reference_logits(model, ids, as_masks(wrong, 32, batch=2)).float()
         assert (swapped - expected).abs().max().item() > tolerance, block
+
+
+NESTED_SCHEDULE = [0.15, 0.3, 0.3, 0.5]
+
+
+def _kept_sets(model, router, ids, schedule=NESTED_SCHEDULE, mask=None):
+    """Logits and the input columns each block computed, per row (from the KV record)."""
+    routing = route(model, schedule, router)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, use_cache=True).logits
+    cols = routing.last_state.record.cols
+    return logits, [[set(row.tolist()) for row in block] for block in cols]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nested_selection_shrinks_block_by_block_and_matches_the_reference(model_of, family):
+    """A random router draws fresh scores at every block; with nested selection each block
+    keeps its k_i among what the block before it kept, and the logits are the masked dense
+    reference's for those sets. Without nesting the same draws do not nest."""
+    model = model_of(family)
+    length = 24
+    ids = _ids(2, length, seed=5)
+    nested = RandomRouter(seed=7)
+    nested.nested = True
+    logits, sets = _kept_sets(model, nested, ids)
+    for block, s in enumerate(NESTED_SCHEDULE):
+        assert all(len(row) == keep_count(s, length) for row in sets[block])
+        if block:
+            assert all(
+                now <= before for now, before in zip(sets[block], sets[block - 1], strict=True)
+            )
+    masks = [
+        torch.stack([torch.isin(torch.arange(length), torch.tensor(sorted(row))) for row in block])
+        for block in sets
+    ]
+    with torch.no_grad():
+        unroute(model)
+        expected = reference_logits(model, ids, masks)
+    assert (logits - expected).abs().max().item() <= 1e-4
+    _, free = _kept_sets(model, RandomRouter(seed=7), ids)
+    assert any(not now <= before for now, before in zip(free[1], free[0], strict=True))
+
+
+def test_nested_selection_routes_padded_rows_as_each_row_alone(model_of):
+    model = model_of("llama")
+    lengths = [30, 17, 5]
+    ids = _ids(len(lengths), max(lengths), seed=6)
+    mask = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])
+    torch.manual_seed(0)
+    router = DynamicRouter(nested=True)
+    batched, batched_sets = _kept_sets(model, router, ids, mask=mask)
+    for row, n in enumerate(lengths):
+        alone, alone_sets = _kept_sets(model, router, ids[row : row + 1, :n])
+        assert (batched[row, :n] - alone[0]).abs().max().item() <= 1e-5
+        for block in range(len(NESTED_SCHEDULE)):
+            assert {c for c in batched_sets[block][row] if c < n} == alone_sets[block][0]
+
+
+def test_a_nested_router_refuses_a_decreasing_schedule(model_of):
+    model = model_of("llama")
+    router = DynamicRouter(nested=True)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        route(model, [0.3, 0.2, 0.4, 0.4], router)
+    route(model, [0.3, 0.2, 0.4, 0.4], DynamicRouter())  # without nesting, any schedule

@@ -213,3 +213,22 @@ def test_other_cache_types_are_refused(model_of):
     cache = StaticCache(config=model.config, max_cache_len=32)
     with pytest.raises(ValueError, match="DynamicCache"):
         model(_ids(1, 8), past_key_values=cache, use_cache=True)
+
+
+def test_nested_threshold_policy_never_brings_a_skipped_decode_token_back(model_of):
+    """Block 1 skips every decoded token; with nested selection blocks 2 and 3 skip them
+    too (the reference computes decoded tokens in block 0 only), and write no K/V."""
+    model = model_of("llama")
+    prompt, steps, schedule = _ids(1, 14, seed=5), 5, [0.2, 0.3, 0.3, 0.5]
+    router = DecodeRouter(lambda block, row, col: block != 1)
+    router.nested = True
+    route(model, schedule, router, decode="threshold")
+    with torch.no_grad():
+        tokens, logits, cache = _generate(model, prompt, steps)
+        unroute(model)
+        expected = _reference_decode(model, prompt, steps, schedule, lambda b, r, c: b == 0)
+    assert torch.equal(tokens, expected[0])
+    assert (logits - expected[1]).abs().max().item() <= 1e-4
+    sizes = [layer.keys.shape[-2] for layer in cache.layers]
+    assert sizes[1:] == [keep_count(s, 14) for s in schedule[1:]]
+    assert sizes[0] == keep_count(schedule[0], 14) + steps - 1

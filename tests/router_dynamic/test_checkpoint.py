@@ -25,31 +25,34 @@ def _trained_like(router):
     return router
 
 
+@pytest.mark.parametrize("nested", [False, True], ids=["free", "nested"])
 @pytest.mark.parametrize("kind", ["dynamic", "hidden_state"])
-def test_export_then_load_gives_identical_logits_and_generation(tmp_path, kind):
+def test_export_then_load_gives_identical_logits_and_generation(tmp_path, kind, nested):
     model, _ = load_model(SPEC)
+    schedule = sorted(SCHEDULE) if nested else SCHEDULE  # nesting needs it non-decreasing
     torch.manual_seed(0)
     router = _trained_like(
-        DynamicRouter(["position", "attention", "sparsity"])
+        DynamicRouter(["position", "attention", "sparsity"], nested=nested)
         if kind == "dynamic"
-        else HiddenStateRouter(model.config.hidden_size)
+        else HiddenStateRouter(model.config.hidden_size, nested=nested)
     )
-    route(model, SCHEDULE, router)
+    route(model, schedule, router)
     batch = ids(2, 24)
     with torch.no_grad():
         expected = model(batch).logits
     generated = model.generate(batch, max_new_tokens=4, do_sample=False)
-    save_router(tmp_path, router, SCHEDULE, model_spec=SPEC)
+    save_router(tmp_path, router, schedule, model_spec=SPEC)
 
     loaded, _, routing = load_routed(tmp_path)
     with torch.no_grad():
         assert torch.equal(loaded(batch).logits, expected)
     assert torch.equal(loaded.generate(batch, max_new_tokens=4, do_sample=False), generated)
-    assert routing.schedule == SCHEDULE
+    assert routing.schedule == schedule
     meta = json.loads((tmp_path / "router.json").read_text())
     assert meta["model"] == SPEC and set(meta["versions"]) >= {"torch", "transformers"}
     if kind == "dynamic":
         assert meta["factors"] == ["position", "attention", "sparsity"]
+    assert meta["nested"] is nested and routing.nested is nested
 
 
 @pytest.fixture

@@ -37,12 +37,16 @@ def calibration(tiny_models):
     return build_sequences(spec, tokenizer)
 
 
+@pytest.mark.parametrize("nested", [False, True], ids=["free", "nested"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("kind", ["dynamic", "hidden_state"])
-def test_training_forward_equals_the_routed_inference_forward(tiny_models, family, kind):
+def test_training_forward_equals_the_routed_inference_forward(tiny_models, family, kind, nested):
     model, _ = tiny_models[family]
     torch.manual_seed(0)
-    router = DynamicRouter() if kind == "dynamic" else HiddenStateRouter(model.config.hidden_size)
+    if kind == "dynamic":
+        router = DynamicRouter(nested=nested)
+    else:
+        router = HiddenStateRouter(model.config.hidden_size, nested=nested)
     routing = route(model, [0.3, 0.5, 0.6, 0.7], router)
     try:
         batch = ids(2, 29)
@@ -165,3 +169,16 @@ def test_a_static_start_begins_at_the_static_routers_heldout_kl(init):
     static = merge_stats(list(stats.values())).metrics().kl
     first = state.history["heldout_kl"][0]
     assert (first == pytest.approx(static, rel=1e-4)) == (init == "static"), (first, static)
+
+
+def test_a_nested_run_config_trains_a_nested_router():
+    config = build_config(
+        ROOT / "configs/tiny.yaml",
+        monotone=True,
+        router_training={"steps": 1, "batch_size": 2, "nested": True},
+    )
+    scorer = Scorer(scorer_settings(config))
+    state = train_request(
+        scorer, training_request(config, [0.0, 0.3, 0.5, 0.5], show_progress=False)
+    )
+    assert state.fields["nested"] is True and state.router().nested is True
