@@ -19,6 +19,13 @@ instead of k_i) plus a backward through the activations of all blocks; the model
 get no gradients. Attention features are measured on the kept queries exactly as the
 engine measures them. Training batches are unpadded.
 
+What the estimator cannot see: the decision reaches the loss only through the token's
+own update, so a token that block i skips and that no later block computes, and that is
+not scored, gets exactly zero gradient at block i (it is invisible as a key everywhere
+after). On a uniform schedule with the static ranking every skipped token is such a
+token: training can reorder the kept tokens and push them out, but never finds that a
+skipped token should have been kept.
+
 :func:`train_router` loops over calibration batches against dense teacher outputs
 computed once, calls an optional ``evaluate(router)`` every ``eval_every`` steps (the
 caller's held-out measurement through the normal ``route(model, schedule, router)`` path),
