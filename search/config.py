@@ -60,7 +60,6 @@ class RouterTrainingConfig(BaseModel):
         description="start the dynamic router from random weights, or from the static "
         "router's ranking (it keeps the static router's tokens until training moves it)",
     )
-
     nested: bool = Field(
         False,
         description="nested selection: a token an earlier block skipped stays skipped "
