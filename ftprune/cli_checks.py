@@ -11,6 +11,7 @@ prints; nothing here writes anything. Heavy packages load inside the functions.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
@@ -75,12 +76,17 @@ def check_router_checkpoint(spec: str, model: str) -> None:
         )
 
 
-def check_schedule(schedule: Sequence[float], blocks: int, what: str) -> None:
+def check_schedule(schedule: Sequence[float], blocks: int, what: str, nested: bool = False) -> None:
     """Raise ConfigError unless ``schedule`` has one sparsity in [0, 1) per decoder block
-    (its mean is free: a router may be trained for any schedule)."""
+    (its mean is free: a router may be trained for any schedule) and, for a ``nested``
+    router, never decreases."""
     from search.config import ConfigError
 
     if len(schedule) != blocks:
         raise ConfigError(f"{what} has {len(schedule)} entries; the model has {blocks} blocks")
     if any(not 0.0 <= s < 1.0 for s in schedule):
         raise ConfigError(f"every block sparsity of {what} must lie in [0, 1)")
+    if nested and any(b < a for a, b in itertools.pairwise(schedule)):
+        raise ConfigError(
+            f"{what} decreases, and router_training.nested routes only non-decreasing schedules"
+        )

@@ -141,7 +141,12 @@ def router_train(
         if not chosen:
             raise ConfigError(f"run {row.name!r} has no best schedule yet: pass --schedule")
         blocks = check_run(cfg).num_hidden_layers
-        check_schedule(chosen, blocks, "--schedule" if schedule else "the run's best schedule")
+        check_schedule(
+            chosen,
+            blocks,
+            "--schedule" if schedule else "the run's best schedule",
+            cfg.router_training.nested,
+        )
         existing = store.routers(row.id)
         chosen_label = _router_label(label, len(existing))
         if any(r.label == chosen_label.to_json() for r in existing):

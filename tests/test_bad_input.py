@@ -262,6 +262,12 @@ CASES = [
         db="run",
     ),
     Case("train-no-best-schedule", T, "has no best schedule yet", db="run"),
+    Case(
+        "train-nested-router-on-a-decreasing-schedule",
+        "router train --db {db} --run nested --schedule 0.4,0.2,0.3,0.3",
+        "--schedule decreases, and router_training.nested routes only non-decreasing",
+        db="run",
+    ),
     Case("train-steps-zero", T + " --steps 0", "--steps must be at least 1", db="run"),
     Case(
         "train-bad-label",
@@ -483,6 +489,8 @@ def databases(tmp_path_factory) -> dict[str, bytes]:
         store = Store(f"sqlite:///{path}")
         if kind == "run":
             store.create_run("r1", build_config(TINY).model_dump(), 0)
+            nested = build_config(TINY, monotone=True, router_training={"nested": True})
+            store.create_run("nested", nested.model_dump(), 0)
         store.close()
         made[kind] = path.read_bytes()
     made["junk"] = b"these bytes are not a SQLite database\n"
