@@ -11,7 +11,6 @@ prints; nothing here writes anything. Heavy packages load inside the functions.
 
 from __future__ import annotations
 
-import itertools
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
@@ -86,7 +85,10 @@ def check_schedule(schedule: Sequence[float], blocks: int, what: str, nested: bo
         raise ConfigError(f"{what} has {len(schedule)} entries; the model has {blocks} blocks")
     if any(not 0.0 <= s < 1.0 for s in schedule):
         raise ConfigError(f"every block sparsity of {what} must lie in [0, 1)")
-    if nested and any(b < a for a, b in itertools.pairwise(schedule)):
-        raise ConfigError(
-            f"{what} decreases, and router_training.nested routes only non-decreasing schedules"
-        )
+    if nested:
+        from router.engine import non_decreasing
+
+        if not non_decreasing(schedule):
+            raise ConfigError(
+                f"{what} decreases, and router_training.nested routes only non-decreasing schedules"
+            )

@@ -114,6 +114,11 @@ class Routing:
         return bool(getattr(self.router, "nested", False))
 
 
+def non_decreasing(schedule: Sequence[float]) -> bool:
+    """Whether no block's sparsity is below the one before it (what nested selection routes)."""
+    return all(a <= b for a, b in itertools.pairwise(schedule))
+
+
 def decoder_layers(model: CausalLM) -> nn.ModuleList:
     """The decoder block list of a supported causal LM (``model.model.layers``)."""
     family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
@@ -153,7 +158,7 @@ def route(
     if attention_window is not None and attention_window < 1:
         raise ValueError("attention_window must be a positive number of queries or None")
     chosen = router or StaticRouter()
-    if getattr(chosen, "nested", False) and any(b < a for a, b in itertools.pairwise(schedule)):
+    if getattr(chosen, "nested", False) and not non_decreasing(schedule):
         raise ValueError(
             "nested selection needs a non-decreasing schedule: a block cannot compute "
             "tokens an earlier block skipped"

@@ -113,10 +113,9 @@ def train_on_scorer(
 ) -> TrainedRouter:
     """Train a new router for ``schedule`` on the scorer's calibration sequences, evaluating
     on its held-out sequences every ``config.eval_every`` steps and at the end; the router
-    starts where ``config.init`` says and routes with nested selection if
-    ``config.nested``. ``observe`` gets each evaluation's metrics as it
-    happens; an exception it raises stops training (the model is left unrouted) and
-    propagates."""
+    starts where ``config.init`` says and routes with nested selection if ``config.nested``.
+    ``observe`` gets each evaluation's metrics as it happens; an exception it raises stops
+    training (the model is left unrouted) and propagates."""
     torch.manual_seed(config.seed)
     router = new_router(kind, scorer.model.config.hidden_size, factors, config.nested)
     if config.init == "static":
