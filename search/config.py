@@ -142,6 +142,13 @@ class RunConfig(BaseModel):
         [256, 512], min_length=1, description="calibration sequence lengths"
     )
     sequences_per_length: int = Field(4, ge=1)
+    calibration_recall: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of calibration sequences made span-recall prompts (their opening "
+        "repeated at the end, so fitness and training see a prompt whose key part comes first)",
+    )
     heldout_seq_lens: list[int] = Field([512], min_length=1)
     heldout_sequences_per_length: int = Field(4, ge=1)
     window: int = Field(32, ge=1, description="scored positions at the end of each sequence")
@@ -226,6 +233,15 @@ class RunConfig(BaseModel):
             raise ValueError("sequence lengths must be at least 2")
         if self.window > min(self.seq_lens + self.heldout_seq_lens):
             raise ValueError("window must not exceed the shortest sequence length")
+        if self.calibration_recall:
+            from workers.data import RECALL_CUE  # torch loads only for a recall config
+
+            shortest = 2 * (self.window + RECALL_CUE) - 1
+            if min(self.seq_lens) < shortest:
+                raise ValueError(
+                    f"calibration_recall needs calibration sequences of at least {shortest} "
+                    f"tokens (a copy of window + {RECALL_CUE} tokens fits in half of each)"
+                )
         if self.stages:
             pool = self.num_calibration_sequences
             sizes = [stage.sequences for stage in self.stages]

@@ -31,6 +31,7 @@ def scorer_settings(config: RunConfig) -> ScorerSettings:
         source=config.calibration,
         calibration_lens=tuple(config.seq_lens),
         calibration_per_length=config.sequences_per_length,
+        calibration_recall=config.calibration_recall,
         heldout_lens=tuple(config.heldout_seq_lens),
         heldout_per_length=config.heldout_sequences_per_length,
         window=config.window,

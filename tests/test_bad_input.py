@@ -92,6 +92,16 @@ CASES = [
         "router_training.nested needs monotone: true",
     ),
     Case(
+        "launch-recall-prompts-longer-than-the-sequences",
+        "search launch --config {in}/recall.yaml --db {db}",
+        "calibration_recall needs calibration sequences of at least 75 tokens",
+    ),
+    Case(
+        "launch-recall-share-above-one",
+        "search launch --config {in}/recall-share.yaml --db {db}",
+        "calibration_recall: Input should be less than or equal to 1",
+    ),
+    Case(
         "launch-sparsity-out-of-range",
         L + " --target-sparsity 1.5",
         "target_sparsity: Input should be less than 1",
@@ -451,6 +461,10 @@ def inputs(tmp_path_factory) -> Path:
     (root / "nested.yaml").write_text(
         tiny.replace("router_training: {", "router_training: {nested: true, ")
     )
+    (root / "recall.yaml").write_text(
+        tiny.replace("window: 8", "window: 30") + "calibration_recall: 0.5\n"
+    )
+    (root / "recall-share.yaml").write_text(tiny + "calibration_recall: 1.5\n")
     (root / "empty.txt").write_text("")
     (root / "short.txt").write_text("Only a few words of calibration text.\n")
     (root / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')

@@ -8,14 +8,17 @@ import pytest
 
 from router.loading import byte_tokenizer
 from workers.data import (
+    RECALL_CUE,
     DataSpec,
     DataSpecError,
     build_sequences,
     disjoint_sequences,
     documents,
+    is_recall,
     split_documents,
     split_text,
 )
+from workers.scoring import ScorerSettings
 
 
 def test_pydoc_splits_are_disjoint_and_cover_the_text():
@@ -60,6 +63,51 @@ def test_batches_are_deterministic_with_requested_shapes():
     assert all((a == b).all() for a, b in zip(first, second, strict=True))
     rows = [tuple(s.tolist()) for s in first]
     assert len(set(rows)) == len(rows)
+
+
+def test_span_recall_prompts_repeat_their_opening_at_the_end():
+    tokenizer = byte_tokenizer()
+    plain = build_sequences(DataSpec("builtin:pydoc", "calibration", (64, 96), 4), tokenizer)
+    spec = DataSpec("builtin:pydoc", "calibration", (64, 96), 4, recall_share=0.5, recall_len=20)
+    recall = build_sequences(spec, tokenizer)
+    assert [is_recall(spec, i) for i in range(8)] == [False, True] * 4
+    for index, (sequence, window) in enumerate(zip(recall, plain, strict=True)):
+        assert len(sequence) == len(window)
+        if not is_recall(spec, index):
+            assert (sequence == window).all()
+            continue
+        cut = len(window) - 20
+        assert (sequence[:cut] == window[:cut]).all()
+        assert (sequence[cut:] == window[:20]).all()  # the opening again, in order
+        assert not (sequence[cut:] == window[cut:]).all()
+    avoid = DataSpec("builtin:pydoc", "calibration", (64,), 1)
+    disjoint = disjoint_sequences(spec, avoid, tokenizer)
+    assert any((s[-20:] == s[:20]).all() for s in disjoint)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25, 1 / 3, 0.5, 0.7, 1.0])
+def test_recall_prompts_are_spread_evenly_through_every_prefix(share):
+    spec = DataSpec("builtin:pydoc", "heldout", (64,), 30, recall_share=share, recall_len=16)
+    flags = [is_recall(spec, i) for i in range(30)]
+    for prefix in range(1, 31):
+        assert sum(flags[:prefix]) == int(prefix * share + 1e-9)
+
+
+def test_scorer_settings_give_recall_copies_a_cue_before_the_scored_window():
+    settings = ScorerSettings("random:llama-tiny", window=24, calibration_recall=0.25)
+    calibration = settings.data_spec("calibration")
+    assert (calibration.recall_share, calibration.recall_len) == (0.25, 24 + RECALL_CUE)
+    assert settings.data_spec("heldout").recall_share == 0.0  # held-out text stays plain
+    assert ScorerSettings("random:llama-tiny", window=24).data_spec("calibration").recall_len == 0
+
+
+def test_bad_recall_layouts_fail_clearly():
+    with pytest.raises(DataSpecError, match=r"recall share must lie in \[0, 1\], got 1.5"):
+        DataSpec("builtin:pydoc", "calibration", (64,), 2, recall_share=1.5, recall_len=16)
+    for recall_len in (RECALL_CUE, 33):
+        with pytest.raises(DataSpecError, match=f"copies of {recall_len} tokens need"):
+            DataSpec("builtin:pydoc", "calibration", (64, 96), 2, 0.5, recall_len)
+    DataSpec("builtin:pydoc", "calibration", (64, 96), 2, 0.5, 32)  # half of 65 tokens fits
 
 
 def test_text_and_jsonl_files(tmp_path):

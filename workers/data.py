@@ -13,6 +13,14 @@ calibration split otherwise: the split is deterministic, interleaved through the
 holds about a fifth of the text, and the two parts never share a document.
 Within a split, sequences are non-overlapping windows of the token stream, evenly spaced, so
 the same (source, split, lengths, count) always yields the same tokens.
+
+Span-recall prompts (``DataSpec.recall_share``): running text scored at its end rewards a
+router that keeps the recent tokens and nothing else, yet a user's prompt often puts what the
+answer needs first (a passage, then the question). A recall sequence is a window of the same
+text whose last ``recall_len`` tokens are replaced by its first ``recall_len``: the model
+reads a passage, running text, then the passage again, so the scored positions at the end
+(``recall_len - RECALL_CUE`` of them at most) predict tokens that only the sequence's
+opening holds. The dense model copies them; a router that dropped the opening cannot.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import torch
 
 BUILTIN_PYDOC = "builtin:pydoc"
 HELDOUT_SHARE = 0.2
+RECALL_CUE = 8  # tokens of a recall copy read before its first scored position
 Split = Literal["calibration", "heldout"]
 SPLITS: tuple[Split, ...] = ("calibration", "heldout")
 
@@ -39,16 +48,31 @@ class DataSpec:
     """Which sequences to build: ``per_length`` sequences of each length in ``seq_lens``.
 
     Each sequence holds ``L + 1`` tokens: the model reads the first L, and the last token is
-    the true continuation of position L - 1 (used for perplexity).
+    the true continuation of position L - 1 (used for perplexity). A share ``recall_share``
+    of them, spread evenly through the list, are span-recall prompts whose last
+    ``recall_len`` tokens repeat their first (see the module docstring); ``recall_len``
+    must lie in [RECALL_CUE + 1, (shortest L + 1) // 2].
     """
 
     source: str
     split: Split
     seq_lens: tuple[int, ...]
     per_length: int
+    recall_share: float = 0.0
+    recall_len: int = 0
 
     def __post_init__(self) -> None:
-        """Refuse a reserved task (see :mod:`workers.tasks`) as calibration data."""
+        """Refuse a bad recall layout, and a reserved task (see :mod:`workers.tasks`) as
+        calibration data."""
+        if not 0.0 <= self.recall_share <= 1.0:
+            raise DataSpecError(f"recall share must lie in [0, 1], got {self.recall_share}")
+        if self.recall_share > 0:
+            longest_copy = (min(self.seq_lens) + 1) // 2
+            if not RECALL_CUE < self.recall_len <= longest_copy:
+                raise DataSpecError(
+                    f"span-recall copies of {self.recall_len} tokens need sequences of at "
+                    f"least {2 * self.recall_len - 1} tokens (and more than {RECALL_CUE})"
+                )
         if self.split == "calibration":
             from workers.tasks import TaskError, check_not_reserved
 
@@ -122,7 +146,8 @@ def build_sequences(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
     Raises :class:`DataSpecError` when the split holds too few tokens.
     """
     tokens = _split_tokens(spec, tokenizer)
-    return [torch.tensor(tokens[a:b], dtype=torch.long) for a, b in _spans(spec, len(tokens))]
+    spans = _spans(spec, len(tokens))
+    return [_sequence(tokens[a:b], spec, i) for i, (a, b) in enumerate(spans)]
 
 
 def disjoint_sequences(spec: DataSpec, avoid: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
@@ -135,10 +160,24 @@ def disjoint_sequences(spec: DataSpec, avoid: DataSpec, tokenizer: Any) -> list[
     tokens = _split_tokens(spec, tokenizer)
     taken = _spans(avoid, len(tokens))
     return [
-        torch.tensor(tokens[a:b], dtype=torch.long)
-        for a, b in _spans(spec, len(tokens))
+        _sequence(tokens[a:b], spec, i)
+        for i, (a, b) in enumerate(_spans(spec, len(tokens)))
         if all(b <= lo or hi <= a for lo, hi in taken)
     ]
+
+
+def is_recall(spec: DataSpec, index: int) -> bool:
+    """Whether sequence ``index`` of ``spec`` is a span-recall prompt: the share is spread
+    evenly, so every prefix of the list holds about ``recall_share`` of them (a search's
+    first selection stage, which reads the first few sequences, sees both kinds)."""
+    share = spec.recall_share
+    return share > 0 and int((index + 1) * share + 1e-9) > int(index * share + 1e-9)
+
+
+def _sequence(window: list[int], spec: DataSpec, index: int) -> torch.Tensor:
+    if is_recall(spec, index):
+        window = window[: len(window) - spec.recall_len] + window[: spec.recall_len]
+    return torch.tensor(window, dtype=torch.long)
 
 
 def _split_tokens(spec: DataSpec, tokenizer: Any) -> list[int]:

@@ -36,7 +36,7 @@ from router import TokenRouter, route, unroute
 from router.registry import RouterSpecError as RouterSpecError  # re-exported
 from router.registry import check_router_spec as check_router_spec  # re-exported
 from router.registry import checkpoint_dir, make_router, router_kind
-from workers.data import SPLITS, DataSpec, Split, build_sequences
+from workers.data import RECALL_CUE, SPLITS, DataSpec, Split, build_sequences
 from workers.devices import resolve_device
 
 SplitSequences = Mapping[Split, list[torch.Tensor]]  # token sequences of each split
@@ -55,6 +55,7 @@ class ScorerSettings:
     source: str = "builtin:pydoc"
     calibration_lens: tuple[int, ...] = (256, 512)
     calibration_per_length: int = 4
+    calibration_recall: float = 0.0  # share of span-recall prompts (workers.data)
     heldout_lens: tuple[int, ...] = (512,)
     heldout_per_length: int = 4
     window: int = 32
@@ -65,7 +66,14 @@ class ScorerSettings:
     def data_spec(self, split: Split) -> DataSpec:
         """Which sequences make up ``split``."""
         if split == "calibration":
-            return DataSpec(self.source, split, self.calibration_lens, self.calibration_per_length)
+            return DataSpec(
+                self.source,
+                split,
+                self.calibration_lens,
+                self.calibration_per_length,
+                recall_share=self.calibration_recall,
+                recall_len=self.window + RECALL_CUE if self.calibration_recall else 0,
+            )
         return DataSpec(self.source, split, self.heldout_lens, self.heldout_per_length)
 
 
