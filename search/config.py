@@ -234,14 +234,13 @@ class RunConfig(BaseModel):
         if self.window > min(self.seq_lens + self.heldout_seq_lens):
             raise ValueError("window must not exceed the shortest sequence length")
         if self.calibration_recall:
-            from workers.data import RECALL_CUE  # torch loads only for a recall config
+            # torch loads only for a recall config
+            from workers.data import DataSpecError, check_recall_layout, recall_copy_len
 
-            shortest = 2 * (self.window + RECALL_CUE) - 1
-            if min(self.seq_lens) < shortest:
-                raise ValueError(
-                    f"calibration_recall needs calibration sequences of at least {shortest} "
-                    f"tokens (a copy of window + {RECALL_CUE} tokens fits in half of each)"
-                )
+            try:
+                check_recall_layout(self.seq_lens, recall_copy_len(self.window))
+            except DataSpecError as error:
+                raise ValueError(f"calibration_recall: {error}") from None
         if self.stages:
             pool = self.num_calibration_sequences
             sizes = [stage.sequences for stage in self.stages]

@@ -94,7 +94,7 @@ CASES = [
     Case(
         "launch-recall-prompts-longer-than-the-sequences",
         "search launch --config {in}/recall.yaml --db {db}",
-        "calibration_recall needs calibration sequences of at least 75 tokens",
+        "calibration_recall: span-recall copies of 38 tokens need sequences of at least 75 tokens",
     ),
     Case(
         "launch-recall-share-above-one",

@@ -104,9 +104,10 @@ def test_scorer_settings_give_recall_copies_a_cue_before_the_scored_window():
 def test_bad_recall_layouts_fail_clearly():
     with pytest.raises(DataSpecError, match=r"recall share must lie in \[0, 1\], got 1.5"):
         DataSpec("builtin:pydoc", "calibration", (64,), 2, recall_share=1.5, recall_len=16)
-    for recall_len in (RECALL_CUE, 33):
-        with pytest.raises(DataSpecError, match=f"copies of {recall_len} tokens need"):
-            DataSpec("builtin:pydoc", "calibration", (64, 96), 2, 0.5, recall_len)
+    with pytest.raises(DataSpecError, match=f"longer than the {RECALL_CUE}-token cue, got 8"):
+        DataSpec("builtin:pydoc", "calibration", (64, 96), 2, 0.5, RECALL_CUE)
+    with pytest.raises(DataSpecError, match="copies of 33 tokens need .* at least 65 tokens"):
+        DataSpec("builtin:pydoc", "calibration", (64, 96), 2, 0.5, 33)
     DataSpec("builtin:pydoc", "calibration", (64, 96), 2, 0.5, 32)  # half of 65 tokens fits
 
 

@@ -26,6 +26,7 @@ opening holds. The dense model copies them; a router that dropped the opening ca
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,8 +51,8 @@ class DataSpec:
     Each sequence holds ``L + 1`` tokens: the model reads the first L, and the last token is
     the true continuation of position L - 1 (used for perplexity). A share ``recall_share``
     of them, spread evenly through the list, are span-recall prompts whose last
-    ``recall_len`` tokens repeat their first (see the module docstring); ``recall_len``
-    must lie in [RECALL_CUE + 1, (shortest L + 1) // 2].
+    ``recall_len`` tokens repeat their first (see the module docstring); the layout must
+    pass :func:`check_recall_layout`.
     """
 
     source: str
@@ -67,12 +68,7 @@ class DataSpec:
         if not 0.0 <= self.recall_share <= 1.0:
             raise DataSpecError(f"recall share must lie in [0, 1], got {self.recall_share}")
         if self.recall_share > 0:
-            longest_copy = (min(self.seq_lens) + 1) // 2
-            if not RECALL_CUE < self.recall_len <= longest_copy:
-                raise DataSpecError(
-                    f"span-recall copies of {self.recall_len} tokens need sequences of at "
-                    f"least {2 * self.recall_len - 1} tokens (and more than {RECALL_CUE})"
-                )
+            check_recall_layout(self.seq_lens, self.recall_len)
         if self.split == "calibration":
             from workers.tasks import TaskError, check_not_reserved
 
@@ -164,6 +160,26 @@ def disjoint_sequences(spec: DataSpec, avoid: DataSpec, tokenizer: Any) -> list[
         for i, (a, b) in enumerate(_spans(spec, len(tokens)))
         if all(b <= lo or hi <= a for lo, hi in taken)
     ]
+
+
+def recall_copy_len(window: int) -> int:
+    """The copy length that makes every one of ``window`` scored positions predict a copied
+    token, after the first ``RECALL_CUE`` tokens of the copy have been read."""
+    return window + RECALL_CUE
+
+
+def check_recall_layout(seq_lens: Sequence[int], recall_len: int) -> None:
+    """Raise :class:`DataSpecError` unless a span-recall copy of ``recall_len`` tokens is
+    longer than the cue and fits in half of every sequence (L >= 2 * recall_len - 1)."""
+    if recall_len <= RECALL_CUE:
+        raise DataSpecError(
+            f"span-recall copies must be longer than the {RECALL_CUE}-token cue, got {recall_len}"
+        )
+    if min(seq_lens) < 2 * recall_len - 1:
+        raise DataSpecError(
+            f"span-recall copies of {recall_len} tokens need sequences of at "
+            f"least {2 * recall_len - 1} tokens"
+        )
 
 
 def is_recall(spec: DataSpec, index: int) -> bool:

@@ -36,7 +36,7 @@ from router import TokenRouter, route, unroute
 from router.registry import RouterSpecError as RouterSpecError  # re-exported
 from router.registry import check_router_spec as check_router_spec  # re-exported
 from router.registry import checkpoint_dir, make_router, router_kind
-from workers.data import RECALL_CUE, SPLITS, DataSpec, Split, build_sequences
+from workers.data import SPLITS, DataSpec, Split, build_sequences, recall_copy_len
 from workers.devices import resolve_device
 
 SplitSequences = Mapping[Split, list[torch.Tensor]]  # token sequences of each split
@@ -72,7 +72,7 @@ class ScorerSettings:
                 self.calibration_lens,
                 self.calibration_per_length,
                 recall_share=self.calibration_recall,
-                recall_len=self.window + RECALL_CUE if self.calibration_recall else 0,
+                recall_len=recall_copy_len(self.window) if self.calibration_recall else 0,
             )
         return DataSpec(self.source, split, self.heldout_lens, self.heldout_per_length)
 
