@@ -54,7 +54,7 @@ USER_ERRORS = (
     ("storage.engine", "StorageError"),
     ("workers.data", "DataSpecError"),
     ("workers.devices", "DeviceError"),
-    ("workers.tasks", "TaskError"),
+    ("evaluation.tasks", "TaskError"),
 )
 
 
@@ -136,9 +136,10 @@ def on_device(cfg: RunConfig, device: str | None) -> RunConfig:
 
 def checked_url(db: str | None, writes: bool = False) -> str:
     """``--db`` or the default URL, checked early (StorageError for a URL ftprune cannot
-    use, and with ``writes`` for a SQLite file :func:`check_writable` refuses); loads
-    SQLAlchemy but neither torch nor a model."""
+    use, and with ``writes`` for a SQLite file :func:`storage.engine.check_writable`
+    refuses); loads SQLAlchemy but neither torch nor a model."""
     from storage import check_url, default_url
+    from storage.engine import check_writable
 
     url = db or default_url()
     check_url(url)
@@ -148,56 +149,14 @@ def checked_url(db: str | None, writes: bool = False) -> str:
 
 
 def open_store(db: str | None, create: bool = True) -> Any:
-    """The store of a command that writes, after :func:`check_writable`. Raises
-    StorageError (one line)."""
+    """The store of a command that writes, after :func:`storage.engine.check_writable`.
+    Raises StorageError (one line)."""
     from storage import Store, default_url
+    from storage.engine import check_writable
 
     url = db or default_url()
     check_writable(url)
     return Store(url, create=create)
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file a SQLite URL names (None for PostgreSQL and in-memory SQLite); StorageError
-    for a URL ftprune does not support."""
-    from sqlalchemy.engine import make_url
-
-    from storage import check_url
-
-    check_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database).expanduser()
-
-
-PROBE_BYTES = 1 << 20  # room a SQLite database needs to start: its schema, -wal and -shm
-
-
-def check_writable(url: str) -> None:
-    """Raise StorageError unless a SQLite database can be written now: the file (if it
-    exists) opens for writing, and its directory takes a new file of PROBE_BYTES (SQLite's
-    ``-wal`` and ``-shm`` live there; a full disk fails here, before SQLite creates or
-    changes anything). The probe is an unnamed temporary file, gone when closed; the
-    database is not opened. PostgreSQL permissions and space are the server's to report."""
-    import tempfile
-
-    from storage import StorageError, redact
-
-    path = sqlite_path(url)
-    if path is None:
-        return
-    try:
-        if path.exists():
-            with open(path, "r+b"):
-                pass
-        with tempfile.TemporaryFile(dir=path.parent) as probe:
-            probe.write(bytes(PROBE_BYTES))
-            probe.flush()
-    except OSError as exc:
-        raise StorageError(
-            f"database {redact(url)} is not writable: {exc.strerror or exc}"
-        ) from None
 
 
 def format_schedule(schedule: list[float]) -> str:

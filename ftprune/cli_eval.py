@@ -220,7 +220,7 @@ def _prepare(
 
     choice_tasks = load_choice_tasks(task_files, limit)
     if lm_tasks:
-        from workers.lmeval import check_lm_tasks
+        from evaluation.lmeval import check_lm_tasks
 
         check_lm_tasks(lm_tasks)
     if text is not None:

@@ -4,8 +4,8 @@ What is evaluated (an :class:`EvalPlan`): one model (a run's, an export director
 ad-hoc ``--model``), one or more :class:`Target` (schedule + router), and the sources:
 
 - multiple-choice task files (BIG-bench ``task.json``, ``bigbench:<name>``), scored by
-  :func:`workers.choice.score_choices`;
-- lm-eval tasks by name, local YAML file or include directory (:mod:`workers.lmeval`);
+  :func:`evaluation.choice.score_choices`;
+- lm-eval tasks by name, local YAML file or include directory (:mod:`evaluation.lmeval`);
 - held-out text: window KL, top-1 agreement with the dense model and window perplexity
   (:class:`workers.scoring.WindowComparator`), on the held-out split of a text source.
 
@@ -18,7 +18,7 @@ also gets the summary rows ``(mean)`` (retention of the mean accuracy) and
 resampling every task's examples.
 
 Data hygiene: a run's calibration source is its fitness and router-training data, so a task
-that names it is refused (:class:`~workers.tasks.TaskError`) unless ``force``. Text is
+that names it is refused (:class:`~evaluation.tasks.TaskError`) unless ``force``. Text is
 always read from a source's held-out split, which never overlaps its calibration split, so
 text sources are never refused.
 """
@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from evaluation.choice import TaskScores
+from evaluation.stats import paired_bootstrap, paired_bootstrap_tasks, retention
+from evaluation.tasks import ChoiceTask, TaskError, resolve_task, task_name
 from router.registry import (
     CHECKPOINT_SPEC,
     FIXED,
@@ -38,9 +41,6 @@ from router.registry import (
     checkpoint_spec,
     router_kind,
 )
-from workers.choice import TaskScores
-from workers.stats import paired_bootstrap, paired_bootstrap_tasks, retention
-from workers.tasks import ChoiceTask, TaskError, resolve_task, task_name
 
 CHOICE_METRICS = ("acc", "acc_norm")
 SCHEDULES = ("uniform", "best", "finetuned")
@@ -135,7 +135,7 @@ def check_hygiene(config: dict[str, Any], task_specs: Sequence[str], force: bool
 def choice_scores(
     model: Any, tokenizer: Any, task: ChoiceTask, batch_size: int, progress: bool
 ) -> TaskScores:
-    from workers.choice import score_choices
+    from evaluation.choice import score_choices
 
     run = score_choices(model, tokenizer, task.examples, batch_size, progress)
     return TaskScores(
@@ -236,7 +236,7 @@ def text_rows(
     """Held-out window metrics of ``target``: window KL (dense 0), top-1 agreement with the
     dense model (dense 1; retention is the agreement, its interval from resampling the
     sequences) and window perplexity; n is the number of sequences."""
-    from workers.choice import SparsityMeter
+    from evaluation.choice import SparsityMeter
 
     meter = SparsityMeter()
     with meter.measure(scorer.model):
@@ -292,7 +292,7 @@ class Evaluator:
             self.echo(f"  {task.name}: {len(task.examples)} examples")
             scores.append(choice_scores(model, tokenizer, task, plan.batch_size, self.progress))
         if plan.lm_tasks:
-            from workers.lmeval import lmeval_scores
+            from evaluation.lmeval import lmeval_scores
 
             scores += lmeval_scores(model, tokenizer, plan.lm_tasks, plan.limit, plan.batch_size)
         return scores

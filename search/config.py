@@ -205,7 +205,7 @@ class RunConfig(BaseModel):
     @field_validator("calibration")
     @classmethod
     def _not_reserved(cls, calibration: str) -> str:
-        from workers.tasks import check_not_reserved
+        from evaluation.tasks import check_not_reserved
 
         check_not_reserved(calibration)  # calibration feeds fitness, training and tuning
         return calibration

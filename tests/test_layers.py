@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ftprune", "search", "dashboards", "workers", "storage", "router")
+PACKAGES = ("ftprune", "search", "dashboards", "workers", "storage", "evaluation", "router")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 

@@ -162,7 +162,7 @@ def test_no_module_loads_yaml_or_tensors_unsafely():
     ]
     assert found == []
     # the one custom YAML loader (lm-eval task files) derives from SafeLoader
-    lmeval = (ROOT / "workers/lmeval.py").read_text()
+    lmeval = (ROOT / "evaluation/lmeval.py").read_text()
     assert lmeval.count("yaml.load(") == 1 and "class Loader(yaml.SafeLoader)" in lmeval
 
 

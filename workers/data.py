@@ -63,14 +63,14 @@ class DataSpec:
     recall_len: int = 0
 
     def __post_init__(self) -> None:
-        """Refuse a bad recall layout, and a reserved task (see :mod:`workers.tasks`) as
+        """Refuse a bad recall layout, and a reserved task (see :mod:`evaluation.tasks`) as
         calibration data."""
         if not 0.0 <= self.recall_share <= 1.0:
             raise DataSpecError(f"recall share must lie in [0, 1], got {self.recall_share}")
         if self.recall_share > 0:
             check_recall_layout(self.seq_lens, self.recall_len)
         if self.split == "calibration":
-            from workers.tasks import TaskError, check_not_reserved
+            from evaluation.tasks import TaskError, check_not_reserved
 
             try:
                 check_not_reserved(self.source)

@@ -9,7 +9,7 @@ whether acc and acc_norm agree on every example, each scorer's accuracy, seconds
 examples per second (lm-eval's time is its ``simple_evaluate`` call, the local dataset load
 included; its task index is built and the model warmed up on one example before timing),
 and their ratio. lm-eval runs a routed
-model one request per forward (see :mod:`workers.lmeval`); the native scorer batches.
+model one request per forward (see :mod:`evaluation.lmeval`); the native scorer batches.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from workers.tasks import ChoiceTask
+from evaluation.tasks import ChoiceTask
 
 YAML = """task: {name}
 dataset_path: json
@@ -69,9 +69,9 @@ def run(
     progress: Any = print,
 ) -> list[dict[str, Any]]:
     """The rows (see the module docstring)."""
+    from evaluation.choice import score_choices
+    from evaluation.lmeval import check_lm_tasks, lmeval_scores
     from router import load_model, route, unroute
-    from workers.choice import score_choices
-    from workers.lmeval import check_lm_tasks, lmeval_scores
 
     if dtype == "float64":  # loaded in float32, widened: agreement to 1e-6 and below
         import torch

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from workers import bigbench
-from workers.bigbench import read_index, resolve_bigbench
-from workers.tasks import TaskError, resolve_task
+from evaluation import bigbench
+from evaluation.bigbench import read_index, resolve_bigbench
+from evaluation.tasks import TaskError, resolve_task
 
 TOP = "bigbench-1.0.0/bigbench/benchmark_tasks"
 CAUSAL = {

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from evaluation.choice import encode_pair, score_choices
+from evaluation.tasks import load_task_file
 from router import route, unroute
-from workers.choice import encode_pair, score_choices
-from workers.tasks import load_task_file
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_pair_encoding_moves_trailing_space(model64):
     ],
 )
 def test_bad_task_files(write_task, text, message):
-    from workers.tasks import TaskError
+    from evaluation.tasks import TaskError
 
     with pytest.raises(TaskError, match=message) as error:
         load_task_file(write_task(text=text))

@@ -182,9 +182,9 @@ def test_reserved_task_as_data_spec_is_refused():
     [("--sparsity", "0.4", [0.4] * 4), ("--schedule", "0,0.2,0.6,0.8", [0.0, 0.2, 0.6, 0.8])],
 )
 def test_ad_hoc_eval_matches_the_scorer(write_task, tmp_path, option, value, schedule):
+    from evaluation.choice import score_choices
+    from evaluation.tasks import load_task_file
     from router import load_model, route
-    from workers.choice import score_choices
-    from workers.tasks import load_task_file
 
     task = write_task()
     out = tmp_path / "rows.json"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from workers.bigbench import RELEASE_TASKS, read_index
-from workers.tasks import (
+from evaluation.bigbench import RELEASE_TASKS, read_index
+from evaluation.tasks import (
     BIGBENCH_PREFIX,
     RESERVED_TASKS,
     check_not_reserved,

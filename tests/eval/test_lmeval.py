@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluation.choice import score_choices
+from evaluation.lmeval import check_lm_tasks, lmeval_scores
+from evaluation.tasks import ChoiceExample, TaskError
 from router import route, unroute
-from workers.choice import score_choices
-from workers.lmeval import check_lm_tasks, lmeval_scores
-from workers.tasks import ChoiceExample, TaskError
 
 QUESTIONS = [
     ("What color is the sky?", ["blue", "green", "red"], 0),

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from evaluation.choice import TaskScores
+from evaluation.stats import paired_bootstrap, paired_bootstrap_tasks, retention
 from ftprune.eval import summary_rows, task_rows
-from workers.choice import TaskScores
-from workers.stats import paired_bootstrap, paired_bootstrap_tasks, retention
 
 
 def test_retention():

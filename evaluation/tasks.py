@@ -29,11 +29,12 @@ allowed, using them for calibration, fitness, training or tuning is not
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
+
+from evaluation import bigbench
+from evaluation.examples import ChoiceExample, ChoiceTask, TaskError
 
 RESERVED_TASKS: tuple[str, ...] = (
     "contextual_parametric_knowledge_conflicts",
@@ -48,26 +49,6 @@ _DEFAULTS = {
     "example_output_prefix": "\nA: ",
     "choice_prefix": "\n  choice: ",
 }
-
-
-class TaskError(ValueError):
-    """A task that cannot be used as asked; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class ChoiceExample:
-    """One multiple-choice question: the prompt, the continuations scored after it, and the
-    indices (into ``choices``) of the correct ones (never empty)."""
-
-    context: str
-    choices: tuple[str, ...]
-    correct: frozenset[int]
-
-
-@dataclass(frozen=True)
-class ChoiceTask:
-    name: str
-    examples: tuple[ChoiceExample, ...]
 
 
 def task_name(spec: str | Path) -> str | None:
@@ -105,15 +86,11 @@ def check_not_reserved(spec: str | Path, use: str = "calibration") -> None:
 
 def resolve_task(spec: str, limit: int | None = None) -> ChoiceTask:
     """The task a spec names: a ``task.json`` path (or a directory holding one), or
-    ``bigbench:<name>`` (found by :func:`workers.bigbench.resolve_bigbench`)."""
+    ``bigbench:<name>`` (found by :func:`evaluation.bigbench.resolve_bigbench`)."""
     if spec.startswith(BIGBENCH_PREFIX):
         name = task_name(spec)
         if not name:
             raise TaskError(f"{spec!r}: name a task, as in bigbench:causal_judgment")
-        try:
-            bigbench = importlib.import_module("workers.bigbench")
-        except ImportError as error:
-            raise TaskError(f"{spec}: bigbench tasks are unavailable ({error})") from None
         try:
             path = bigbench.resolve_bigbench(name)
         except ValueError as error:

@@ -13,7 +13,7 @@ with token 0. A routed model would count that padding as tokens of the row (its 
 kept set would change), so a routed model is always evaluated one request per forward; a
 dense model batches (padding on the right cannot change a causal model's real positions).
 Realized sparsity and FLOP saving are weighted over lm-eval's forwards
-(:class:`workers.choice.SparsityMeter`).
+(:class:`evaluation.choice.SparsityMeter`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any, Sequence
 
 import yaml
 
+from evaluation.choice import SparsityMeter, TaskScores
+from evaluation.tasks import TaskError
 from router import routing_of
-from workers.choice import SparsityMeter, TaskScores
-from workers.tasks import TaskError
 
 METRICS = ("acc", "acc_norm")
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from workers.tasks import TaskError
+from evaluation.examples import TaskError
 
 RELEASE = "bigbench==1.0.0"
 CACHE_NAME = "bigbench-1.0.0"
@@ -140,7 +140,7 @@ def resolve_bigbench(
     """The ``task.json`` of the BIG-bench 1.0.0 task ``name`` (``task`` or
     ``task/subtask``), fetching the release into ``cache_dir`` first if it is not there.
 
-    Raises :class:`~workers.tasks.TaskError` (one line) for a name the release does not
+    Raises :class:`~evaluation.examples.TaskError` (one line) for a name the release does not
     have (with its close matches), a programmatic task, a split task named without its
     subtask, or a release that cannot be fetched. A top-level name unknown to the release is
     refused before anything is downloaded.

@@ -42,9 +42,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.tasks import ChoiceExample
 from router import routing_of
 from router.state import ForwardState, causal_pairs, total
-from workers.tasks import ChoiceExample
 
 
 @dataclass(frozen=True)
