@@ -46,9 +46,8 @@ def upgrade(db: Db = None) -> None:
     Safe to run from several processes at once.
     Refuses a read-only SQLite file, or one on a full disk, before changing anything.
     """
-    from ftprune.cli_common import check_writable
     from storage import default_url, redact
-    from storage.engine import database_errors, make_engine
+    from storage.engine import check_writable, database_errors, make_engine
     from storage.migrate import SKELETON_REVISION
     from storage.migrate import upgrade as upgrade_database
 

@@ -137,8 +137,9 @@ def _cpus() -> int:
 def _run(spec: Any, store: Any, run_id: int | None, workers: int, quiet: bool) -> None:
     import optuna
 
-    from ftprune.tune import FINISHED, optuna_url, prepare_study, run_workers, tuned_rows
+    from ftprune.tune import FINISHED, prepare_study, run_workers, tuned_rows
     from storage import redact
+    from storage.engine import optuna_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepare_study(spec, run_id)
@@ -275,9 +276,8 @@ def _load_study(db: str | None, study: str | None) -> Any:
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ftprune.tune import optuna_url
     from storage import StorageError, default_url, redact
-    from storage.engine import require_existing
+    from storage.engine import optuna_url, require_existing
 
     url = db or default_url()
     require_existing(url)

@@ -97,18 +97,6 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     return names
 
 
-def optuna_url(url: str) -> str:
-    """The URL for Optuna's RDBStorage: a bare ``postgresql://`` means psycopg, as for ftprune."""
-    from sqlalchemy.engine import make_url
-
-    from storage.engine import POSTGRES_DRIVER
-
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername=POSTGRES_DRIVER)
-    return parsed.render_as_string(hide_password=False)
-
-
 def check_workers(url: str, workers: int, trials: int) -> None:
     """Raise for a worker count or trial budget the database cannot serve."""
     if trials < 1 or workers < 1:
@@ -168,6 +156,8 @@ def trial_schedule(
 
 def open_study(spec: TuneSpec, worker: int = 0) -> optuna.Study:
     """The study with this worker's own storage engine, heartbeat, sampler and pruner."""
+    from storage.engine import optuna_url
+
     config = spec.run_config
     tuning = config.tuning
     with warnings.catch_warnings():  # heartbeats and multivariate TPE are "experimental"
@@ -417,6 +407,8 @@ def run_workers(
         worker_main(spec, 0, progress)
         return
     from tqdm.auto import tqdm
+
+    from storage.engine import optuna_url
 
     context = multiprocessing.get_context("spawn")
     replacements = spec.run_config.tuning.max_retry * workers

@@ -13,6 +13,8 @@ Guarantees:
   SQLite file is opened without the create flag and with ``query_only``, read-only
   (``mode=ro``) whenever a ``-wal`` file exists, its journal mode untouched; PostgreSQL
   sessions run with ``default_transaction_read_only``.
+- :func:`check_writable` refuses, before SQLite creates or changes anything, a SQLite
+  database whose file or directory cannot take a write now.
 - Passwords never appear in messages: :func:`redact` hides them in URLs and
   :func:`database_errors` turns driver errors into one-line :class:`StorageError` messages
   with the password removed.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +84,45 @@ def _sqlite_file(parsed: URL) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database).expanduser()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names (None for PostgreSQL and in-memory SQLite); raises
+    :class:`StorageError` for a URL ftprune does not support."""
+    check_url(url)
+    return _sqlite_file(_parse(url))
+
+
+def optuna_url(url: str) -> str:
+    """The URL for Optuna's ``RDBStorage``, password included: a bare ``postgresql://``
+    means psycopg, as for ftprune; raises :class:`StorageError` for an invalid URL."""
+    return _parse(url).render_as_string(hide_password=False)
+
+
+PROBE_BYTES = 1 << 20  # room a SQLite database needs to start: its schema, -wal and -shm
+
+
+def check_writable(url: str) -> None:
+    """Raise :class:`StorageError` unless a SQLite database can be written now: the file (if
+    it exists) opens for writing, and its directory takes a new file of :data:`PROBE_BYTES`
+    (SQLite's ``-wal`` and ``-shm`` live there; a full disk fails here, before SQLite
+    creates or changes anything). The probe is an unnamed temporary file, gone when closed;
+    the database is not opened. PostgreSQL permissions and space are the server's to
+    report."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        if path.exists():
+            with open(path, "r+b"):
+                pass
+        with tempfile.TemporaryFile(dir=path.parent) as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+    except OSError as exc:
+        raise StorageError(
+            f"database {redact(url)} is not writable: {exc.strerror or exc}"
+        ) from None
 
 
 def check_url(url: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 
 from ftprune.cli import app
 from storage import StorageError, Store, open_reader, queries
-from storage.engine import make_engine
+from storage.engine import make_engine, sqlite_path
 from storage.migrate import VERSION_TABLE, alembic_config, head_revision
 from storage.schema import RunRow
 from tests.storage.helpers import schema_snapshot, scored
@@ -39,14 +38,10 @@ def _previous_revision() -> str:
     return down
 
 
-def _sqlite_path(url: str) -> Path | None:
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
 def _fingerprint(url: str) -> Any:
     """Everything a reader could change: on SQLite every file of the database (its bytes,
     and which of ``-wal``/``-shm`` exist); on PostgreSQL every table's schema and rows."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         files = {p.name: p.read_bytes() for p in sorted(path.parent.glob(path.name + "*"))}
         assert path.name in files
@@ -84,7 +79,7 @@ def _database_behind(url: str) -> str:
 def test_a_database_one_migration_behind_is_refused_and_left_unchanged(db_url):
     previous = _database_behind(db_url)
     before = _fingerprint(db_url)
-    if _sqlite_path(db_url) is not None:
+    if sqlite_path(db_url) is not None:
         assert set(before) == {"ftprune.db"}, "a closed database has no -wal/-shm files"
 
     for args in (["search", "status"], ["search", "status", "old", "--json"]):
@@ -192,7 +187,7 @@ def test_a_reader_cannot_write(db_url):
 def test_a_reader_beside_a_live_writer_sees_its_commits(db_url):
     writer = Store(db_url)
     run = writer.create_run("live", {}, 0)
-    path = _sqlite_path(db_url)
+    path = sqlite_path(db_url)
     if path is not None:  # the writer holds the database open: the reader opens it mode=ro
         assert path.with_name(path.name + "-wal").exists()
     reader = open_reader(db_url)
