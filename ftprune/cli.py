@@ -10,11 +10,14 @@ keeps glibc's defaults).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Sequence
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer.core import TyperCommand, TyperGroup
 
 from ftprune.cli_bench import bench_app
 from ftprune.cli_common import (
@@ -37,15 +40,95 @@ from ftprune.cli_eval import eval_command
 from ftprune.cli_pipeline import export, pipeline, router_app
 from ftprune.cli_tune import tune_app
 
+
+class RootGroup(TyperGroup):
+    """The ``ftprune`` group. A usage error (unknown option, missing or malformed value) is
+    one line on stderr and exit status 2, like every other bad input; Ctrl-C ends with one
+    line and exit status 130 instead of a traceback or silence."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:  # a group named alone: its help, as Click prints it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            typer.echo(f"error: {exc.format_message().rstrip('.')}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+
+class PlainUsageCommand(TyperCommand):
+    """A command whose usage line names its arguments the usual way: ``RUN`` when required,
+    ``[RUN]`` when optional."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
 app = typer.Typer(
+    cls=RootGroup,
     help="Evolutionary search for FTP token-wise pruning of causal LMs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: paragraphs reflowed to the terminal, no boxes
 )
 search_app = typer.Typer(
     help="Launch and inspect sparsity-schedule searches.", no_args_is_help=True
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ftprune {version('ftprune')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Evolutionary search for FTP token-wise pruning of causal LMs."""
+
+
 app.add_typer(search_app, name="search")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
@@ -125,9 +208,12 @@ def search_launch(
         _run_and_report(cfg, url, quiet)
 
 
-@search_app.command("status")
+@search_app.command("status", cls=PlainUsageCommand)
 def search_status(
-    run: Annotated[Optional[str], typer.Argument(help="Run id or name (default: latest).")] = None,
+    run: Annotated[
+        Optional[str],
+        typer.Argument(metavar="RUN", help="Run id or name (default: the latest run)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     db: Db = None,
 ) -> None:
@@ -185,9 +271,9 @@ def demo(
         run_pipeline_and_report(cfg, url, 1, quiet)
 
 
-@search_app.command("resume")
+@search_app.command("resume", cls=PlainUsageCommand)
 def search_resume(
-    run: Annotated[str, typer.Argument(help="Run id or name.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id or name.")],
     device: Device = None,
     db: Db = None,
     quiet: Quiet = False,
