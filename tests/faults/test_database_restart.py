@@ -77,7 +77,7 @@ def test_restarts_between_and_during_generations_lose_and_repeat_nothing(
         outcome = launch(config, store, show_progress=False, pool=pool)
     for thread in restarts:
         thread.join()
-    retried = [r.message for r in caplog.records if r.name == "storage.store"]
+    retried = [r.message for r in caplog.records if r.name == "storage.transactions"]
     assert any("retrying in" in message for message in retried), "no write met the outage"
 
     want, search = reference
