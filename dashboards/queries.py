@@ -101,8 +101,8 @@ def convergence(store: Store, run_id: int) -> pd.DataFrame:
     stage's best and median fitness, the run's best so far after the generation, and the
     forward tokens the run had spent by the end of the stage (cumulative; NA once a stage
     lacks the count, on rows recorded before it was kept)."""
-    stages = queries.convergence(store, run_id)
-    evaluations = queries.population(store, run_id)
+    stages = queries.generation_stages(store, run_id)
+    evaluations = queries.evaluations(store, run_id)
     grouped = evaluations.groupby(["generation", "stage"], dropna=False)
     per_stage = pd.DataFrame(
         {
@@ -134,7 +134,7 @@ def schedule_matrix(store: Store, run_id: int, so_far: bool = True) -> pd.DataFr
     generations = best["generation"].tolist()
     rows = [list(schedule) for schedule in best["schedule"]]
     if so_far and rows:
-        scored = queries.population(store, run_id)
+        scored = queries.evaluations(store, run_id)
         top = (
             scored[scored["fidelity"] == scored["fidelity"].max()]
             if scored["fidelity"].notna().any()
@@ -203,8 +203,8 @@ def run_table_row(store: Store, run_id: int) -> dict[str, Any]:
 
 def population(store: Store, run_id: int) -> pd.DataFrame:
     """Every evaluation of the run in the order recorded (the columns of
-    :func:`storage.queries.population`) plus ``mean_sparsity``, the schedule's mean."""
-    frame = queries.population(store, run_id)
+    :func:`storage.queries.evaluations`) plus ``mean_sparsity``, the schedule's mean."""
+    frame = queries.evaluations(store, run_id)
     means = [sum(s) / len(s) if len(s) else math.nan for s in frame["schedule"]]
     return frame.assign(mean_sparsity=pd.array(means, dtype="float64"))
 
@@ -257,9 +257,9 @@ def routers_table(store: Store, run_id: int) -> pd.DataFrame:
 
 
 def router_curves(store: Store, run_id: int) -> pd.DataFrame:
-    """The training curves of the run's routers (:func:`storage.queries.router_curves`, long
+    """The training curves of the run's routers (:func:`storage.queries.training_curves`, long
     form) without ``lambda_*`` schedule series: one series per loss term and the total."""
-    curves = queries.router_curves(store, run_id)
+    curves = queries.training_curves(store, run_id)
     return curves[~curves["series"].str.startswith("lambda_")].reset_index(drop=True)
 
 

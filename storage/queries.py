@@ -95,7 +95,7 @@ def runs(store: Store) -> pd.DataFrame:
     return frame
 
 
-def convergence(store: Store, run_id: int) -> pd.DataFrame:
+def generation_stages(store: Store, run_id: int) -> pd.DataFrame:
     """Summary statistics per generation and stage (ordered so): fidelity, evaluations,
     best/mean/std/worst fitness of the stage, the run's best so far, summed worker time."""
     return _frame(
@@ -141,7 +141,7 @@ def _evaluation_columns() -> tuple[Any, ...]:
 def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
     """Per generation (ordered), its best evaluation at the generation's highest fidelity
     (ties go to the earlier evaluation; failed evaluations never count), with the same
-    columns as :func:`population`."""
+    columns as :func:`evaluations`."""
     ranked = (
         select(
             *_evaluation_columns(),
@@ -163,7 +163,7 @@ def best_per_generation(store: Store, run_id: int) -> pd.DataFrame:
     return _frame(store, select(*columns).where(ranked.c.rank == 1).order_by(ranked.c.generation))
 
 
-def population(store: Store, run_id: int, generation: int | None = None) -> pd.DataFrame:
+def evaluations(store: Store, run_id: int, generation: int | None = None) -> pd.DataFrame:
     """Every evaluation of a run (or of one generation), in the order recorded: selection
     stage, fidelity, schedule, router, window metrics, duration, forward tokens, worker and
     the reason of a failed evaluation (``error``; its metrics are NA). Stage and forward
@@ -197,7 +197,7 @@ def heldout_results(store: Store, run_id: int) -> pd.DataFrame:
 def routers(store: Store, run_id: int | None = None) -> pd.DataFrame:
     """Trained routers (of one run, or all), in the order recorded: loss weights, checkpoint
     location and SHA-256, held-out metrics, training time and settings (curves: see
-    :func:`router_curves`)."""
+    :func:`training_curves`)."""
     statement = select(
         RouterRow.id,
         RouterRow.run_id,
@@ -221,7 +221,7 @@ def routers(store: Store, run_id: int | None = None) -> pd.DataFrame:
     return _frame(store, statement.order_by(RouterRow.id))
 
 
-def router_curves(store: Store, run_id: int | None = None) -> pd.DataFrame:
+def training_curves(store: Store, run_id: int | None = None) -> pd.DataFrame:
     """Training curves in long form, one row per (router, series, point): ``router_id``,
     ``label``, ``series``, ``step`` (the curve's ``step`` values, else 0, 1, ...) and
     ``value``; ordered by router, series name, then point."""

@@ -50,12 +50,12 @@ def test_convergence_has_medians_and_cumulative_tokens_of_each_stage(reader):
         (1, 0),
         (1, 1),
     ]
-    evaluations = storage_queries.population(reader, run_id)
+    evaluations = storage_queries.evaluations(reader, run_id)
     medians = evaluations.groupby(["generation", "stage"])["fitness"].median().tolist()
     assert frame["median_fitness"].tolist() == pytest.approx(medians)
     assert (
         frame["best_fitness"].tolist()
-        == storage_queries.convergence(reader, run_id)["best_fitness"].tolist()
+        == storage_queries.generation_stages(reader, run_id)["best_fitness"].tolist()
     )
     tokens = frame["forward_tokens"].astype(float).tolist()
     assert tokens == sorted(tokens) and tokens[0] > 0
@@ -70,7 +70,7 @@ def test_schedule_matrix_and_allocations_follow_the_run(reader):
     assert scored.to_numpy().tolist() == best["schedule"].tolist()
     assert scored.mean(axis=1).tolist() == pytest.approx([0.3, 0.3])
     incumbents = queries.schedule_matrix(reader, ids["tiny"])
-    evaluations = storage_queries.population(reader, ids["tiny"])
+    evaluations = storage_queries.evaluations(reader, ids["tiny"])
     fitness = {
         tuple(s): f
         for s, f, fidelity in evaluations[["schedule", "fitness", "fidelity"]].itertuples(
@@ -79,7 +79,7 @@ def test_schedule_matrix_and_allocations_follow_the_run(reader):
         if fidelity == evaluations["fidelity"].max()
     }
     so_far = (
-        storage_queries.convergence(reader, ids["tiny"])
+        storage_queries.generation_stages(reader, ids["tiny"])
         .groupby("generation")["best_so_far"]
         .last()
         .tolist()

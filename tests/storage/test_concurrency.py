@@ -56,7 +56,7 @@ def test_eight_writers_lose_nothing_and_raise_nothing(db_url, capsys):
     assert summaries == WRITERS * GENERATIONS
     for run_id in runs["id"]:
         assert (
-            queries.convergence(store, run_id)["evaluations"].tolist()
+            queries.generation_stages(store, run_id)["evaluations"].tolist()
             == [PER_GENERATION] * GENERATIONS
         )
 

@@ -49,14 +49,14 @@ def test_failed_evaluations_keep_their_reason_and_stay_out_of_the_summaries(db_u
     assert [r.fitness for r in rows[1:]] == [0.4, 0.6]
     status = store.run_status(run.id)
     assert status["evaluations"] == 3 and status["failed_evaluations"] == 1
-    summary = queries.convergence(store, run.id)
+    summary = queries.generation_stages(store, run.id)
     assert summary["evaluations"].tolist() == [2]
     assert summary["best_fitness"].tolist() == [0.4] and summary["worst_fitness"].tolist() == [0.6]
     with open_reader(db_url) as reader:
-        population = queries.population(reader, run.id)
+        evaluations = queries.evaluations(reader, run.id)
         best = queries.best_per_generation(reader, run.id)
-    assert population["error"].tolist()[0] == "OutOfMemoryError: CUDA out of memory"
-    assert population["fitness"].isna().tolist() == [True, False, False]
+    assert evaluations["error"].tolist()[0] == "OutOfMemoryError: CUDA out of memory"
+    assert evaluations["fitness"].isna().tolist() == [True, False, False]
     assert best["schedule"].tolist() == [[0.3, 0.3]]  # a failed row is never the best
     with pytest.raises(ValueError, match="metrics or an error"):
         _record([0.3], 0.4, "both")

@@ -74,7 +74,7 @@ def test_skeleton_database_upgrades_in_place_keeping_its_rows(db_url):
     assert [(h.label, h.kl) for h in store.heldout(1)] == [
         (label, kl) for label, _, kl in skeleton.HELDOUT
     ]
-    summary = queries.convergence(store, 1)
+    summary = queries.generation_stages(store, 1)
     assert summary["evaluations"].tolist() == [2, 1]
     assert summary["best_fitness"].tolist() == [0.4, 0.3]
     assert summary["best_so_far"].tolist() == [0.4, 0.3]
@@ -85,7 +85,7 @@ def test_skeleton_database_upgrades_in_place_keeping_its_rows(db_url):
     run = store.create_run("new-run", {}, 1)
     assert run.id == 2
     store.record_generation(run.id, 0, [scored(0.2, [0.2, 0.4])], 0.2, [0.2, 0.4])
-    assert queries.convergence(store, run.id)["fidelity"].tolist() == [64]
+    assert queries.generation_stages(store, run.id)["fidelity"].tolist() == [64]
 
 
 def test_drift_between_models_and_database_fails_the_check(db_url):

@@ -96,9 +96,9 @@ def test_runs(filled):
     assert str(frame["created_at"].dtype).endswith("UTC]")
 
 
-def test_convergence_per_generation_and_stage(filled):
+def test_generation_stages_per_generation_and_stage(filled):
     store, run_id, _, _ = filled
-    frame = queries.convergence(store, run_id)
+    frame = queries.generation_stages(store, run_id)
     assert list(zip(frame["generation"], frame["stage"], frame["fidelity"], strict=True)) == [
         (0, 0, 64),
         (0, 1, 256),
@@ -118,15 +118,15 @@ def test_best_per_generation_prefers_the_highest_fidelity(filled):
     assert frame["fidelity"].tolist() == [256, 64]
     assert frame["fitness"].tolist() == [0.45, 0.3]
     assert frame["schedule"].tolist() == [[0.2, 0.4], [0.1, 0.5]]  # a tie goes to the first
-    assert list(frame.columns) == list(queries.population(store, run_id).columns)
+    assert list(frame.columns) == list(queries.evaluations(store, run_id).columns)
 
 
-def test_population(filled):
+def test_evaluations_of_a_run_or_one_generation(filled):
     store, run_id, _, _ = filled
-    everything = queries.population(store, run_id)
+    everything = queries.evaluations(store, run_id)
     assert everything["generation"].tolist() == [0, 0, 0, 1, 1]
     assert everything["fitness"].tolist() == [0.5, 0.4, 0.45, 0.3, 0.3]
-    one = queries.population(store, run_id, generation=1)
+    one = queries.evaluations(store, run_id, generation=1)
     assert one["schedule"].tolist() == [[0.1, 0.5], [0.5, 0.1]]
     assert set(one["worker"]) == {"w:1"} and one["id"].is_monotonic_increasing
 
@@ -146,7 +146,7 @@ def test_routers_and_their_curves(filled):
     assert (row["lambda_guide"], row["lambda_sparse"], row["lambda_distill"]) == (1, 0.5, 2)
     assert (row["heldout_kl"], row["heldout_top1"], row["train_s"]) == (0.2, 0.95, 12.5)
     assert row["checkpoint_sha256"] == "ab" * 32 and row["config"] == {"steps": 20}
-    curves = queries.router_curves(store, run_id)
+    curves = queries.training_curves(store, run_id)
     assert curves["series"].tolist() == ["guide"] * 3 + ["loss"] * 3
     assert curves["step"].tolist() == [0, 10, 20] * 2
     assert curves["value"].tolist() == CURVES["guide"] + CURVES["loss"]
@@ -182,12 +182,12 @@ def test_benchmark_rows_expand_their_fields(filled):
 
 ALL_QUERIES = {
     "runs": lambda store: queries.runs(store),
-    "convergence": lambda store: queries.convergence(store, 1),
+    "generation_stages": lambda store: queries.generation_stages(store, 1),
     "best_per_generation": lambda store: queries.best_per_generation(store, 1),
-    "population": lambda store: queries.population(store, 1),
+    "evaluations": lambda store: queries.evaluations(store, 1),
     "heldout_results": lambda store: queries.heldout_results(store, 1),
     "routers": lambda store: queries.routers(store),
-    "router_curves": lambda store: queries.router_curves(store),
+    "training_curves": lambda store: queries.training_curves(store),
     "eval_results": lambda store: queries.eval_results(store),
 }
 

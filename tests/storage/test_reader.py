@@ -152,7 +152,7 @@ def test_a_head_database_reads_and_is_left_unchanged(db_url):
     with open_reader(db_url) as reader:
         assert reader.run_status("r")["evaluations"] == 1
         assert queries.runs(reader)["name"].tolist() == ["r"]
-        assert queries.convergence(reader, run.id)["best_fitness"].tolist() == [0.4]
+        assert queries.generation_stages(reader, run.id)["best_fitness"].tolist() == [0.4]
     result = runner.invoke(app, ["search", "status", "--db", db_url])
     assert result.exit_code == 0, result.output
     assert "finished" in result.stdout and "[0.200, 0.400]" in result.stdout
