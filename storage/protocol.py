@@ -1,99 +1,128 @@
-"""What a store hands back about a run, as read-only shapes every backend satisfies: the
-SQL store's ORM rows and the in-memory store's records alike.
-
-Each is a snapshot taken when it was read: later writes do not change it, and changing it
-changes nothing stored. JSON-valued fields come back as JSON gives them (lists for
-tuples, string keys).
-"""
+"""The storage seam of a search: :class:`RunStore`, the interface every store implements;
+its docstrings state the guarantees and what each method raises. What it hands back are
+the read-only shapes of :mod:`storage.records`."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol, Sequence
+
+from storage.leases import Lease
+from storage.records import (
+    EvaluationRecord,
+    Scored,
+    StoredEvaluation,
+    StoredHeldout,
+    StoredRun,
+)
 
 
-class StoredRun(Protocol):
-    """A run: identity, its config (stored whole, never read by storage), progress, best
-    schedule so far and lease."""
+class RunStore(Protocol):
+    """The storage a search runs against: what :mod:`search` depends on, whatever keeps
+    the data (:class:`storage.store.Store` on SQLite or PostgreSQL,
+    :class:`storage.memory.MemoryStore` in one process's memory). One conformance suite
+    (``tests/storage/test_conformance.py``) checks every guarantee on every backend.
 
-    @property
-    def id(self) -> int: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def config(self) -> dict[str, Any]: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def generations_done(self) -> int: ...
-    @property
-    def best_fitness(self) -> float | None: ...
-    @property
-    def best_schedule(self) -> list[float] | None: ...
-    @property
-    def error(self) -> str | None: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
-    @property
-    def lease_owner(self) -> str | None: ...
-    @property
-    def lease_expires_at(self) -> datetime | None: ...
+    Guarantees of every implementation:
 
+    - Each write is one transaction: it lands whole or not at all, and a write that raises
+      has changed nothing.
+    - Runs are addressed by id or by unique name; a run named ``run-<id>`` is one created
+      without a name.
+    - Reads return snapshots (see the module docstring) in the order the rows were written.
+    - A write given a :class:`storage.leases.Lease` lands only while that lease is the run's
+      (:func:`storage.leases.refuse_lost`), and renews it; otherwise it raises
+      :class:`storage.leases.LeaseLost` and writes nothing.
+    - Messages of the errors raised are one line, without passwords.
 
-class StoredEvaluation(Protocol):
-    """One scored (or failed) schedule of a run's search; a failed one has ``error`` and
-    None for every metric, and the engine's detail is None where it was not recorded."""
+    Every method may raise :class:`storage.engine.StorageError`; a store that reaches its
+    data over a network raises :class:`storage.engine.DatabaseUnavailable` (a
+    ``StorageError``), having written nothing, once its retry budget is spent.
+    """
 
-    @property
-    def generation(self) -> int: ...
-    @property
-    def schedule(self) -> list[float]: ...
-    @property
-    def router(self) -> str: ...
-    @property
-    def fitness(self) -> float | None: ...
-    @property
-    def top1(self) -> float | None: ...
-    @property
-    def ppl(self) -> float | None: ...
-    @property
-    def realized_sparsity(self) -> float | None: ...
-    @property
-    def fidelity(self) -> int | None: ...
-    @property
-    def duration_s(self) -> float: ...
-    @property
-    def worker(self) -> str: ...
-    @property
-    def error(self) -> str | None: ...
-    @property
-    def stage(self) -> int | None: ...
-    @property
-    def sequences(self) -> list[int] | None: ...
-    @property
-    def per_sequence(self) -> dict[str, list[float]] | None: ...
-    @property
-    def forward_tokens(self) -> int | None: ...
+    def create_run(
+        self, name: str | None, config: dict[str, Any], seed: int, lease: Lease | None = None
+    ) -> StoredRun:
+        """Insert a run in status ``running`` with ``config`` (kept whole, never read) and
+        ``seed``, holding ``lease`` if given, and return it; a run without ``name`` is named
+        ``run-<id>``. Raises :class:`StorageError` if ``name`` is taken."""
+        ...
 
+    def run_name_taken(self, name: str) -> bool:
+        """Whether a run is named ``name``."""
+        ...
 
-class StoredHeldout(Protocol):
-    """Held-out window metrics of one labelled schedule of a run."""
+    def find_run(self, ref: str | int) -> StoredRun:
+        """The run named ``ref``, else the run with id ``ref``; :class:`StorageError` if
+        there is none."""
+        ...
 
-    @property
-    def label(self) -> str: ...
-    @property
-    def schedule(self) -> list[float]: ...
-    @property
-    def router(self) -> str: ...
-    @property
-    def kl(self) -> float: ...
-    @property
-    def top1(self) -> float: ...
-    @property
-    def ppl(self) -> float: ...
-    @property
-    def realized_sparsity(self) -> float: ...
+    def record_generation(
+        self,
+        run_id: int,
+        generation: int,
+        evaluations: Iterable[Scored | EvaluationRecord],
+        best_fitness: float,
+        best_schedule: list[float],
+        search_state: dict[str, Any] | None = None,
+        lease: Lease | None = None,
+    ) -> None:
+        """Store generation ``generation`` of the run at once: its evaluations (a failed one
+        with its reason and no metrics), the run's progress (``generations_done`` becomes
+        ``generation + 1``, the best fitness and schedule) and, if given, the search state
+        to resume from (replacing the last one). Raises :class:`GenerationExists` if the run
+        already holds that generation, :class:`StorageError` if there is no such run, and
+        with ``lease`` :class:`LeaseLost`, writing nothing in each case."""
+        ...
+
+    def add_heldout(
+        self, run_id: int, label: str, evaluation: Scored, lease: Lease | None = None
+    ) -> None:
+        """Store the held-out window metrics of ``evaluation``'s schedule under ``label``
+        (with ``lease``, only while it is the run's)."""
+        ...
+
+    def set_status(
+        self, run_id: int, status: str, error: str | None = None, lease: Lease | None = None
+    ) -> None:
+        """Set the run's status and error (cut to :data:`storage.records.MESSAGE_CHARS`;
+        None clears it); any status but ``running`` also sets ``finished_at``. With
+        ``lease``, only while it is the run's."""
+        ...
+
+    def acquire_lease(self, run_id: int, lease: Lease) -> None:
+        """Make ``lease`` the run's, expiring ``lease.duration_s`` from now; re-acquiring
+        one's own lease renews it. Raises :class:`LeaseHeld` (one line: who, until when)
+        while another owner's lease is live (:func:`storage.leases.refuse_held`)."""
+        ...
+
+    def renew_lease(self, run_id: int, lease: Lease, retry: bool = True) -> None:
+        """Push the lease's expiry ``lease.duration_s`` past now; :class:`LeaseLost` if the
+        run's lease is no longer ``lease.owner``'s. ``retry=False``: a store that retries
+        lost connections tries once (a heartbeat tries again at its next beat)."""
+        ...
+
+    def release_lease(self, run_id: int, owner: str) -> None:
+        """Clear the run's lease if ``owner`` holds it; otherwise change nothing."""
+        ...
+
+    def evaluations(self, run_id: int) -> Sequence[StoredEvaluation]:
+        """The run's evaluations, in the order recorded."""
+        ...
+
+    def heldout(self, run_id: int) -> Sequence[StoredHeldout]:
+        """The run's held-out rows, in the order recorded."""
+        ...
+
+    def search_state(self, run_id: int) -> dict[str, Any] | None:
+        """The search state stored with the run's last generation; None before one."""
+        ...
+
+    def run_totals(self, run_id: int) -> dict[str, int]:
+        """``evaluations``: the run's stored evaluations; ``forward_tokens``: what they
+        cost (0 where not recorded)."""
+        ...
+
+    def run_status(self, ref: str | int) -> dict[str, Any]:
+        """The status summary of the run ``ref`` (:func:`storage.records.run_status`), as
+        ``ftprune search status --json`` prints it; :class:`StorageError` if none."""
+        ...

@@ -1,6 +1,6 @@
 """What a store is given and what it hands back, independent of where it keeps them: the
-shapes of scored schedules, the limits rows are checked
-against, and the one computation of the values an evaluation row and a run's status hold.
+shapes of scored schedules and of stored runs, evaluations and held-out rows, the limits
+rows are checked against, and the one computation of the values each row holds.
 
 Every store (:class:`storage.store.Store` on SQL, :class:`storage.memory.MemoryStore`)
 builds its rows from these functions, so the backends cannot drift apart.
@@ -12,12 +12,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Mapping, Protocol
 
 from storage.engine import StorageError
-
-if TYPE_CHECKING:
-    from storage.protocol import StoredRun
 
 BENCHMARK_KINDS = ("routing", "search", "coordinator", "quality")
 BENCHMARK_META = ("id", "kind", "run_id", "code_version", "created_at")  # not row fields
@@ -95,6 +92,99 @@ class Scored(Protocol):
     def worker(self) -> str: ...
 
 
+# What a store hands back about a run: the SQL store's ORM rows and the in-memory store's
+# records alike satisfy these. Each is a snapshot taken when it was read: later writes do
+# not change it, and changing it changes nothing stored. JSON-valued fields come back as
+# JSON gives them (lists for tuples, string keys).
+
+
+class StoredRun(Protocol):
+    """A run: identity, its config (stored whole, never read by storage), progress, best
+    schedule so far and lease."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def generations_done(self) -> int: ...
+    @property
+    def best_fitness(self) -> float | None: ...
+    @property
+    def best_schedule(self) -> list[float] | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def lease_owner(self) -> str | None: ...
+    @property
+    def lease_expires_at(self) -> datetime | None: ...
+
+
+class StoredEvaluation(Protocol):
+    """One scored (or failed) schedule of a run's search; a failed one has ``error`` and
+    None for every metric, and the engine's detail is None where it was not recorded."""
+
+    @property
+    def generation(self) -> int: ...
+    @property
+    def schedule(self) -> list[float]: ...
+    @property
+    def router(self) -> str: ...
+    @property
+    def fitness(self) -> float | None: ...
+    @property
+    def top1(self) -> float | None: ...
+    @property
+    def ppl(self) -> float | None: ...
+    @property
+    def realized_sparsity(self) -> float | None: ...
+    @property
+    def fidelity(self) -> int | None: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def worker(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def stage(self) -> int | None: ...
+    @property
+    def sequences(self) -> list[int] | None: ...
+    @property
+    def per_sequence(self) -> dict[str, list[float]] | None: ...
+    @property
+    def forward_tokens(self) -> int | None: ...
+
+
+class StoredHeldout(Protocol):
+    """Held-out window metrics of one labelled schedule of a run."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def schedule(self) -> list[float]: ...
+    @property
+    def router(self) -> str: ...
+    @property
+    def kl(self) -> float: ...
+    @property
+    def top1(self) -> float: ...
+    @property
+    def ppl(self) -> float: ...
+    @property
+    def realized_sparsity(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class EvaluationRecord:
     """A :class:`Scored` candidate with the search engine's detail: its selection stage, the
@@ -156,6 +246,69 @@ def evaluation_values(
         "realized_sparsity": m.realized_sparsity,
         "fidelity": m.positions,
     }
+
+
+def assign(row: object, values: Mapping[str, Any]) -> None:
+    """Set the fields of ``row`` (a run as a backend keeps it) to ``values``."""
+    for name, value in values.items():
+        setattr(row, name, value)
+
+
+def new_run_values(name: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The fields of a run as created: status ``running``, this code's version."""
+    return dict(name=name, status="running", config=config, seed=seed, code_version=code_version())
+
+
+def unnamed_run(run_id: int) -> str:
+    """The name of a run created without one."""
+    return f"run-{run_id}"
+
+
+def progress_values(
+    generation: int, best_fitness: float, best_schedule: list[float]
+) -> dict[str, Any]:
+    """The run's fields once ``generation`` is stored with this best fitness and schedule."""
+    return dict(
+        generations_done=generation + 1,
+        best_fitness=best_fitness,
+        best_schedule=list(best_schedule),
+        updated_at=utcnow(),
+    )
+
+
+def status_values(status: str, error: str | None) -> dict[str, Any]:
+    """The run's fields once its status is ``status`` with ``error`` (cut to
+    :data:`MESSAGE_CHARS`; None or empty clears it): any status but ``running`` is an end,
+    and sets ``finished_at``."""
+    now = utcnow()
+    values: dict[str, Any] = dict(
+        status=status, error=error[:MESSAGE_CHARS] if error else None, updated_at=now
+    )
+    if status != "running":
+        values["finished_at"] = now
+    return values
+
+
+def heldout_values(run_id: int, label: str, evaluation: Scored) -> dict[str, Any]:
+    """The fields of a held-out row of ``evaluation``'s schedule under ``label``."""
+    m = evaluation.metrics
+    return dict(
+        run_id=run_id,
+        label=label,
+        schedule=list(evaluation.schedule),
+        router=evaluation.router,
+        kl=m.kl,
+        top1=m.top1,
+        ppl=m.ppl,
+        realized_sparsity=m.realized_sparsity,
+    )
+
+
+def generation_exists(run: str, generation: int) -> GenerationExists:
+    """The error of recording generation ``generation`` of the run ``run`` a second time."""
+    return GenerationExists(
+        f"run {run!r} already holds generation {generation}: a generation is recorded once"
+    )
 
 
 def run_status(run: StoredRun, evaluations: int, failed: int) -> dict[str, Any]:

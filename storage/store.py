@@ -63,21 +63,28 @@ from storage.engine import (
 )
 from storage.leases import Lease, LeaseHeld, LeaseLost, refuse_held
 from storage.migrate import require_head, upgrade
+from storage.protocol import RunStore
 from storage.records import (
     BENCHMARK_KINDS,
     BENCHMARK_META,
     EVAL_RESULT_EXTRAS,
     EVAL_RESULT_KEYS,
     LOSS_WEIGHTS,
-    MESSAGE_CHARS,
     TUNED_WEIGHTS_KEYS,
     EvaluationRecord,
     Metrics,
     Scored,
     as_utc,
+    assign,
     code_version,
     evaluation_values,
+    generation_exists,
+    heldout_values,
+    new_run_values,
+    progress_values,
     run_status,
+    status_values,
+    unnamed_run,
     utcnow,
 )
 from storage.results import ResultStore
@@ -108,7 +115,7 @@ __all__ = [  # what callers import from here
 ]
 
 
-class Store(ResultStore):
+class Store(ResultStore, RunStore):
     """ftprune's database; see the module docstring for its guarantees."""
 
     def __init__(
@@ -180,19 +187,14 @@ class Store(ResultStore):
         def work(session: Session) -> RunRow:
             if name and session.scalar(select(RunRow.id).where(RunRow.name == name)):
                 raise StorageError(f"a run named {name!r} already exists")
-            run = RunRow(
-                name=name or f"pending-{os.getpid()}-{utcnow().timestamp()}",
-                status="running",
-                config=config,
-                seed=seed,
-                code_version=code_version(),
-            )
+            pending = f"pending-{os.getpid()}-{utcnow().timestamp()}"
+            run = RunRow(**new_run_values(name or pending, config, seed))
             session.add(run)
             if lease is not None:
                 hold(run, lease, db_now(session))
             session.flush()
             if not name:
-                run.name = f"run-{run.id}"
+                run.name = unnamed_run(run.id)
             return run
 
         def landed(session: Session) -> bool:  # only a lease's owner id tells the run is ours
@@ -243,7 +245,7 @@ class Store(ResultStore):
         A commit lost in flight is checked, not repeated: the generation counts as stored
         when its summary rows, the run's progress and the search state are what this call
         wrote. Recording a generation that is already stored otherwise raises
-        ``IntegrityError``."""
+        :class:`storage.records.GenerationExists`."""
         rows = [evaluation_values(run_id, generation, e) for e in evaluations]
         scored = [
             (row["fitness"], row["fidelity"], row["duration_s"]) for row in rows if "fitness" in row
@@ -252,6 +254,12 @@ class Store(ResultStore):
         def work(session: Session) -> None:
             if lease is not None:
                 fence(session, run_id, lease)
+            run = run_row(session, run_id)
+            stored = select(GenerationRow.id).where(
+                GenerationRow.run_id == run_id, GenerationRow.generation == generation
+            )
+            if session.scalar(stored.limit(1)) is not None:
+                raise generation_exists(run.name, generation)
             session.add_all(EvaluationRow(**row) for row in rows)
             session.add_all(_generation_summaries(run_id, generation, scored, best_fitness))
             if search_state is not None:
@@ -263,11 +271,7 @@ class Store(ResultStore):
                         updated_at=utcnow(),
                     )
                 )
-            run = run_row(session, run_id)
-            run.generations_done = generation + 1
-            run.best_fitness = best_fitness
-            run.best_schedule = best_schedule
-            run.updated_at = utcnow()
+            assign(run, progress_values(generation, best_fitness, best_schedule))
 
         def landed(session: Session) -> bool:
             owner = lease.owner if lease is not None else None
@@ -283,23 +287,13 @@ class Store(ResultStore):
         """Store held-out window metrics of one schedule under ``label`` (with ``lease``,
         only while it is the run's); a commit lost in flight counts as stored when the run
         holds a row of that label and schedule."""
-        m = evaluation.metrics
+        values = heldout_values(run_id, label, evaluation)
 
         def work(session: Session) -> None:
             if lease is not None:
                 fence(session, run_id, lease)
-            session.add(
-                HeldoutRow(
-                    run_id=run_id,
-                    label=label,
-                    schedule=evaluation.schedule,
-                    router=evaluation.router,
-                    kl=m.kl,
-                    top1=m.top1,
-                    ppl=m.ppl,
-                    realized_sparsity=m.realized_sparsity,
-                )
-            )
+            run_row(session, run_id)  # a missing run is a StorageError, as everywhere
+            session.add(HeldoutRow(**values))
 
         def landed(session: Session) -> bool:
             rows = session.scalars(
@@ -319,12 +313,7 @@ class Store(ResultStore):
         def work(session: Session) -> None:
             if lease is not None:
                 fence(session, run_id, lease)
-            run = run_row(session, run_id)
-            run.status = status
-            run.error = error[:MESSAGE_CHARS] if error else None
-            run.updated_at = utcnow()
-            if status != "running":
-                run.finished_at = utcnow()
+            assign(run_row(session, run_id), status_values(status, error))
 
         self.write(work, replay)
 
