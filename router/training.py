@@ -27,9 +27,10 @@ token: training can reorder the kept tokens and push them out, but never finds t
 skipped token should have been kept.
 
 :func:`train_router` loops over calibration batches against dense teacher outputs
-computed once, calls an optional ``evaluate(router)`` every ``eval_every`` steps (the
-caller's held-out measurement through the normal ``route(model, schedule, router)`` path),
-and returns a loss history.
+computed once (or given: a scorer that holds the dense window log-probs already passes
+them), calls an optional ``evaluate(router)`` every ``eval_every`` steps (the caller's
+held-out measurement through the normal ``route(model, schedule, router)`` path) and an
+optional ``on_step(step)`` after each step, and returns a loss history.
 """
 
 from __future__ import annotations
@@ -181,16 +182,19 @@ def static_keep_mask(sparsity: float, batch: int, length: int, device: Any = Non
 def router_losses(
     output: TrainingOutput,
     teacher_log_probs: Tensor,
-    teacher_hidden: Tensor,
+    teacher_hidden: Tensor | None,
     schedule: Sequence[float],
     distill: str = "kl",
     two_sided: bool = False,
 ) -> dict[str, Tensor]:
     """The three losses of one training forward (see :mod:`router.losses`); blocks without
-    a learned decision contribute to none of them."""
+    a learned decision contribute to none of them. ``teacher_hidden`` is needed only for
+    ``distill="mse"``."""
     zero = output.logits.new_zeros(())
     if distill == "kl":
         distill_value = distillation_loss(output.logits, teacher_log_probs)
+    elif teacher_hidden is None:
+        raise ValueError("distill='mse' needs the teacher's hidden states")
     else:
         distill_value = hidden_mse(output.hidden, teacher_hidden)
     if not output.decisions:
@@ -239,9 +243,16 @@ def train_router(
     calibration: list[Tensor],
     evaluate: Evaluate | None = None,
     config: TrainConfig = TrainConfig(),
+    teacher_log_probs: Sequence[Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``router`` on ``calibration`` sequences (each L + 1 tokens, as built by
     ``workers.data.build_sequences``) with ``model`` frozen; returns the history.
+
+    ``teacher_log_probs``: the dense model's window log-probs (window, vocab) of each
+    calibration sequence, in order, as :func:`teacher_outputs` computes them; with
+    ``distill="kl"`` they replace that dense pass (with ``"mse"`` they are ignored: the
+    hidden states are computed). ``on_step(n)`` runs after step n (1-based) is done.
 
     History keys: per step ``loss``, ``guide``, ``sparse``, ``distill``, ``lambda_guide``;
     per evaluation (steps 0, ``eval_every``, ... and the last) ``eval_step`` and each key
@@ -251,9 +262,14 @@ def train_router(
     if config.distill not in ("kl", "mse"):
         raise ValueError("distill must be 'kl' or 'mse'")
     torch.manual_seed(config.seed)
-    batches = [batch[:, :-1] for batch in _batches(calibration, config.batch_size)]
+    groups = _batches(calibration, config.batch_size)
+    batches = [torch.stack([calibration[i] for i in group])[:, :-1] for group in groups]
     unroute(model)
-    teachers = [teacher_outputs(model, batch, config.window) for batch in batches]
+    teachers: list[tuple[Tensor, Tensor | None]]
+    if teacher_log_probs is not None and config.distill == "kl":
+        teachers = [(torch.stack([teacher_log_probs[i] for i in group]), None) for group in groups]
+    else:
+        teachers = [teacher_outputs(model, batch, config.window) for batch in batches]
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     router.train()
@@ -280,6 +296,8 @@ def train_router(
             for name, value in {"loss": loss, **losses}.items():
                 history.setdefault(name, []).append(value.item())
             history.setdefault("lambda_guide", []).append(lambda_guide)
+            if on_step is not None:
+                on_step(step + 1)
         if evaluate is not None:
             _evaluate(evaluate, router, config.steps, history)
     finally:
@@ -302,13 +320,13 @@ def _evaluate(
         history.setdefault(f"heldout_{name}", []).append(float(value))
 
 
-def _batches(sequences: list[Tensor], batch_size: int) -> list[Tensor]:
-    """Same-length batches of sequences, in order."""
-    by_length: dict[int, list[Tensor]] = {}
-    for sequence in sequences:
-        by_length.setdefault(len(sequence), []).append(sequence)
+def _batches(sequences: list[Tensor], batch_size: int) -> list[list[int]]:
+    """Indices of same-length batches of sequences, shortest first, in order."""
+    by_length: dict[int, list[int]] = {}
+    for index, sequence in enumerate(sequences):
+        by_length.setdefault(len(sequence), []).append(index)
     return [
-        torch.stack(group[i : i + batch_size])
+        group[i : i + batch_size]
         for _, group in sorted(by_length.items())
         for i in range(0, len(group), batch_size)
     ]

@@ -5,6 +5,7 @@ their model is. Tests marked ``gpu`` run only where CUDA exists."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,7 @@ def test_local_pool_trains_on_its_own_scorer():
 
 
 @pytest.mark.ray
-def test_ray_worker_trains_in_its_own_process_and_matches_in_process_training():
+def test_ray_worker_trains_in_its_own_process_and_matches_in_process_training(capsys):
     with LocalPool(_settings("cpu")) as local:
         expected = local.train(_request())
     pool = RayPool(_settings("auto"), workers=1, cpus_per_worker=1)
@@ -187,7 +188,11 @@ def test_ray_worker_trains_in_its_own_process_and_matches_in_process_training():
         shared = ray.get(pool.sequences_ref)
         assert [len(shared[s]) for s in ("calibration", "heldout")] == [4, 2]
         assert pool.num_sequences == {"calibration": 4, "heldout": 2}
-        trained = pool.train(_request())
+        capsys.readouterr()
+        trained = pool.train(replace(_request(), config=replace(_request().config, progress=True)))
+        # The actor's steps reach this process: a progress bar, and the actor's count.
+        assert "router training" in capsys.readouterr().err
+        assert ray.get(pool._actors[0].progress.remote()) == 3
         pids = pool.worker_pids()
     finally:
         pool.close()

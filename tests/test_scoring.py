@@ -139,6 +139,20 @@ def test_block_influence_is_one_minus_the_cosine_of_each_blocks_input_and_output
     assert len(set(round(bi, 4) for bi in expected)) == 4  # blocks tell apart
 
 
+def test_block_influence_keeps_the_teacher_outputs_of_its_dense_pass():
+    """Block Influence reads every calibration sequence densely: the teacher's window
+    outputs of that pass are kept, equal to those scoring computes on its own."""
+    scorer = Scorer(TINY)
+    scorer.block_influence()
+    kept = scorer.comparator("calibration")._teachers
+    assert sorted(kept) == list(range(len(scorer.comparator("calibration").sequences)))
+    fresh = Scorer(TINY).comparator("calibration").teacher_log_probs()
+    assert fresh is not None
+    for index, log_probs in enumerate(fresh):
+        torch.testing.assert_close(kept[index].log_probs, log_probs, rtol=0, atol=1e-6)
+    assert scorer.score([0.3] * 4).fitness == Scorer(TINY).score([0.3] * 4).fitness
+
+
 def test_window_stats_round_trip_through_json_by_field():
     from workers.scoring import WindowStats
 

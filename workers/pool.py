@@ -149,10 +149,12 @@ def _describe(scorer: ScorerLike) -> tuple[int, dict[str, int]]:
     return scorer.num_blocks, {split: scorer.num_sequences(split) for split in SPLITS}
 
 
-def _train(scorer: ScorerLike, request: TrainRequest) -> TrainedRouterState:
+def _train(
+    scorer: ScorerLike, request: TrainRequest, on_step: Callable[[int], None] | None = None
+) -> TrainedRouterState:
     if not isinstance(scorer, Scorer):
         raise TypeError(f"{type(scorer).__name__} has no model to train a router on")
-    return train_request(scorer, request)
+    return train_request(scorer, request, on_step)
 
 
 class LocalPool(EvaluationPool):
@@ -195,7 +197,10 @@ class RayPool(EvaluationPool):
     scoring alone, never a worker's start; replacements that die before they are ready, more
     than ``max_retries`` times in a row, are a :class:`WorkerFailure`.
     A training request runs on one actor without a time limit; if that actor dies it is
-    replaced and the request runs again, at most ``max_retries`` times.
+    replaced and the request runs again, at most ``max_retries`` times. The other actors
+    wait meanwhile, so on a local instance (no ``address``) training takes their CPU
+    threads too; its steps show as a progress bar here, polled from the actor (each actor
+    serves one more call beside its work: that poll).
     """
 
     def __init__(
@@ -214,9 +219,13 @@ class RayPool(EvaluationPool):
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _start_ray(address)
+        self._local = address is None
         threads = settings.threads or max(1, int(cpus_per_worker))
         self._actor_class = ray.remote(_ScorerActor).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+            max_restarts=0,
+            max_concurrency=2,  # its work, and the progress poll beside it
         )
         self._settings = replace(settings, threads=threads)
         self._scorer_factory = scorer_factory
@@ -332,19 +341,43 @@ class RayPool(EvaluationPool):
         return ray.get(self._actors[0].block_influence.remote())
 
     def train(self, request: TrainRequest) -> TrainedRouterState:
-        import ray
         from ray.exceptions import RayActorError, WorkerCrashedError
 
+        if request.threads is None and self._local:
+            assert self._settings.threads is not None  # set in __init__
+            request = replace(request, threads=self._settings.threads * len(self._actors))
         actor, failures = self._actors[0], 0
         while True:
             try:
-                return ray.get(actor.train.remote(request))
+                return self._train_on(actor, request)
             except (RayActorError, WorkerCrashedError) as exc:
                 failures += 1
                 if failures > self.max_retries:
                     raise WorkerFailure(f"router training failed {failures} times: {exc}") from None
                 log.warning("worker lost (%s); replacing it and training again", exc)
                 actor = self._replace(actor)
+
+    @staticmethod
+    def _train_on(actor: Any, request: TrainRequest) -> TrainedRouterState:
+        """Train on ``actor``, showing the steps it has done (polled every second)."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+        from tqdm.auto import tqdm
+
+        ref = actor.train.remote(request)
+        with tqdm(
+            total=request.config.steps,
+            desc="router training",
+            unit="step",
+            disable=not request.config.progress,
+            leave=False,
+        ) as bar:
+            while not ray.wait([ref], timeout=1.0)[0]:
+                try:
+                    bar.update(ray.get(actor.progress.remote(), timeout=10.0) - bar.n)
+                except GetTimeoutError:
+                    continue
+        return ray.get(ref)
 
     def worker_devices(self) -> list[str]:
         import ray
@@ -414,6 +447,7 @@ class _ScorerActor:
     ) -> None:
         tune_heap()
         self.scorer = scorer_factory(settings, sequences)
+        self._steps_done = 0  # of the router training in progress
 
     def describe(self) -> tuple[int, dict[str, int]]:
         return _describe(self.scorer)
@@ -433,7 +467,15 @@ class _ScorerActor:
         return self.scorer.block_influence()
 
     def train(self, request: TrainRequest) -> TrainedRouterState:
-        return _train(self.scorer, request)
+        self._steps_done = 0
+        return _train(self.scorer, request, self._step_done)
+
+    def _step_done(self, step: int) -> None:
+        self._steps_done = step
+
+    def progress(self) -> int:
+        """Steps done by the router training in progress (or the last one)."""
+        return self._steps_done
 
     def model_device(self) -> str:
         return self.scorer.model_device()

@@ -263,6 +263,21 @@ class WindowComparator:
             unroute(self.model)
         return stats
 
+    def teacher_log_probs(self) -> list[torch.Tensor] | None:
+        """The dense window log-probs (window, vocab) of every sequence, computed where
+        missing; None when only the top-K are kept (``teacher_top_k``)."""
+        if self.teacher_top_k is not None:
+            return None
+        self._ensure_teachers(list(range(len(self.sequences))))
+        return [self._teachers[i].log_probs for i in range(len(self.sequences))]
+
+    def add_teacher(self, index: int, logits: torch.Tensor) -> None:
+        """Keep the dense window logits of sequence ``index`` that another dense pass over
+        the same batch computed (a batch as :meth:`_batches` forms it), so they are not
+        computed again."""
+        if index not in self._teachers:
+            self._teachers[index] = _Teacher(logits.float().log_softmax(-1), self.teacher_top_k)
+
     def _ensure_teachers(self, indices: list[int]) -> None:
         missing = [i for i in indices if i not in self._teachers]
         if not missing:
@@ -367,7 +382,9 @@ class Scorer:
 
     def block_influence(self) -> list[float]:
         """ShortGPT Block Influence per block on the calibration sequences:
-        BI_i = 1 - mean over tokens of cos(h_i, h_{i+1}) (input vs output of block i)."""
+        BI_i = 1 - mean over tokens of cos(h_i, h_{i+1}) (input vs output of block i).
+        The same dense pass gives the teacher's window outputs of every calibration
+        sequence, which the comparator keeps (scoring does not compute them again)."""
         comparator = self.comparator("calibration")
         unroute(self.model)
         totals = [0.0] * self.num_blocks
@@ -375,9 +392,15 @@ class Scorer:
         with torch.inference_mode():
             for batch_indices in comparator._batches(list(range(len(comparator.sequences)))):
                 batch = torch.stack([comparator.sequences[i] for i in batch_indices])[:, :-1]
-                hidden = self.model.model(
-                    input_ids=batch, output_hidden_states=True, use_cache=False
-                ).hidden_states
+                output = self.model(
+                    input_ids=batch,
+                    output_hidden_states=True,
+                    use_cache=False,
+                    logits_to_keep=comparator.window,
+                )
+                for row, index in enumerate(batch_indices):
+                    comparator.add_teacher(index, output.logits[row])
+                hidden = output.hidden_states
                 # hidden[0] is the embedding output; hidden[-1] is after the final norm, so
                 # the last block's output is compared through the norm as transformers gives it.
                 for block in range(self.num_blocks):

@@ -41,12 +41,14 @@ class TrainedRouter:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """Train a router of checkpoint kind ``kind`` (inputs ``factors``) for ``schedule``."""
+    """Train a router of checkpoint kind ``kind`` (inputs ``factors``) for ``schedule``,
+    with ``threads`` torch CPU threads for the duration (None: the worker's own)."""
 
     schedule: list[float]
     config: TrainConfig
     kind: str = "dynamic"
     factors: tuple[str, ...] = FACTORS
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,15 @@ def train_on_scorer(
     kind: str = "dynamic",
     factors: Sequence[str] = FACTORS,
     observe: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainedRouter:
     """Train a new router for ``schedule`` on the scorer's calibration sequences, evaluating
     on its held-out sequences every ``config.eval_every`` steps and at the end; the router
     starts where ``config.init`` says and routes with nested selection if ``config.nested``.
-    ``observe`` gets each evaluation's metrics as it happens; an exception it raises stops
-    training (the model is left unrouted) and propagates."""
+    The dense teacher's window outputs are the scorer's own (computed once per worker for
+    scoring and training alike). ``observe`` gets each evaluation's metrics as it happens,
+    ``on_step`` each finished step's number; an exception either raises stops training
+    (the model is left unrouted) and propagates."""
     torch.manual_seed(config.seed)
     router = new_router(kind, scorer.model.config.hidden_size, factors, config.nested)
     if config.init == "static":
@@ -123,7 +128,8 @@ def train_on_scorer(
             raise ValueError(f"a {kind} router has no static start")
         router.start_at_static()
     router = router.to(scorer.device)
-    calibration = scorer.comparator("calibration").sequences
+    comparator = scorer.comparator("calibration")
+    teachers = comparator.teacher_log_probs() if config.distill == "kl" else None
     evaluate = HeldoutEvaluator(scorer.comparator("heldout"), schedule)
 
     def measured(module: nn.Module) -> dict[str, float]:
@@ -133,14 +139,31 @@ def train_on_scorer(
         return metrics
 
     started = time.perf_counter()
-    history = train_router(scorer.model, router, schedule, calibration, measured, config)
+    history = train_router(
+        scorer.model, router, schedule, comparator.sequences, measured, config, teachers, on_step
+    )
     assert evaluate.last is not None  # train_router evaluates after the last step
     return TrainedRouter(router, history, evaluate.last, time.perf_counter() - started)
 
 
-def train_request(scorer: Scorer, request: TrainRequest) -> TrainedRouterState:
-    """Serve a pool's training request on ``scorer`` (see the module docstring)."""
-    trained = train_on_scorer(
-        scorer, request.schedule, request.config, request.kind, request.factors
-    )
+def train_request(
+    scorer: Scorer, request: TrainRequest, on_step: Callable[[int], None] | None = None
+) -> TrainedRouterState:
+    """Serve a pool's training request on ``scorer`` (see the module docstring), with the
+    request's torch threads if it names them (the worker's own again afterwards);
+    ``on_step`` gets each finished step's number."""
+    threads = torch.get_num_threads()
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    try:
+        trained = train_on_scorer(
+            scorer,
+            request.schedule,
+            request.config,
+            request.kind,
+            request.factors,
+            on_step=on_step,
+        )
+    finally:
+        torch.set_num_threads(threads)
     return TrainedRouterState.of(trained, str(scorer.device))

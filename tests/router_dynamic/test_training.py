@@ -130,6 +130,29 @@ def test_training_lowers_the_distillation_loss(tiny_llama, calibration):
     assert history["distill"][0] == pytest.approx(before, rel=1e-4)
 
 
+def test_given_teacher_log_probs_train_exactly_like_computed_ones(tiny_llama, calibration):
+    """The scorer's dense window log-probs replace training's own teacher pass: the same
+    history and router, step by step (``on_step`` sees each one)."""
+    model, _ = tiny_llama
+    comparator = WindowComparator(model, calibration, WINDOW, batch_size=2)
+    given = comparator.teacher_log_probs()
+    assert given is not None
+    config = TrainConfig(steps=3, batch_size=2, window=WINDOW, progress=False)
+    routers, histories, steps = [], [], []
+    for teachers in (None, given):
+        torch.manual_seed(0)
+        routers.append(DynamicRouter())
+        histories.append(
+            train_router(
+                model, routers[-1], SCHEDULE, calibration, None, config, teachers, steps.append
+            )
+        )
+    assert histories[0] == histories[1] and steps == [1, 2, 3, 1, 2, 3]
+    for name, tensor in routers[0].state_dict().items():
+        assert torch.equal(tensor, routers[1].state_dict()[name]), name
+    assert WindowComparator(model, calibration, WINDOW, teacher_top_k=8).teacher_log_probs() is None
+
+
 def test_history_records_steps_and_heldout_evaluations(tiny_llama, calibration):
     model, tokenizer = tiny_llama
     heldout = build_sequences(DataSpec("builtin:pydoc", "heldout", (48,), 2), tokenizer)
