@@ -1,7 +1,8 @@
 """``bigbench:<name>``: the JSON tasks of the public BIG-bench 1.0.0 release.
 
-The release is the ``bigbench==1.0.0`` source distribution on the package registry (a
-358 MB tarball). On first use :func:`resolve_bigbench` downloads it with pip, copies every
+The release is the ``bigbench==1.0.0`` source distribution (a 358 MB tarball). On first use
+:func:`resolve_bigbench` downloads it from the package registry (:mod:`evaluation.registry`),
+copies every
 ``bigbench/benchmark_tasks/<task>/task.json`` and ``.../<task>/<subtask>/task.json`` into the
 cache (about 1.7 GB of JSON), writes ``index.json`` there and deletes the tarball. The cache
 is built in a temporary directory beside its final place and renamed into place when
@@ -13,7 +14,10 @@ task that BIG-bench splits (``arithmetic/1_digit_addition``). Programmatic tasks
 ``task.py`` and no ``task.json``) cannot be read as JSON and are refused.
 
 ``$FTPRUNE_BIGBENCH_SDIST`` (or the ``sdist`` argument) names a local copy of the tarball to
-use instead of downloading one; it is read, never deleted.
+use instead of downloading one; it is read, never deleted. The public registry no longer
+serves 1.0.0 (only 0.0.1, which holds no task data): where neither a cache nor a local copy
+has the release, the fetch fails with one line that says so. The development work uses the
+sources of :mod:`evaluation.olmo` and :mod:`evaluation.retrieval`, which the registry serves.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Iterable
 
 from evaluation.examples import TaskError
+from evaluation.registry import download
 
 RELEASE = "bigbench==1.0.0"
 CACHE_NAME = "bigbench-1.0.0"
@@ -197,44 +200,13 @@ def fetch_release(
 
 
 def _download(directory: Path, progress: bool) -> Path:
-    """The release tarball, downloaded by ``pip download`` into ``directory``; pip's own
-    progress bar shows on stderr when ``progress``."""
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        RELEASE,
-        "-d",
-        str(directory),
-    ]
-    if progress:
-        print(
-            f"fetching the BIG-bench tasks once: pip download {RELEASE} (358 MB)", file=sys.stderr
-        )
-        result = subprocess.run(command, stdout=_stderr_fd(), stderr=subprocess.PIPE, text=True)
-    else:
-        result = subprocess.run(
-            [*command, "--quiet", "--progress-bar", "off"], capture_output=True, text=True
-        )
-    tarballs = sorted(directory.glob("bigbench-*.tar.gz"))
-    if result.returncode != 0 or not tarballs:
-        lines = [line for line in (result.stderr or "").splitlines() if line.strip()]
-        detail = lines[-1].strip() if lines else f"pip exited with status {result.returncode}"
-        raise TaskError(f"cannot download {RELEASE} from the package registry: {detail}")
-    return tarballs[0]
-
-
-def _stderr_fd() -> int | None:
-    """This process's stderr descriptor, where pip's progress is shown; None (pip's output
-    goes to stdout) when stderr is not a file, as in a notebook."""
     try:
-        return sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        return None
+        return download(RELEASE, directory, progress, source=True, size="358 MB")
+    except TaskError as error:
+        raise TaskError(
+            f"{error} (the registry serves only bigbench 0.0.1, without task data: set "
+            f"${SDIST_ENV} to a local copy of the 1.0.0 tarball)"
+        ) from None
 
 
 def _extract(tarball: Path, staging: Path, progress: bool) -> None:

@@ -173,7 +173,7 @@ def rows_of(tokenizer: Any, examples: Sequence[ChoiceExample], limit: int) -> li
     for e, example in enumerate(examples):
         rows: dict[tuple[int, ...], list[tuple[int, tuple[int, ...]]]] = {}
         for c, choice in enumerate(example.choices):
-            ctx, cont = encode_pair(tokenizer, example.context, choice)
+            ctx, cont = encode_pair(tokenizer, example.context_of(c), choice)
             if not cont or len(cont) > limit:
                 raise ValueError(
                     f"example {e}: choice {choice!r} has {len(cont)} tokens; "

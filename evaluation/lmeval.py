@@ -19,6 +19,7 @@ Realized sparsity and FLOP saving are weighted over lm-eval's forwards
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -135,3 +136,56 @@ def lmeval_scores(
         loglik = [tuple(float(resp[0]) for resp in s["filtered_resps"]) for s in ordered]
         scores.append(TaskScores(task, metrics, meter.realized_sparsity, meter.flop_saving, loglik))
     return scores
+
+
+def stock_yaml(name: str) -> Path:
+    """The YAML file of lm-eval's own task ``name``; TaskError if lm-eval has none."""
+    manager = _task_manager((), True)
+    entry = manager.task_index.get(name)
+    path = getattr(entry, "yaml_path", None)
+    if path is None:
+        raise TaskError(f"lm-eval has no task {name!r}")
+    return Path(path)
+
+
+def stock_tasks(
+    stock: str, rows: Sequence[dict[str, Any]], directory: Path
+) -> list[tuple[Path, list[int]]]:
+    """Local lm-eval tasks that run lm-eval's own task ``stock`` (its prompt template,
+    choices and metrics: the YAML includes the stock one) on ``rows`` (documents in that
+    task's schema, written as JSONL). ``mmlu`` becomes one task per subject
+    (``mmlu_<subject>``). Returns each task's YAML and the indices of ``rows`` it holds, in
+    order."""
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        name = f"mmlu_{row['subject']}" if stock == "mmlu" else stock
+        groups.setdefault(name, []).append(index)
+    out = []
+    for name, indices in groups.items():
+        local = f"ftprune_stock_{name}"
+        data = directory / f"{local}.jsonl"
+        data.write_text("".join(json.dumps(rows[i]) + "\n" for i in indices), encoding="utf-8")
+        path = directory / f"{local}.yaml"
+        path.write_text(
+            f"include: {stock_yaml(name)}\ntask: {local}\ndataset_path: json\n"
+            f"dataset_name: null\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            "training_split: null\nvalidation_split: null\ntest_split: test\n"
+            "fewshot_split: null\n",
+            encoding="utf-8",
+        )
+        out.append((path, indices))
+    return out
+
+
+def stock_requests(yaml_path: Path) -> list[list[tuple[str, str]]]:
+    """Per document of a local task, the (context, continuation) pairs lm-eval builds for
+    it: what its ``HFLM`` would score. Needs no model."""
+    manager = _task_manager((str(yaml_path.parent),), True)
+    name = _yaml_tasks(yaml_path)[0]
+    task = manager.load_task_or_group([name])[name]
+    task.build_all_requests(limit=None, rank=0, world_size=1)
+    by_doc: dict[int, list[tuple[str, str]]] = {}
+    for instance in sorted(task.instances, key=lambda i: (i.doc_id, i.idx)):
+        context, continuation = instance.args
+        by_doc.setdefault(instance.doc_id, []).append((context, continuation))
+    return [by_doc[k] for k in sorted(by_doc)]

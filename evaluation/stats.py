@@ -1,4 +1,5 @@
-"""Retention statistics: routed accuracy over dense accuracy, with paired bootstrap intervals.
+"""Paired statistics: retention (routed accuracy over dense accuracy) and the difference
+between two rows, with paired bootstrap intervals, and an exact McNemar test.
 
 Every resample draws the same example indices for the dense and the routed scores (paired),
 from a seeded generator, so an interval is reproducible and reflects that both models saw
@@ -92,3 +93,59 @@ def paired_bootstrap_tasks(
             low, high = np.quantile(values, [tail, 1.0 - tail])
             out[name] = (float(low), float(high))
     return out
+
+
+def paired_difference(
+    base: Sequence[float],
+    other: Sequence[float],
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """mean(other) - mean(base) on the same examples and the percentile interval of that
+    difference over paired resamples of the examples: (difference, low, high)."""
+    diff, low, high = paired_difference_tasks([base], [other], resamples, seed, confidence)
+    return diff, low, high
+
+
+def paired_difference_tasks(
+    base: Sequence[Sequence[float]],
+    other: Sequence[Sequence[float]],
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """The difference of the mean over tasks (tasks weighted equally) of ``other``'s and
+    ``base``'s accuracy, with a percentile interval from resampling every task's examples
+    (paired: both rows draw the same examples). One task gives the plain paired difference."""
+    if len(base) != len(other) or not base:
+        raise ValueError("need the same, non-zero number of tasks for both rows")
+    rng = np.random.default_rng(seed)
+    point, draws = 0.0, np.zeros(resamples)
+    for b_task, o_task in zip(base, other, strict=True):
+        _check(b_task, o_task, resamples, confidence)
+        delta = np.asarray(o_task, dtype=np.float64) - np.asarray(b_task, dtype=np.float64)
+        point += float(delta.mean()) / len(base)
+        index = rng.integers(0, len(delta), size=(resamples, len(delta)))
+        draws += delta[index].mean(axis=1) / len(base)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    return point, float(low), float(high)
+
+
+def mcnemar(base: Sequence[float], other: Sequence[float]) -> tuple[int, int, float]:
+    """Exact McNemar test on paired 0/1 scores: (examples only ``base`` gets right, examples
+    only ``other`` gets right, two-sided p-value). Under the null hypothesis the discordant
+    examples split as a fair coin: p = min(1, 2 · P(X <= min(b, c))), X ~ Bin(b + c, 1/2);
+    p = 1 without discordant examples."""
+    if len(base) != len(other):
+        raise ValueError(f"paired scores differ in length: {len(base)} and {len(other)}")
+    if any(v not in (0.0, 1.0) for v in (*base, *other)):
+        raise ValueError("McNemar's test needs 0/1 scores")
+    only_base = sum(1 for b, o in zip(base, other, strict=True) if b > o)
+    only_other = sum(1 for b, o in zip(base, other, strict=True) if o > b)
+    n = only_base + only_other
+    if n == 0:
+        return 0, 0, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_base, only_other) + 1)) / 2.0**n
+    return only_base, only_other, min(1.0, 2.0 * tail)

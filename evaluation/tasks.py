@@ -22,9 +22,12 @@ correct choices are those with the highest target score, which must be positive.
 ``limit`` keeps the first N examples in file order (no sampling: the same N examples every
 time, and a smaller limit is a prefix of a larger one).
 
-The reserved tasks (:data:`RESERVED_TASKS`) are acceptance checks: evaluating on them is
-allowed, using them for calibration, fitness, training or tuning is not
-(:func:`check_not_reserved`).
+The reserved tasks (:data:`RESERVED_TASKS`) are acceptance checks and the paper's tasks
+(:data:`PAPER_TASKS`) are for reporting: evaluating on them is allowed, using them for
+calibration, fitness, training or tuning is not (:func:`check_not_reserved`).
+
+Other sources: ``olmo:<task>`` (:mod:`evaluation.olmo`: the paper's suite and reading tasks,
+with lm-eval's prompts).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import random
 from pathlib import Path
 
-from evaluation import bigbench
+from evaluation import bigbench, olmo
 from evaluation.examples import ChoiceExample, ChoiceTask, TaskError
 
 RESERVED_TASKS: tuple[str, ...] = (
@@ -41,8 +44,13 @@ RESERVED_TASKS: tuple[str, ...] = (
     "vitaminc_fact_verification",
     "physics",
     "general_knowledge",
+    "hotpotqa",  # RULER's qa_2: HotpotQA distractor questions, from any source
+    "coqa",  # conversational questions on a story, from any source
 )
+# The FTP paper's suite: reported, never used for calibration, fitness, training or tuning.
+PAPER_TASKS: tuple[str, ...] = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu")
 BIGBENCH_PREFIX = "bigbench:"
+SOURCE_PREFIXES = (BIGBENCH_PREFIX, "olmo:", "retrieval:")
 _DEFAULTS = {
     "task_prefix": "",
     "example_input_prefix": "\nQ: ",
@@ -66,27 +74,51 @@ def task_name(spec: str | Path) -> str | None:
     return None
 
 
-def check_not_reserved(spec: str | Path, use: str = "calibration") -> None:
-    """Raise :class:`TaskError` when ``spec`` names a reserved task or one of its subtasks
-    (``bigbench:<name>[/<subtask>]``, or a path with a ``<name>`` directory holding a
-    ``task.json``): those are kept for acceptance checks and never used for ``use``."""
+def named_tasks(spec: str | Path) -> list[str]:
+    """Every task name a spec can stand for: the parts of ``bigbench:``, ``olmo:`` or
+    ``retrieval:`` names, lm-eval's names (``bigbench_<name>_multiple_choice``,
+    ``mmlu_<subject>``, ``coqa``), and for a BIG-bench task path every directory above
+    its ``task.json``. Reads nothing but directory entries."""
+    text = str(spec)
+    for prefix in SOURCE_PREFIXES:
+        if text.startswith(prefix):
+            return [p for p in text[len(prefix) :].split("/") if p]
     name = task_name(spec)
-    if name is None:
-        return
-    parts = name.split("/") + (
-        list(Path(str(spec)).resolve().parts) if not str(spec).startswith(BIGBENCH_PREFIX) else []
-    )
-    name = next((part for part in parts if part in RESERVED_TASKS), None)
     if name is not None:
-        raise TaskError(
-            f"{spec} is the reserved task {name!r}, kept for acceptance checks: "
-            f"it is never used for {use} (reserved: {', '.join(RESERVED_TASKS)})"
-        )
+        return name.split("/") + list(Path(text).resolve().parts)
+    names = [text]
+    if text.startswith("bigbench_"):
+        core = text.removeprefix("bigbench_")
+        for suffix in ("_multiple_choice", "_generate_until"):
+            core = core.removesuffix(suffix)
+        names.append(core)
+    names += [p for p in PAPER_TASKS if text.startswith(p + "_")]
+    return names
+
+
+def check_not_reserved(spec: str | Path, use: str = "calibration") -> None:
+    """Raise :class:`TaskError` when ``spec`` names (see :func:`named_tasks`) a reserved
+    task, kept for acceptance checks, or one of the paper's tasks, kept for reporting:
+    neither is ever used for ``use`` (calibration, fitness, training, tuning)."""
+    for name in named_tasks(spec):
+        if name in RESERVED_TASKS:
+            raise TaskError(
+                f"{spec} is the reserved task {name!r}, kept for acceptance checks: "
+                f"it is never used for {use} (reserved: {', '.join(RESERVED_TASKS)})"
+            )
+        if name in PAPER_TASKS:
+            raise TaskError(
+                f"{spec} is the paper's task {name!r}, kept for reporting: it is never "
+                f"used for {use} (the paper's suite: {', '.join(PAPER_TASKS)})"
+            )
 
 
 def resolve_task(spec: str, limit: int | None = None) -> ChoiceTask:
-    """The task a spec names: a ``task.json`` path (or a directory holding one), or
-    ``bigbench:<name>`` (found by :func:`evaluation.bigbench.resolve_bigbench`)."""
+    """The task a spec names: a ``task.json`` path (or a directory holding one),
+    ``bigbench:<name>`` (found by :func:`evaluation.bigbench.resolve_bigbench`) or
+    ``olmo:<name>`` (:func:`evaluation.olmo.load_olmo`)."""
+    if spec.startswith(olmo.PREFIX):
+        return olmo.load_olmo(spec, limit)
     if spec.startswith(BIGBENCH_PREFIX):
         name = task_name(spec)
         if not name:

@@ -4,6 +4,7 @@ tested)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -135,50 +136,77 @@ def test_a_misspelt_task_is_refused_before_any_download(
     assert not cache.parent.exists()
 
 
-def test_download_runs_pip_and_deletes_the_tarball(
+def fake_registry(archive: Path, calls: list[list[str]]) -> Any:
+    """``subprocess.run`` as pip would answer ``install --dry-run --report``: the report
+    points at ``archive`` (a file:// address, read by the real download path)."""
+
+    def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        report = Path(command[command.index("--report") + 1])
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        info = {"url": archive.as_uri(), "archive_info": {"hashes": {"sha256": digest}}}
+        report.write_text(json.dumps({"install": [{"download_info": info}]}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    return run
+
+
+def test_download_asks_pip_for_the_release_and_deletes_the_tarball(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
-
-    def fake_pip(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        calls.append(command)
-        directory = Path(command[command.index("-d") + 1])
-        directory.mkdir(parents=True, exist_ok=True)
-        make_sdist(directory / "bigbench-1.0.0.tar.gz")
-        return subprocess.CompletedProcess(command, 0, "", "")
-
+    archive = make_sdist(tmp_path / "bigbench-1.0.0.tar.gz")
     monkeypatch.delenv(bigbench.SDIST_ENV, raising=False)
-    monkeypatch.setattr(subprocess, "run", fake_pip)
+    monkeypatch.setattr(subprocess, "run", fake_registry(archive, calls))
     path = resolve_bigbench("causal_judgment", cache, progress=False)
     assert json.loads(path.read_text()) == CAUSAL
     [command] = calls
-    assert command[:8] == [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "bigbench==1.0.0",
-    ]
-    assert not list(tmp_path.rglob("*.tar.gz")), "the downloaded tarball is deleted"
+    assert command[:4] == [sys.executable, "-m", "pip", "install"]
+    assert {"--dry-run", "--no-deps"} <= set(command) and command[-1] == "bigbench==1.0.0"
+    assert command[command.index("--no-binary") + 1] == ":all:", "the source distribution"
+    assert archive.is_file(), "the registry's copy is read, not moved"
     assert sorted(p.name for p in cache.parent.iterdir()) == ["bigbench-1.0.0"]
+
+
+def test_a_corrupted_download_is_refused_and_leaves_no_cache(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = make_sdist(tmp_path / "bigbench-1.0.0.tar.gz")
+    run = fake_registry(archive, [])
+
+    def tampered(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        result = run(command)
+        archive.write_bytes(archive.read_bytes() + b"tampered")
+        return result
+
+    monkeypatch.delenv(bigbench.SDIST_ENV, raising=False)
+    monkeypatch.setattr(subprocess, "run", tampered)
+    with pytest.raises(TaskError, match="does not match its SHA-256"):
+        resolve_bigbench("causal_judgment", cache, progress=False)
+    assert list(cache.parent.iterdir()) == []
 
 
 def test_a_failed_download_leaves_no_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_pip(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(
-            command, 1, "", "WARNING: retrying\nERROR: No matching distribution found\n"
+            command,
+            1,
+            "Looking in indexes: ...\n",
+            "ERROR: Could not find a version that satisfies the requirement bigbench==1.0.0 "
+            "(from versions: 0.0.1)\nERROR: No matching distribution found for bigbench\n",
         )
 
     monkeypatch.delenv(bigbench.SDIST_ENV, raising=False)
     monkeypatch.setattr(subprocess, "run", failing_pip)
-    with pytest.raises(
-        TaskError,
-        match="cannot download bigbench==1.0.0 .*: ERROR: No matching distribution found$",
-    ):
+    with pytest.raises(TaskError) as raised:
         resolve_bigbench("causal_judgment", cache, progress=False)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "cannot download bigbench==1.0.0 from the package registry: "
+        "ERROR: No matching distribution found for bigbench"
+    )
+    assert bigbench.SDIST_ENV in message, "the one line says how the release can be had"
     assert list(cache.parent.iterdir()) == []
 
 
