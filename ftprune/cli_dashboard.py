@@ -4,7 +4,8 @@ database, read-only.
 Before anything starts, the host, the port and the database are checked: a malformed host,
 a port out of range or already taken, a missing database or one at another schema revision
 is one ``error:`` line and exit status 2. The server listens on 127.0.0.1 unless told
-otherwise and runs until interrupted (Ctrl-C).
+otherwise and runs until interrupted (Ctrl-C). It has no authentication: on any other
+address it says so, since whoever reaches the address reads every run of the database.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def dashboard(
     db: Db = None,
     host: Annotated[
         str,
-        typer.Option(help="Address to listen on (0.0.0.0 exposes the dashboard to the network)."),
+        typer.Option(
+            help="Address to listen on. The dashboard has no authentication: 0.0.0.0 shows "
+            "every run of the database to anyone who reaches this machine's port."
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
 ) -> None:
@@ -48,7 +52,24 @@ def dashboard(
     typer.echo(
         f"dashboard of {redact(url)} at http://{_url_host(host)}:{port} (Ctrl-C stops it)", err=True
     )
+    if not is_loopback(host):
+        typer.echo(
+            f"warning: the dashboard has no authentication: anyone who reaches {host}:{port} "
+            "reads every run in this database (to keep it private, serve on 127.0.0.1 and "
+            f"tunnel: ssh -L {port}:127.0.0.1:{port} <this host>)",
+            err=True,
+        )
     raise typer.Exit(serve(url, host, port))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def streamlit_command(host: str, port: int) -> list[str]:

@@ -77,6 +77,23 @@ def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
     }
     assert environments == [{**os.environ, "FTPRUNE_DB": filled.url}]  # not in its argv
     assert "http://127.0.0.1:8765" in result.stderr
+    assert "authentication" not in result.stderr
+
+
+def test_a_network_address_is_served_with_a_warning_that_nothing_guards_it(filled, monkeypatch):
+    monkeypatch.setattr(cli_dashboard, "serve", lambda url, host, port: 0)
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    args = ["dashboard", "--db", filled.url, "--host", "0.0.0.0", "--port", str(port)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("dashboard of ")
+    assert lines[1].startswith("warning: the dashboard has no authentication: anyone who")
+    assert f"ssh -L {port}:127.0.0.1:{port}" in lines[1]
+    assert [cli_dashboard.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost")] == [True] * 3
+    assert not any(cli_dashboard.is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "box"))
 
 
 def test_the_pipeline_summary_ends_with_the_command_that_opens_its_dashboard(filled):
