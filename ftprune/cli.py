@@ -10,6 +10,7 @@ keeps glibc's defaults).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -212,7 +213,11 @@ def search_launch(
 def search_status(
     run: Annotated[
         Optional[str],
-        typer.Argument(metavar="RUN", help="Run id or name (default: the latest run)."),
+        typer.Argument(
+            metavar="RUN",
+            help="Run id or name (default: the latest run; for a pipeline's fine-tuning "
+            "run, the pipeline's own run, which it named).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     db: Db = None,
@@ -228,7 +233,7 @@ def search_status(
             latest = store.latest_run()
             if latest is None:
                 raise StorageError("the database holds no runs yet")
-            run = str(latest.id)
+            run = str(_pipeline_run(store, latest).id)
         status = store.run_status(run)
     if as_json:
         typer.echo(json.dumps(status, indent=2))
@@ -237,6 +242,42 @@ def search_status(
         if key == "best_schedule" and value:
             value = format_schedule(value)
         typer.echo(f"{key:>20}: {value}")
+
+
+def _pipeline_run(store: Any, row: Any) -> Any:
+    """``row``, or for a pipeline's fine-tuning run (``<run>-finetune-<n>``, seeded from
+    that pipeline) the pipeline's own run: the run a pipeline or the demo names."""
+    from storage import StorageError
+
+    match = re.fullmatch(r"(.+)-finetune-\d+", row.name)
+    if match is None or row.config.get("seed_run") is None:
+        return row
+    try:
+        return store.find_run(match.group(1))
+    except StorageError:
+        return row
+
+
+def _demo_gpus(device: str | None, pool: str | None, workers: int | None) -> dict[str, Any]:
+    """What ``demo --device cuda`` needs on its Ray pool (the demo has no gpus_per_worker
+    option): its workers share GPU 0, each reserving an equal fraction of it. Raises
+    ConfigError or DeviceError (one line) for a device the demo's workers cannot use."""
+    if device is None or not device.startswith("cuda") or pool == "local":
+        return {}
+    from search.config import ConfigError, RunConfig
+    from workers.devices import DeviceError, check_device_spec
+
+    check_device_spec(device)
+    if device not in ("cuda", "cuda:0"):
+        raise ConfigError(
+            f"--device {device}: the demo's Ray workers share one GPU, which each sees as "
+            f"cuda:0; use --device cuda, or --pool local --device {device}"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: this machine has no CUDA device")
+    return {"gpus_per_worker": 1.0 / (workers or RunConfig.model_fields["workers"].default)}
 
 
 @app.command("demo")
@@ -258,6 +299,7 @@ def demo(
 
     with user_errors():
         overrides: dict[str, Any] = dict(QUICK_DEMO) if quick else {}
+        overrides.update(_demo_gpus(device, pool, workers))
         cfg = build_config(
             None,
             run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -268,6 +310,14 @@ def demo(
             **overrides,
         )
         url = checked_url(db, writes=True)  # after the config: a bad one needs no SQLAlchemy
+        from storage import redact
+
+        typer.echo(
+            f"demo {cfg.run_name}: runs and results go to the database {redact(url)}, router "
+            f"checkpoints to {Path(cfg.artifacts_dir).resolve()}/ (the database records "
+            "their paths; keep both)",
+            err=True,
+        )
         run_pipeline_and_report(cfg, url, 1, quiet)
 
 

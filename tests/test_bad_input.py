@@ -251,6 +251,11 @@ CASES = [
         "workers: Input should be greater than or equal to 1",
     ),
     Case("demo-unsupported-db", "demo --quick --db mysql://x/y", "unsupported database"),
+    Case(
+        "demo-device-second-gpu",
+        "demo --quick --device cuda:1 --db {db}",
+        "--device cuda:1: the demo's Ray workers share one GPU",
+    ),
     # router train
     Case("train-unknown-run", "router train --db {db} --run ghost", "no run 'ghost'", db="run"),
     Case(

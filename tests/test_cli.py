@@ -222,3 +222,22 @@ def test_ctrl_c_says_so_in_one_line(monkeypatch):
     result = runner.invoke(app, ["search", "status"])
     assert result.exit_code == 130
     assert result.stdout == "" and result.stderr == "interrupted\n"
+
+
+def test_status_without_a_run_shows_the_pipeline_a_fine_tuning_run_belongs_to(db_url):
+    """The demo names its pipeline's run; its fine-tuning run is newer, but a plain
+    ``search status`` shows the run the demo named. A run that only looks like a
+    fine-tuning run (no seed run, or no such pipeline) is shown as itself."""
+    from search.config import build_config
+    from storage import Store
+
+    store = Store(db_url)
+    config = build_config(ROOT / "configs/tiny.yaml").model_dump()
+    store.create_run("demo-1", config, 0)
+    store.create_run("demo-1-finetune-1", {**config, "seed_run": "demo-1"}, 0)
+    status = runner.invoke(app, ["search", "status", "--json", "--db", db_url])
+    assert json.loads(status.stdout)["run"] == "demo-1"
+    store.create_run("solo-finetune-2", {**config, "seed_run": "demo-1"}, 0)
+    status = runner.invoke(app, ["search", "status", "--json", "--db", db_url])
+    assert json.loads(status.stdout)["run"] == "solo-finetune-2"
+    store.close()
