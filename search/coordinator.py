@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from search.config import RunConfig
 from search.ga import EvolutionarySearch, is_feasible
 from search.records import BEST, UNIFORM, HeldoutLabel
-from search.settings import check_device, ga_params, open_pool
+from search.settings import check_device, ga_params, open_pool, run_plan
 
 if TYPE_CHECKING:  # storage (SQLAlchemy) and workers (torch) load lazily: the CLI starts fast
-    from storage import EvaluationRecord, Store
+    from storage import EvaluationRecord, RunStore
     from storage.leases import Lease
     from workers.pool import EvaluationPool
     from workers.scoring import Evaluation, WindowStats
@@ -113,7 +113,7 @@ class FitnessCache:
         return merge_stats([self.stats[(key, router, i)] for i in data])
 
 
-def check_inputs(config: RunConfig, store: Store | None = None) -> None:
+def check_inputs(config: RunConfig, store: RunStore | None = None) -> None:
     """Everything that can be checked before any work starts (model, data, router, device,
     and with a store the run name and seed run); raises ValueError subclasses."""
     from router.loading import check_model_spec
@@ -134,7 +134,10 @@ def check_inputs(config: RunConfig, store: Store | None = None) -> None:
 
 
 def launch(
-    config: RunConfig, store: Store, show_progress: bool = True, pool: EvaluationPool | None = None
+    config: RunConfig,
+    store: RunStore,
+    show_progress: bool = True,
+    pool: EvaluationPool | None = None,
 ) -> SearchOutcome:
     """Create a run, search, then evaluate the best and the uniform schedule on held-out
     text. Uses ``pool`` if given (left open), else opens and closes one from the config."""
@@ -142,13 +145,15 @@ def launch(
 
     check_inputs(config, store)
     lease = Lease(new_owner(), lease_seconds())
-    run = store.create_run(config.run_name, config.model_dump(), config.seed, lease)
+    run = store.create_run(
+        config.run_name, config.model_dump(), config.seed, lease, plan=run_plan(config)
+    )
     return _drive(config, store, run.id, run.name, pool, show_progress, lease)
 
 
 def resume(
     ref: str | int,
-    store: Store,
+    store: RunStore,
     show_progress: bool = True,
     pool: EvaluationPool | None = None,
     device: str | None = None,
@@ -175,7 +180,7 @@ def resume(
 
 def _drive(
     config: RunConfig,
-    store: Store,
+    store: RunStore,
     run_id: int,
     run_name: str,
     pool: EvaluationPool | None,
@@ -227,7 +232,7 @@ def _drive(
     return SearchOutcome(run_id, run_name, progress, heldout)
 
 
-def _record_failure(store: Store, run_id: int, lease: Lease, exc: BaseException) -> None:
+def _record_failure(store: RunStore, run_id: int, lease: Lease, exc: BaseException) -> None:
     """Mark the run failed with the reason and release its lease, unless the lease is lost
     (the run is another coordinator's now); a database that fails here too is only logged,
     so the original error is what the caller sees."""
@@ -250,7 +255,7 @@ class LeaseKeeper:
     away) is logged and tried again at the next beat, and a lost lease stops the beats
     (the next stored generation then raises :class:`storage.store.LeaseLost`)."""
 
-    def __init__(self, store: Store, run_id: int, lease: Lease) -> None:
+    def __init__(self, store: RunStore, run_id: int, lease: Lease) -> None:
         self.store, self.run_id, self.lease = store, run_id, lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="ftprune-lease", daemon=True)
@@ -290,7 +295,7 @@ def minibatch_order(seed: int, generation: int, num_sequences: int) -> list[int]
 
 def run_search(
     config: RunConfig,
-    store: Store,
+    store: RunStore,
     pool: EvaluationPool,
     run_id: int,
     show_progress: bool = True,

@@ -15,6 +15,7 @@ from search.ga import GAParams
 
 if TYPE_CHECKING:
     from router.training import TrainConfig
+    from storage import RunPlan
     from workers.pool import EvaluationPool
     from workers.scoring import ScorerSettings
     from workers.training import TrainRequest
@@ -38,6 +39,14 @@ def scorer_settings(config: RunConfig) -> ScorerSettings:
         batch_size=config.batch_size,
         teacher_top_k=config.teacher_top_k,
     )
+
+
+def run_plan(config: RunConfig) -> RunPlan:
+    """What storage keeps about the run in typed columns: model, target sparsity and the
+    generations planned."""
+    from storage import RunPlan
+
+    return RunPlan(config.model, config.target_sparsity, config.generations)
 
 
 def check_device(config: RunConfig) -> None:

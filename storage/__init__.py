@@ -7,7 +7,7 @@ from storage.engine import DEFAULT_URL, StorageError, check_url, default_url, re
 from storage.leases import LeaseHeld, LeaseLost
 from storage.memory import MemoryStore
 from storage.protocol import RunStore
-from storage.records import GenerationExists
+from storage.records import GenerationExists, RunPlan
 from storage.store import EvaluationRecord, Store, open_reader
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "LeaseHeld",
     "LeaseLost",
     "MemoryStore",
+    "RunPlan",
     "RunStore",
     "Store",
     "StorageError",

@@ -25,6 +25,7 @@ from storage.leases import Lease, refuse_held, refuse_lost
 from storage.protocol import RunStore
 from storage.records import (
     EvaluationRecord,
+    RunPlan,
     Scored,
     assign,
     evaluation_values,
@@ -58,6 +59,9 @@ class MemoryRun:
     best_fitness: float | None = None
     best_schedule: list[float] | None = None
     error: str | None = None
+    model: str | None = None
+    target_sparsity: float | None = None
+    generations_planned: int | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
 
@@ -157,13 +161,18 @@ class MemoryStore(RunStore):
     # -- runs -----------------------------------------------------------------------------
 
     def create_run(
-        self, name: str | None, config: dict[str, Any], seed: int, lease: Lease | None = None
+        self,
+        name: str | None,
+        config: dict[str, Any],
+        seed: int,
+        lease: Lease | None = None,
+        plan: RunPlan | None = None,
     ) -> MemoryRun:
         with self._lock:
             if name and self.run_name_taken(name):
                 raise StorageError(f"a run named {name!r} already exists")
             run_id = max(self._runs, default=0) + 1
-            values = new_run_values(name or unnamed_run(run_id), _as_json(config), seed)
+            values = new_run_values(name or unnamed_run(run_id), _as_json(config), seed, plan)
             run = MemoryRun(id=run_id, **values)
             self._hold(run, lease)
             self._runs[run_id] = run

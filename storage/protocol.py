@@ -9,6 +9,7 @@ from typing import Any, Iterable, Protocol, Sequence
 from storage.leases import Lease
 from storage.records import (
     EvaluationRecord,
+    RunPlan,
     Scored,
     StoredEvaluation,
     StoredHeldout,
@@ -40,11 +41,18 @@ class RunStore(Protocol):
     """
 
     def create_run(
-        self, name: str | None, config: dict[str, Any], seed: int, lease: Lease | None = None
+        self,
+        name: str | None,
+        config: dict[str, Any],
+        seed: int,
+        lease: Lease | None = None,
+        plan: RunPlan | None = None,
     ) -> StoredRun:
         """Insert a run in status ``running`` with ``config`` (kept whole, never read) and
-        ``seed``, holding ``lease`` if given, and return it; a run without ``name`` is named
-        ``run-<id>``. Raises :class:`StorageError` if ``name`` is taken."""
+        ``seed``, holding ``lease`` if given, and return it; ``plan`` is what the run's
+        ``model``, ``target_sparsity`` and ``generations_planned`` say (None where not
+        given). A run without ``name`` is named ``run-<id>``. Raises :class:`StorageError`
+        if ``name`` is taken."""
         ...
 
     def run_name_taken(self, name: str) -> bool:

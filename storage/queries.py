@@ -67,8 +67,11 @@ def runs(store: Store) -> pd.DataFrame:
             RunRow.id,
             RunRow.name,
             RunRow.status,
+            RunRow.model,
+            RunRow.target_sparsity,
             RunRow.seed,
             RunRow.code_version,
+            RunRow.generations_planned,
             RunRow.generations_done,
             func.coalesce(counts.c.evaluations, 0).label("evaluations"),
             RunRow.best_fitness,
@@ -81,14 +84,6 @@ def runs(store: Store) -> pd.DataFrame:
         )
         .outerjoin(counts, counts.c.run_id == RunRow.id)
         .order_by(RunRow.id.desc()),
-    )
-    config = frame["config"]
-    frame.insert(3, "model", pd.array([c.get("model") for c in config], dtype="str"))
-    frame.insert(
-        4, "target_sparsity", pd.array([c.get("target_sparsity") for c in config], dtype="Float64")
-    )
-    frame.insert(
-        7, "generations_planned", pd.array([c.get("generations") for c in config], dtype="Int64")
     )
     end = frame["finished_at"].fillna(frame["updated_at"])
     frame["wall_s"] = (end - frame["created_at"]).dt.total_seconds()

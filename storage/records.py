@@ -99,8 +99,8 @@ class Scored(Protocol):
 
 
 class StoredRun(Protocol):
-    """A run: identity, its config (stored whole, never read by storage), progress, best
-    schedule so far and lease."""
+    """A run: identity, its config (stored whole, never read by storage), what its
+    :class:`RunPlan` said, progress, best schedule so far and lease."""
 
     @property
     def id(self) -> int: ...
@@ -114,6 +114,12 @@ class StoredRun(Protocol):
     def seed(self) -> int: ...
     @property
     def generations_done(self) -> int: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def target_sparsity(self) -> float | None: ...
+    @property
+    def generations_planned(self) -> int | None: ...
     @property
     def best_fitness(self) -> float | None: ...
     @property
@@ -209,6 +215,17 @@ class EvaluationRecord:
             raise ValueError("an evaluation record has metrics or an error, not both or neither")
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What storage keeps about a run in typed columns (beside the run's config, which it
+    stores whole and never reads): the model, the target sparsity and the generations
+    planned. None: not known (a run stored without them reads back NULL)."""
+
+    model: str | None = None
+    target_sparsity: float | None = None
+    generations_planned: int | None = None
+
+
 def finite(value: float | None) -> float | None:
     """A float column's value: None for a missing or non-finite number."""
     return None if value is None or not math.isfinite(value) else float(value)
@@ -254,9 +271,22 @@ def assign(row: object, values: Mapping[str, Any]) -> None:
         setattr(row, name, value)
 
 
-def new_run_values(name: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The fields of a run as created: status ``running``, this code's version."""
-    return dict(name=name, status="running", config=config, seed=seed, code_version=code_version())
+def new_run_values(
+    name: str, config: dict[str, Any], seed: int, plan: RunPlan | None
+) -> dict[str, Any]:
+    """The fields of a run as created: status ``running``, this code's version, and what
+    ``plan`` says (None where it is not given)."""
+    plan = plan or RunPlan()
+    return dict(
+        name=name,
+        status="running",
+        config=config,
+        seed=seed,
+        code_version=code_version(),
+        model=plan.model,
+        target_sparsity=plan.target_sparsity,
+        generations_planned=plan.generations_planned,
+    )
 
 
 def unnamed_run(run_id: int) -> str:
@@ -320,13 +350,13 @@ def run_status(run: StoredRun, evaluations: int, failed: int) -> dict[str, Any]:
         "id": run.id,
         "status": run.status,
         "generations": run.generations_done,
-        "generations_planned": run.config.get("generations"),
+        "generations_planned": run.generations_planned,
         "evaluations": evaluations,
         "failed_evaluations": failed,
         "best_fitness": run.best_fitness,
         "best_schedule": run.best_schedule,
-        "target_sparsity": run.config.get("target_sparsity"),
-        "model": run.config.get("model"),
+        "target_sparsity": run.target_sparsity,
+        "model": run.model,
         "error": run.error,
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

@@ -57,6 +57,11 @@ class RunRow(Base):
     best_fitness: Mapped[float | None] = mapped_column(Float)
     best_schedule: Mapped[list[float] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(String(2000))
+    # What storage reads about the run (storage.records.RunPlan; the config above is kept
+    # whole and never read): NULL where not known.
+    model: Mapped[str | None] = mapped_column(String(500))
+    target_sparsity: Mapped[float | None] = mapped_column(Float)
+    generations_planned: Mapped[int | None] = mapped_column(Integer)
     # The coordinator driving the run and until when its claim holds (NULL: nobody); see
     # storage.store.Store.acquire_lease.
     lease_owner: Mapped[str | None] = mapped_column(String(200))

@@ -73,6 +73,7 @@ from storage.records import (
     TUNED_WEIGHTS_KEYS,
     EvaluationRecord,
     Metrics,
+    RunPlan,
     Scored,
     as_utc,
     assign,
@@ -108,6 +109,7 @@ __all__ = [  # what callers import from here
     "LeaseHeld",
     "LeaseLost",
     "Metrics",
+    "RunPlan",
     "Scored",
     "Store",
     "code_version",
@@ -179,16 +181,22 @@ class Store(ResultStore, RunStore):
     # -- runs -----------------------------------------------------------------------------
 
     def create_run(
-        self, name: str | None, config: dict[str, Any], seed: int, lease: Lease | None = None
+        self,
+        name: str | None,
+        config: dict[str, Any],
+        seed: int,
+        lease: Lease | None = None,
+        plan: RunPlan | None = None,
     ) -> RunRow:
         """Insert a run in status ``running`` (holding ``lease`` if given, in the same
-        transaction); raises :class:`StorageError` on a taken name."""
+        transaction), its typed columns from ``plan``; raises :class:`StorageError` on a
+        taken name."""
 
         def work(session: Session) -> RunRow:
             if name and session.scalar(select(RunRow.id).where(RunRow.name == name)):
                 raise StorageError(f"a run named {name!r} already exists")
             pending = f"pending-{os.getpid()}-{utcnow().timestamp()}"
-            run = RunRow(**new_run_values(name or pending, config, seed))
+            run = RunRow(**new_run_values(name or pending, config, seed, plan))
             session.add(run)
             if lease is not None:
                 hold(run, lease, db_now(session))

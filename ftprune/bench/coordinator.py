@@ -79,6 +79,7 @@ def run(
     """Search until ``candidates`` candidates have been scored; returns the row."""
     from search.config import RunConfig
     from search.coordinator import run_search
+    from search.settings import run_plan
     from storage import Store
     from workers.pool import RayPool
 
@@ -99,7 +100,7 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         url = db_url or f"sqlite:///{Path(tmp) / 'coordinator.db'}"
         store = Store(url)
-        run_row = store.create_run(None, config.model_dump(), config.seed)
+        run_row = store.create_run(None, config.model_dump(), config.seed, plan=run_plan(config))
         factory = functools.partial(ZeroCostScorer, num_blocks=30, num_sequences=8)
         pool = RayPool(
             ScorerSettings(model=config.model), workers, cpus_per_worker=0.5, scorer_factory=factory

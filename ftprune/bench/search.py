@@ -94,13 +94,14 @@ def plain_deap(
 def ours(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int) -> dict[str, Any]:
     """This engine through the real coordinator and a throwaway SQLite store."""
     from search import coordinator
+    from search.settings import run_plan
     from storage import Store
 
     cfg = config.model_copy(update={"seed": seed, "generations": 10_000, "run_name": None})
     trajectory: list[tuple[int, list[float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        run = store.create_run(None, cfg.model_dump(), seed)
+        run = store.create_run(None, cfg.model_dump(), seed, plan=run_plan(cfg))
         started = time.perf_counter()
         found = coordinator.run_search(
             cfg,

@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ftprune.cli import app
-from storage import Store
+from storage import RunPlan, Store
 from tests.storage.conftest import postgres, postgresql_url  # noqa: F401
 from tests.storage.helpers import scored
 
@@ -82,11 +82,17 @@ def filled(tmp_path_factory) -> Filled:
     try:
         main = store.find_run("tiny")
         failed = store.create_run(
-            "broken", {"model": "random:llama-tiny", "target_sparsity": 0.4, "generations": 3}, 0
+            "broken",
+            {"model": "random:llama-tiny", "target_sparsity": 0.4, "generations": 3},
+            0,
+            plan=RunPlan("random:llama-tiny", 0.4, 3),
         )
         store.set_status(failed.id, "failed", "RuntimeError: every Ray worker died")
         running = store.create_run(
-            "live", {"model": "random:qwen2-tiny", "target_sparsity": 0.2, "generations": 5}, 0
+            "live",
+            {"model": "random:qwen2-tiny", "target_sparsity": 0.2, "generations": 5},
+            0,
+            plan=RunPlan("random:qwen2-tiny", 0.2, 5),
         )
         store.record_generation(
             running.id,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from dashboards import queries
-from storage import Store, open_reader
+from storage import RunPlan, Store, open_reader
 from storage import queries as storage_queries
 from tests.storage.helpers import scored
 
@@ -188,7 +188,7 @@ def test_an_empty_database_gives_empty_frames_with_the_same_columns(filled, read
 
 def test_postgresql_is_read_the_same_way_optuna_included(postgresql_url):
     store = Store(postgresql_url)
-    run = store.create_run("pg", {"model": "m", "target_sparsity": 0.3}, 0)
+    run = store.create_run("pg", {}, 0, plan=RunPlan("m", 0.3))
     store.record_generation(
         run.id, 0, [scored(0.2, [0.3, 0.3]), scored(0.1, [0.2, 0.4])], 0.1, [0.2, 0.4]
     )

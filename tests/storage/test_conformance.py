@@ -16,6 +16,7 @@ from storage import (
     LeaseHeld,
     LeaseLost,
     MemoryStore,
+    RunPlan,
     RunStore,
     StorageError,
     Store,
@@ -75,6 +76,20 @@ class TestRunStore:
             assert (found.id, found.name) == (run.id, "alpha")
             assert found.config == {"generations": 2, "nested": {"k": [1]}}
         assert store.run_name_taken("alpha") and not store.run_name_taken("beta")
+
+    def test_a_runs_plan_is_what_storage_reports_and_its_config_is_never_read(
+        self, store: RunStore
+    ) -> None:
+        config = {"model": "other", "target_sparsity": 0.9, "generations": 99}
+        run = store.create_run("planned", config, 0, plan=RunPlan("m", 0.3, 4))
+        assert (run.model, run.target_sparsity, run.generations_planned) == ("m", 0.3, 4)
+        status = store.run_status("planned")
+        plan = (status["model"], status["target_sparsity"], status["generations_planned"])
+        assert plan == ("m", 0.3, 4) and store.find_run("planned").config == config
+        store.create_run("unplanned", config, 0)
+        unplanned = store.run_status("unplanned")
+        assert unplanned["model"] is None and unplanned["target_sparsity"] is None
+        assert unplanned["generations_planned"] is None
 
     def test_unnamed_runs_are_named_after_their_id(self, store: RunStore) -> None:
         first, second = store.create_run(None, {}, 0), store.create_run(None, {}, 0)

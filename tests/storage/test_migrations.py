@@ -1,8 +1,10 @@
 """Migrations on SQLite and PostgreSQL: 0001 is the skeleton's schema, a skeleton database
-upgrades in place with its rows, ``ftprune db check`` catches drift, unknown states are
-refused."""
+upgrades in place with its rows, 0007 fills each run's typed columns from its stored config,
+``ftprune db check`` catches drift, unknown states are refused."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from alembic import command
@@ -10,7 +12,7 @@ from sqlalchemy import MetaData, text
 from typer.testing import CliRunner
 
 from ftprune.cli import app
-from storage import StorageError, Store, queries
+from storage import StorageError, Store, open_reader, queries
 from storage.engine import make_engine
 from storage.migrate import SKELETON_TABLES, TABLE_PREFIX, VERSION_TABLE, alembic_config
 from tests.storage import skeleton
@@ -123,3 +125,46 @@ def test_unknown_states_are_refused_and_left_alone(db_url):
     result = runner.invoke(app, ["db", "upgrade", "--db", db_url])
     assert result.exit_code == 2
     assert "cannot migrate" in _one_line(result.stderr) and "9999" in result.stderr
+
+
+def test_migration_0007_fills_each_runs_plan_from_its_stored_config(db_url):
+    """Runs stored before the typed columns keep what status and the dashboard showed: the
+    upgrade copies model, target sparsity and planned generations out of each config."""
+    engine = make_engine(db_url)
+    configs = {
+        "full": {"model": "random:llama-tiny", "target_sparsity": 0.3, "generations": 4},
+        "empty": {},
+        "odd": {"model": 5, "target_sparsity": "0.3", "generations": True},
+        "whole": {"model": "m", "target_sparsity": 1, "generations": 2, "seed_run": None},
+    }
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0006")
+        for name, config in configs.items():
+            connection.execute(
+                text(
+                    "INSERT INTO ftp_runs (name, status, config, seed, code_version, created_at, "
+                    "updated_at, generations_done) VALUES (:name, 'finished', :config, 0, '0.1.0', "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)"
+                ),
+                {"name": name, "config": json.dumps(config)},
+            )
+    engine.dispose()
+    result = runner.invoke(app, ["db", "upgrade", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    with open_reader(db_url) as reader:
+        plans = {
+            name: (status["model"], status["target_sparsity"], status["generations_planned"])
+            for name in configs
+            for status in [reader.run_status(name)]
+        }
+        assert reader.find_run("whole").config == configs["whole"]  # the config is kept whole
+        frame = queries.runs(reader).set_index("name")
+    assert plans == {
+        "full": ("random:llama-tiny", 0.3, 4),
+        "empty": (None, None, None),
+        "odd": (None, None, None),
+        "whole": ("m", 1.0, 2),
+    }
+    assert frame.loc["full", "model"] == "random:llama-tiny"
+    assert frame.loc["full", "target_sparsity"] == 0.3
+    assert frame.loc["full", "generations_planned"] == 4

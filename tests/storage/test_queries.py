@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from storage import Store, queries
+from storage import RunPlan, Store, queries
 from tests.storage.helpers import Metrics, scored
 
 CURVES = {"step": [0, 10, 20], "loss": [3.0, 2.0, 1.5], "guide": [1.0, 0.5, 0.2]}
@@ -19,7 +19,7 @@ def filled(db_url):
     """A finished two-generation run (two fidelities in generation 0) with held-out results,
     a trained router, task results and benchmark rows, plus an empty later run."""
     store = Store(db_url)
-    run = store.create_run("q", {"model": "m", "target_sparsity": 0.3, "generations": 2}, 1)
+    run = store.create_run("q", {"generations": 2}, 1, plan=RunPlan("m", 0.3, 2))
     store.record_generation(
         run.id,
         0,
@@ -223,7 +223,7 @@ def test_dtypes_agree_across_backends(sqlite_url, postgresql_url):
     frames = {}
     for url in (sqlite_url, postgresql_url):
         store = Store(url)
-        run = store.create_run("r", {"target_sparsity": 0.3}, 0)
+        run = store.create_run("r", {}, 0, plan=RunPlan(target_sparsity=0.3))
         store.record_generation(run.id, 0, [scored(0.1, [0.1]), scored(0.2, [0.2])], 0.1, [0.1])
         store.add_eval_results(
             run.id, "best", "static", [{"task": "t", "metric": "acc", "dense": 1, "routed": 1}]
