@@ -15,7 +15,7 @@ import pytest
 from search.config import build_config
 from search.coordinator import launch, run_search
 from search.settings import scorer_settings
-from storage import Store
+from storage import MemoryStore, RunStore, Store
 from workers import Scorer
 from workers.pool import LocalPool, RayPool
 
@@ -23,15 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny.yaml"
 
 
-def _rows(store: Store, run_id: int) -> list[tuple]:
+def _rows(store: RunStore, run_id: int) -> list[tuple]:
     return sorted(
         (r.generation, r.stage, tuple(r.schedule), r.fitness) for r in store.evaluations(run_id)
     )
 
 
-def test_stages_record_fidelity_and_cache_never_changes_a_result(db_url):
+def test_stages_record_fidelity_and_cache_never_changes_a_result():
     config = build_config(TINY, generations=3)
-    store = Store(db_url)
+    store = MemoryStore()  # bookkeeping only: what the store guarantees is tested in storage
     run = store.create_run("cache", config.model_dump(), config.seed)
     settings = scorer_settings(config)
     with LocalPool(settings) as pool:
@@ -64,7 +64,7 @@ def test_stages_record_fidelity_and_cache_never_changes_a_result(db_url):
     assert len(keys) == len(set(keys))
 
 
-def test_parents_skip_the_screen_so_the_best_never_gets_worse(db_url):
+def test_parents_skip_the_screen_so_the_best_never_gets_worse():
     """A one-sequence screen keeping two of ten candidates would drop a parent whenever two
     offspring happen to beat it there; parents compete only on the final stage's data
     (every sequence), so no generation's best is worse than the previous one's."""
@@ -75,7 +75,7 @@ def test_parents_skip_the_screen_so_the_best_never_gets_worse(db_url):
         run_name="elitism",
         stages=[{"sequences": 1, "keep": 2}, {"sequences": 6, "keep": 2}],
     )
-    store = Store(db_url)
+    store = MemoryStore()
     run = store.create_run("elitism", config.model_dump(), config.seed)
     settings = scorer_settings(config)
     bests: list[list[float]] = []
