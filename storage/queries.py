@@ -277,7 +277,7 @@ def eval_results(store: Store, run_id: int | None = None) -> pd.DataFrame:
 
 def benchmark_rows(store: Store, kind: str | None = None) -> pd.DataFrame:
     """Benchmark rows (of one kind, or all), oldest first: the columns of
-    :data:`storage.store.BENCHMARK_META`, then each row's own fields (NaN where a row lacks
+    :data:`storage.records.BENCHMARK_META`, then each row's own fields (NaN where a row lacks
     one)."""
     statement = select(
         BenchmarkRow.id,

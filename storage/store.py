@@ -3,8 +3,9 @@ reports are in :mod:`storage.queries`. The records it takes are in :mod:`storage
 its transactions, retries and lease fencing in :mod:`storage.transactions`, routers and
 results in :mod:`storage.results`.
 
-Guarantees of :class:`Store` (modelled on Optuna's storage interface, and checked by one
-conformance suite run against SQLite and PostgreSQL):
+:class:`Store` implements :class:`storage.protocol.RunStore` (whose guarantees one
+conformance suite checks on SQLite, PostgreSQL and the in-memory store) and adds its own
+(the storage tests check them on SQLite and PostgreSQL):
 
 - Opening a store to write (``Store(url)``) brings the database to the newest schema
   (:func:`storage.migrate.upgrade`: locked, one transaction, Optuna's tables untouched);
