@@ -31,7 +31,9 @@ from storage.records import (
     evaluation_values,
     generation_exists,
     heldout_values,
+    name_taken,
     new_run_values,
+    no_run,
     progress_values,
     run_status,
     status_values,
@@ -142,7 +144,7 @@ class MemoryStore(RunStore):
     def _run(self, run_id: int) -> MemoryRun:
         run = self._runs.get(run_id)
         if run is None:
-            raise StorageError(f"no run with id {run_id}")
+            raise no_run(run_id)
         return run
 
     def _fenced(self, run_id: int, lease: Lease | None) -> MemoryRun:
@@ -170,7 +172,7 @@ class MemoryStore(RunStore):
     ) -> MemoryRun:
         with self._lock:
             if name and self.run_name_taken(name):
-                raise StorageError(f"a run named {name!r} already exists")
+                raise name_taken(name)
             run_id = max(self._runs, default=0) + 1
             values = new_run_values(name or unnamed_run(run_id), _as_json(config), seed, plan)
             run = MemoryRun(id=run_id, **values)

@@ -334,6 +334,16 @@ def heldout_values(run_id: int, label: str, evaluation: Scored) -> dict[str, Any
     )
 
 
+def no_run(run_id: int) -> StorageError:
+    """The error of a write or lookup naming a run id the store does not hold."""
+    return StorageError(f"no run with id {run_id}")
+
+
+def name_taken(name: str) -> StorageError:
+    """The error of creating a run under a name another run has."""
+    return StorageError(f"a run named {name!r} already exists")
+
+
 def generation_exists(run: str, generation: int) -> GenerationExists:
     """The error of recording generation ``generation`` of the run ``run`` a second time."""
     return GenerationExists(

@@ -82,6 +82,7 @@ from storage.records import (
     evaluation_values,
     generation_exists,
     heldout_values,
+    name_taken,
     new_run_values,
     progress_values,
     run_status,
@@ -195,7 +196,7 @@ class Store(ResultStore, RunStore):
 
         def work(session: Session) -> RunRow:
             if name and session.scalar(select(RunRow.id).where(RunRow.name == name)):
-                raise StorageError(f"a run named {name!r} already exists")
+                raise name_taken(name)
             pending = f"pending-{os.getpid()}-{utcnow().timestamp()}"
             run = RunRow(**new_run_values(name or pending, config, seed, plan))
             session.add(run)

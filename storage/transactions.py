@@ -38,7 +38,7 @@ from storage.engine import (
     redact,
 )
 from storage.leases import Lease, refuse_lost
-from storage.records import utcnow
+from storage.records import no_run, utcnow
 from storage.schema import RunRow
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def run_row(session: Session, run_id: int, lock: bool = False) -> RunRow:
     PostgreSQL; SQLite's write transactions hold the whole file already)."""
     run = session.get(RunRow, run_id, with_for_update=lock)
     if run is None:
-        raise StorageError(f"no run with id {run_id}")
+        raise no_run(run_id)
     return run
 
 
