@@ -235,7 +235,8 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[str]) -> go.Figure:
 def retention_figure(frame: pd.DataFrame) -> go.Figure:
     """Retention (routed / dense) per task and metric, one bar per schedule and router, with
     the rows' 95% intervals where known; a dotted line marks full retention."""
-    shown = frame.dropna(subset=["retention"])
+    cells = frame["task"].str.count("/").eq(2) & frame["task"].str.startswith("retrieval:")
+    shown = frame[~cells].dropna(subset=["retention"])  # retrieval cells: the heatmap
     if shown.empty:
         return empty_figure("no task result with a retention yet")
     shown = shown.assign(
@@ -301,3 +302,53 @@ def _layout(figure: go.Figure, height: int = 380) -> go.Figure:
         legend={"orientation": "h", "y": -0.2},
     )
     return figure
+
+
+def retrieval_heatmap(frame: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
+    """Retrieval accuracy per key depth (rows) and prompt length (columns): one panel per
+    family and series (dense, then every schedule + router), as ``ftprune eval
+    --retrieval`` stores its cells (task ``retrieval:<family>/<length>/<depth %>``)."""
+    from plotly.subplots import make_subplots
+
+    from evaluation.retrieval import parse_cell
+
+    cells = frame[frame["metric"] == metric].assign(cell=frame["task"].map(parse_cell))
+    cells = cells.dropna(subset=["cell"])
+    if cells.empty:
+        return empty_figure("no retrieval result yet: ftprune eval --run RUN --retrieval ...")
+    cells = cells.assign(
+        family=cells["cell"].str[0],
+        length=cells["cell"].str[1],
+        depth=cells["cell"].str[2],
+        series=cells["label"] + " + " + cells["router"],
+    )
+    dense = cells.drop_duplicates(["family", "length", "depth"]).assign(
+        series="dense", routed=lambda f: f["dense"]
+    )
+    cells = pd.concat([dense, cells])
+    families, series = list(dict.fromkeys(cells["family"])), list(dict.fromkeys(cells["series"]))
+    figure = make_subplots(
+        rows=len(families),
+        cols=len(series),
+        subplot_titles=[f"{f} · {s}" for f in families for s in series],
+        shared_yaxes=True,
+    )
+    for i, family in enumerate(families, start=1):
+        for j, name in enumerate(series, start=1):
+            part = cells[(cells["family"] == family) & (cells["series"] == name)]
+            grid = part.pivot_table(index="depth", columns="length", values="routed")
+            figure.add_trace(
+                go.Heatmap(
+                    z=grid.values,
+                    x=[str(n) for n in grid.columns],
+                    y=[f"{d}%" for d in grid.index],
+                    zmin=0.0,
+                    zmax=1.0,
+                    colorscale="RdYlGn",
+                    showscale=(i, j) == (1, 1),
+                    hovertemplate="%{y} deep, %{x} tokens: %{z:.2f}<extra></extra>",
+                ),
+                row=i,
+                col=j,
+            )
+    return _layout(figure, height=max(380, 300 * len(families)))

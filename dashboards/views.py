@@ -217,6 +217,9 @@ def evaluation_view(store: Store, run_id: int | None) -> None:
             "Intervals: 95% paired bootstrap of the retention, as `ftprune eval` printed them."
         )
         st.plotly_chart(figures.retention_figure(results), key="retention")
+        if results["task"].str.startswith("retrieval:").any():
+            st.subheader("Retrieval: greedy exact match by key depth and prompt length")
+            st.plotly_chart(figures.retrieval_heatmap(results), key="retrieval")
         st.dataframe(results, hide_index=True, width="stretch")
     st.header("Benchmarks")
     benchmarks = queries.benchmark_kinds(store)

@@ -71,6 +71,11 @@ class TaskScores:
     realized_sparsity: float = 0.0
     flop_saving: float = 0.0
     loglik: list[tuple[float, ...]] | None = None  # per example, per choice
+    primary: str = "acc"  # the metric a suite summarizes
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.metrics.values())))
 
 
 class SparsityMeter:

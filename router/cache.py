@@ -58,6 +58,19 @@ class CacheRecord:
         previous = self.written[layer]
         self.written[layer] = written if previous is None else previous + written
 
+    def repeat_interleave(self, repeats: int) -> None:
+        """Repeat every row ``repeats`` times in place, as ``DynamicCache``'s
+        ``batch_repeat_interleave`` does to the cache this record follows."""
+        for name in ("cols", "valid", "written"):
+            rows = getattr(self, name)
+            setattr(
+                self, name, [None if t is None else t.repeat_interleave(repeats, 0) for t in rows]
+            )
+        for name in ("real", "attention"):
+            value = getattr(self, name)
+            if isinstance(value, Tensor):
+                setattr(self, name, value.repeat_interleave(repeats, 0))
+
     def check(self, layer: int, stored: int) -> None:
         """Raise if the cache holds a different number of entries than the record (the cache
         was cropped, or written by another model)."""

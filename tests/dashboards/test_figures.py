@@ -253,3 +253,62 @@ def test_filter_runs_applies_every_filter_given():
         "demo-finetune-1"
     ]
     assert filter_runs(frame, sparsity=(0.25, 0.3))["name"].tolist() == ["demo", "demo-finetune-1"]
+
+
+def _retrieval_rows() -> pd.DataFrame:
+    rows = []
+    for router, routed in (("static", [0.5, 0.25]), ("random", [0.0, 0.25])):
+        for (length, depth), value in zip([(512, 0), (512, 50)], routed, strict=True):
+            rows.append(
+                {
+                    "task": f"retrieval:niah_single/{length}/{depth}",
+                    "metric": "exact_match",
+                    "label": "uniform",
+                    "router": router,
+                    "dense": 1.0 - depth / 100,
+                    "routed": value,
+                    "retention": value,
+                    "ci_low": 0.0,
+                    "ci_high": 1.0,
+                    "samples": 4,
+                }
+            )
+    rows.append(
+        {
+            "task": "retrieval:niah_single/512",
+            "metric": "exact_match",
+            "label": "uniform",
+            "router": "static",
+            "dense": 0.75,
+            "routed": 0.375,
+            "retention": 0.5,
+            "ci_low": 0.2,
+            "ci_high": 0.8,
+            "samples": 8,
+        }
+    )
+    return pd.DataFrame(rows)
+
+
+def test_retrieval_heatmap_has_a_panel_per_series_with_depth_rows():
+    figure = figures.retrieval_heatmap(_retrieval_rows())
+    assert [t.text for t in figure.layout.annotations] == [
+        "niah_single · dense",
+        "niah_single · uniform + static",
+        "niah_single · uniform + random",
+    ]
+    dense, static, random = figure.data
+    assert list(dense.y) == ["0%", "50%"] and list(dense.x) == ["512"]
+    assert [row[0] for row in dense.z] == [1.0, 0.5]
+    assert [row[0] for row in static.z] == [0.5, 0.25]
+    assert [row[0] for row in random.z] == [0.0, 0.25]
+
+
+def test_retention_bars_leave_retrieval_cells_to_the_heatmap():
+    (bars,) = figures.retention_figure(_retrieval_rows()).data
+    assert list(bars.x) == ["retrieval:niah_single/512 · exact_match"]
+
+
+def test_retrieval_heatmap_without_cells_says_so():
+    frame = _retrieval_rows().iloc[-1:]
+    assert "no retrieval result" in _texts(figures.retrieval_heatmap(frame))[0]
