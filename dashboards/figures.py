@@ -304,8 +304,9 @@ def _layout(figure: go.Figure, height: int = 380) -> go.Figure:
     return figure
 
 
-def retrieval_heatmap(frame: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
-    """Retrieval accuracy per key depth (rows) and prompt length (columns): one panel per
+def retrieval_heatmap(frame: pd.DataFrame, metric: str = "acc") -> go.Figure:
+    """Retrieval accuracy (``acc``: the key's answer chosen among four) per key depth (rows)
+    and prompt length (columns): one panel per
     family and series (dense, then every schedule + router), as ``ftprune eval
     --retrieval`` stores its cells (task ``retrieval:<family>/<length>/<depth %>``)."""
     from plotly.subplots import make_subplots

@@ -218,7 +218,7 @@ def evaluation_view(store: Store, run_id: int | None) -> None:
         )
         st.plotly_chart(figures.retention_figure(results), key="retention")
         if results["task"].str.startswith("retrieval:").any():
-            st.subheader("Retrieval: greedy exact match by key depth and prompt length")
+            st.subheader("Retrieval: accuracy by key depth and prompt length")
             st.plotly_chart(figures.retrieval_heatmap(results), key="retrieval")
         st.dataframe(results, hide_index=True, width="stretch")
     st.header("Benchmarks")

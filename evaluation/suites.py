@@ -3,7 +3,7 @@
 - ``paper``: the FTP paper's suite (ARC-Easy, ARC-Challenge, HellaSwag, WinoGrande, MMLU),
   zero-shot with lm-eval's prompts and metrics (:mod:`evaluation.olmo`), on fixed subsets
   sized for 2 CPU cores: the first ``n`` of each task's fixed order (a seeded permutation;
-  MMLU stratified, 10 questions of each of its 57 subjects). ``--limit`` takes fewer (a
+  MMLU stratified, 6 questions of each of its 57 subjects). ``--limit`` takes fewer (a
   smoke run); on a cluster, :data:`FULL` gives every example.
 - ``dev``: the development set for choosing between designs, passage-first tasks on which
   the dense model is clearly capable; ``configs/devsuite.yaml`` documents it (with the
@@ -63,17 +63,17 @@ DEPTHS = tuple(d / 10 for d in range(11))  # 0%, 10%, ..., 100%
 PAPER = Suite(
     "paper",
     (
-        SuiteTask("olmo:arc_easy", 500),
-        SuiteTask("olmo:arc_challenge", 500),
-        SuiteTask("olmo:hellaswag", 500),
-        SuiteTask("olmo:winogrande", 500),
-        SuiteTask("olmo:mmlu", 570),
+        SuiteTask("olmo:arc_easy", 300),
+        SuiteTask("olmo:arc_challenge", 300),
+        SuiteTask("olmo:hellaswag", 300),
+        SuiteTask("olmo:winogrande", 300),
+        SuiteTask("olmo:mmlu", 342),
     ),
 )
 DEV = Suite(
     "dev",
-    (SuiteTask("olmo:boolq", 600), SuiteTask("olmo:sciq", 600)),
-    RetrievalGrid(("niah_multikey", "qa"), (1024,), DEPTHS, 4),
+    (SuiteTask("olmo:sciq", 1000),),
+    RetrievalGrid(("niah_multikey", "qa"), (1024,), DEPTHS, 28),
 )
 SUITES = {suite.name: suite for suite in (PAPER, DEV)}
 

@@ -1,6 +1,9 @@
 """``ftprune eval --retrieval``: retrieval accuracy per length and depth, as a terminal grid
 and as the depth × length heatmap long-context users read (dense and every routed row side
-by side, one row of panels per family).
+by side, one row of panels per family). The heatmap draws ``acc``, the multiple-choice
+accuracy (the key's answer against three distractors: chance 0.25), which stays informative
+where greedy exact match is out of a small model's reach (SQuAD answers); the grid prints
+both.
 
 Both read the evaluation rows of the retrieval cells (task ``retrieval:<family>/<length>/
 <depth %>``, metrics ``exact_match`` and ``acc``), so they draw stored rows as well.
@@ -52,7 +55,7 @@ def format_grid(rows: Sequence[dict[str, Any]], metric: str = "exact_match") -> 
     return "\n".join(lines)
 
 
-def plot_heatmap(rows: Sequence[dict[str, Any]], out: Path, metric: str = "exact_match") -> None:
+def plot_heatmap(rows: Sequence[dict[str, Any]], out: Path, metric: str = "acc") -> None:
     """One PNG: per family a row of panels (dense, then every routed series), each a
     depth × length grid of accuracy (0 red, 1 green)."""
     import matplotlib

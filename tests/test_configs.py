@@ -9,11 +9,11 @@ import yaml
 
 from search.config import RunConfig, build_config
 
-# devsuite.yaml is the evaluation suite, not a run config (tests/eval/test_devsuite.py).
+# devsuite*.yaml are evaluation suites, not run configs (tests/eval/test_devsuite.py).
 CONFIGS = sorted(
     p
     for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-    if p.name != "devsuite.yaml"
+    if not p.name.startswith("devsuite")
 )
 
 

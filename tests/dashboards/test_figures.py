@@ -262,7 +262,7 @@ def _retrieval_rows() -> pd.DataFrame:
             rows.append(
                 {
                     "task": f"retrieval:niah_single/{length}/{depth}",
-                    "metric": "exact_match",
+                    "metric": "acc",
                     "label": "uniform",
                     "router": router,
                     "dense": 1.0 - depth / 100,
@@ -276,7 +276,7 @@ def _retrieval_rows() -> pd.DataFrame:
     rows.append(
         {
             "task": "retrieval:niah_single/512",
-            "metric": "exact_match",
+            "metric": "acc",
             "label": "uniform",
             "router": "static",
             "dense": 0.75,
@@ -306,7 +306,7 @@ def test_retrieval_heatmap_has_a_panel_per_series_with_depth_rows():
 
 def test_retention_bars_leave_retrieval_cells_to_the_heatmap():
     (bars,) = figures.retention_figure(_retrieval_rows()).data
-    assert list(bars.x) == ["retrieval:niah_single/512 · exact_match"]
+    assert list(bars.x) == ["retrieval:niah_single/512 · acc"]
 
 
 def test_retrieval_heatmap_without_cells_says_so():

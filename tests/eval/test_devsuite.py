@@ -1,7 +1,10 @@
-"""``configs/devsuite.yaml``, the development suite: well formed, no reserved task, each task
-a JSON task of the BIG-bench 1.0.0 release, at least half of them with the key information
-early in a long prompt, the recorded dense accuracy at least 10 points over chance; with the
-release in the cache, the recorded chance rates are those of the suite's examples."""
+"""The development sets. ``configs/devsuite.yaml``: equal to ``--suite dev``, no reserved or
+paper task, passage-first, at least 300 examples per task and retrieval family, the recorded
+dense accuracy at least 15 points over chance. ``configs/devsuite-bigbench.yaml``, the
+earlier BIG-bench suite: well formed, no reserved task, each task a JSON task of the
+BIG-bench 1.0.0 release, at least half of them with the key information early in a long
+prompt, the recorded dense accuracy at least 10 points over chance; with the release in the
+cache, the recorded chance rates are those of the suite's examples."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pytest
 import yaml
 
 from evaluation.bigbench import RELEASE_TASKS, read_index
+from evaluation.suites import SUITES, load_suite
 from evaluation.tasks import (
     BIGBENCH_PREFIX,
     RESERVED_TASKS,
@@ -21,7 +25,9 @@ from evaluation.tasks import (
     task_name,
 )
 
-SUITE_FILE = Path(__file__).resolve().parents[2] / "configs" / "devsuite.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SUITE_FILE = CONFIGS / "devsuite-bigbench.yaml"
+DEV_FILE = CONFIGS / "devsuite.yaml"
 TASK_KEYS = {"task", "key_info_first", "chance", "dense_acc", "why"}
 
 
@@ -81,3 +87,23 @@ def test_chance_rates_are_those_of_the_suite_examples(suite: dict[str, Any]) -> 
         task = load_task_file(index.path(name), suite["limit"], name=name)
         chance = statistics.mean(len(e.correct) / len(e.choices) for e in task.examples)
         assert entry["chance"] == pytest.approx(chance, abs=5e-4), name
+
+
+def test_the_development_set_is_the_dev_suite() -> None:
+    assert load_suite(str(DEV_FILE)) == SUITES["dev"]
+
+
+def test_the_development_set_has_power_and_no_held_back_data() -> None:
+    data = yaml.safe_load(DEV_FILE.read_text())
+    assert data["model"] == "smollm2-135m"
+    for entry in data["tasks"]:
+        check_not_reserved(entry["task"], use="the development set")
+        assert entry["key_info_first"] is True
+        assert entry["n"] >= 300
+        assert entry["dense"] >= entry["chance"] + 0.15, entry["task"]
+    grid = data["retrieval"]
+    per_family = len(grid["lengths"]) * len(grid["depths"]) * grid["samples"]
+    assert per_family >= 300
+    for family in grid["families"]:
+        check_not_reserved(f"retrieval:{family}", use="the development set")
+        assert grid["dense"][family] >= grid["chance"] + 0.15, family
