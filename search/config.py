@@ -158,7 +158,7 @@ class RunConfig(BaseModel):
     level_step: float = Field(0.025, gt=0.0, lt=1.0, description="sparsity grid step")
     offspring: int = Field(16, ge=1, description="new candidates per generation")
     parents: int = Field(2, ge=1, description="best candidates kept as parents")
-    generations: int = Field(8, ge=1)
+    generations: int = Field(5, ge=1)
     crossover_prob: float = Field(0.5, ge=0.0, le=1.0)
     max_moves: int = Field(3, ge=1, description="most level moves per mutation")
     monotone: bool = Field(
@@ -182,7 +182,7 @@ class RunConfig(BaseModel):
     )
     router_training: RouterTrainingConfig = Field(default_factory=RouterTrainingConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
-    finetune_generations: int = Field(4, ge=1, description="step 3 generations per round")
+    finetune_generations: int = Field(2, ge=1, description="step 3 generations per round")
     artifacts_dir: str = Field(
         "ftprune-artifacts", description="where router checkpoints are written"
     )
