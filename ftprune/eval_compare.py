@@ -12,8 +12,7 @@ retrieval family and length the difference over all depths (``retrieval:<family>
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from evaluation.choice import TaskScores
 from evaluation.stats import mcnemar, paired_difference_tasks
@@ -139,19 +138,26 @@ def difference_rows(
     return rows
 
 
+def _interval(row: Mapping[str, Any]) -> str:
+    return f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
+
+
 def format_differences(rows: Sequence[dict[str, Any]]) -> str:
-    """The difference rows as a terminal table (points of accuracy)."""
-    head = (
-        f"{'row':<24}{'vs':<18}{'task':<30}{'metric':<12}{'base':>7}{'row acc':>8}"
-        f"{'diff':>8}{'95% CI':>17}{'McNemar p':>11}{'n':>6}"
+    """The difference rows as a terminal table (differences in points of accuracy)."""
+    from ftprune.tables import Column, render
+
+    return render(
+        rows,
+        [
+            Column("row", "row"),
+            Column("vs", "baseline"),
+            Column("task", "task"),
+            Column("metric", "metric"),
+            Column("base", "base", ".3f"),
+            Column("row acc", "other", ".3f"),
+            Column("diff", lambda r: 100 * r["difference"], "+.1f"),
+            Column("95% CI", _interval),
+            Column("McNemar p", "mcnemar_p", ".3g"),
+            Column("n", "n", "d"),
+        ],
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        p = "" if math.isnan(r["mcnemar_p"]) else f"{r['mcnemar_p']:.3g}"
-        ci = f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
-        lines.append(
-            f"{r['row'][:23]:<24}{r['baseline'][:17]:<18}{r['task'][:29]:<30}{r['metric']:<12}"
-            f"{r['base']:>7.3f}{r['other']:>8.3f}{100 * r['difference']:>+8.1f}{ci:>17}"
-            f"{p:>11}{r['n']:>6}"
-        )
-    return "\n".join(lines)

@@ -356,17 +356,22 @@ def _row(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as an aligned text table."""
-    header = (
-        f"{'scope':<11}{'batch':>6}{'seq':>6}{'S':>6}{'real S':>8}{'dense ms':>11}"
-        f"{'routed ms':>11}{'speedup':>9}{'ideal':>8}{'eff':>7}{'eff 95% CI':>14}"
+    """The rows as a text table."""
+    from ftprune.tables import Column, render
+
+    return render(
+        rows,
+        [
+            Column("scope", "scope"),
+            Column("batch", "batch", "d"),
+            Column("seq", "seq_len", "d"),
+            Column("S", "target_sparsity", ".2f"),
+            Column("real S", "realized_sparsity", ".3f"),
+            Column("dense ms", "dense_ms", ".1f"),
+            Column("routed ms", "routed_ms", ".1f"),
+            Column("speedup", "speedup", ".3f"),
+            Column("ideal", "ideal_speedup", ".3f"),
+            Column("eff", "efficiency", ".3f"),
+            Column("eff 95% CI", lambda r: "%.3f-%.3f" % tuple(r["efficiency_ci95"])),
+        ],
     )
-    lines = [header]
-    for r in rows:
-        lines.append(
-            f"{r['scope']:<11}{r['batch']:>6}{r['seq_len']:>6}{r['target_sparsity']:>6.2f}"
-            f"{r['realized_sparsity']:>8.3f}{r['dense_ms']:>11.1f}{r['routed_ms']:>11.1f}"
-            f"{r['speedup']:>9.3f}{r['ideal_speedup']:>8.3f}{r['efficiency']:>7.3f}"
-            f"{'%.3f-%.3f' % tuple(r['efficiency_ci95']):>14}"
-        )
-    return "\n".join(lines)

@@ -168,18 +168,20 @@ def run(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as an aligned text table."""
-    header = (
-        f"{'method':<12}{'seed':>5}{'evals':>7}{'fwd tokens':>12}{'wall s':>8}"
-        f"{'cand/min':>10}{'best fit':>10}{'heldout KL':>12}{'match at':>10}"
+    """The rows as a text table."""
+    from ftprune.tables import Column, render
+
+    return render(
+        rows,
+        [
+            Column("method", "method"),
+            Column("seed", "seed", "d"),
+            Column("evals", "evaluations", "d"),
+            Column("fwd tokens", "forward_tokens", "d"),
+            Column("wall s", "wall_s", ".0f"),
+            Column("cand/min", "candidates_per_min", ".1f"),
+            Column("best fit", "best_fitness", ".4f"),
+            Column("heldout KL", "heldout_kl", ".4f"),
+            Column("match at", "tokens_to_match", "d"),
+        ],
     )
-    lines = [header]
-    for r in rows:
-        match = r.get("tokens_to_match")
-        lines.append(
-            f"{r['method']:<12}{r['seed']:>5}{r['evaluations']:>7}"
-            f"{r['forward_tokens']:>12}{r['wall_s']:>8.0f}"
-            f"{r['candidates_per_min']:>10.1f}{r['best_fitness']:>10.4f}"
-            f"{r['heldout_kl']:>12.4f}{'' if match is None else match:>10}"
-        )
-    return "\n".join(lines)
