@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,19 +62,29 @@ def default_url() -> str:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
+    """The URL with any password replaced by ``***`` (in text that does not parse as a URL,
+    whatever stands between ``://user:`` and ``@``)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<invalid database URL>"
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _origin(url: str) -> str:
+    """``"$FTPRUNE_DB: "`` when ``url`` is the environment's (a command run without --db
+    says where the URL it refuses came from), else nothing."""
+    return "$FTPRUNE_DB: " if url == os.environ.get("FTPRUNE_DB") else ""
 
 
 def _parse(url: str) -> URL:
     """The parsed URL, with ``postgresql://`` resolved to the psycopg driver."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(f"invalid database URL {redact(url)!r}") from None
+    except (ArgumentError, ValueError):  # a malformed port is a ValueError
+        raise StorageError(
+            f"{_origin(url)}invalid database URL {redact(url)!r}: use sqlite:///FILE or "
+            "postgresql+psycopg://USER@HOST/DB"
+        ) from None
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername=POSTGRES_DRIVER)
     return parsed
@@ -131,12 +142,12 @@ def check_url(url: str) -> None:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise StorageError(
-            f"unsupported database {backend!r}: use "
+            f"{_origin(url)}unsupported database {backend!r}: use "
             "sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
         )
     if backend == "postgresql" and parsed.drivername != POSTGRES_DRIVER:
         raise StorageError(
-            f"unsupported PostgreSQL driver {parsed.drivername!r}: use "
+            f"{_origin(url)}unsupported PostgreSQL driver {parsed.drivername!r}: use "
             "postgresql+psycopg://USER@HOST/DB"
         )
     path = _sqlite_file(parsed)

@@ -241,3 +241,25 @@ def test_status_without_a_run_shows_the_pipeline_a_fine_tuning_run_belongs_to(db
     status = runner.invoke(app, ["search", "status", "--json", "--db", db_url])
     assert json.loads(status.stdout)["run"] == "solo-finetune-2"
     store.close()
+
+
+USE = "use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ("garbage", [], f"$FTPRUNE_DB: invalid database URL 'garbage': {USE}"),
+        (
+            "postgresql+psycopg://me:secret@db:port/ftp",
+            [],
+            f"$FTPRUNE_DB: invalid database URL 'postgresql+psycopg://me:***@db:port/ftp': {USE}",
+        ),
+        ("mysql://db/ftp", [], f"$FTPRUNE_DB: unsupported database 'mysql': {USE}"),
+        ("sqlite:///x.db", ["--db", "garbage"], f"invalid database URL 'garbage': {USE}"),
+    ],
+)
+def test_a_bad_database_url_says_where_it_came_from(env, args, message):
+    result = runner.invoke(app, ["search", "status", *args], env={"FTPRUNE_DB": env})
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: {message}\n"
