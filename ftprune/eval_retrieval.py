@@ -72,8 +72,9 @@ def plot_heatmap(rows: Sequence[dict[str, Any]], out: Path, metric: str = "acc")
     fig, axes = plt.subplots(
         len(families),
         len(series),
-        figsize=(1.0 + 1.1 * len(lengths) * len(series), 0.6 + 0.32 * len(depths) * len(families)),
+        figsize=(1.0 + 1.1 * len(lengths) * len(series), (1.2 + 0.3 * len(depths)) * len(families)),
         squeeze=False,
+        constrained_layout=True,
     )
     image = None
     for f, family in enumerate(families):
@@ -94,5 +95,5 @@ def plot_heatmap(rows: Sequence[dict[str, Any]], out: Path, metric: str = "acc")
                 ax.set_xlabel("tokens")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label=metric)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    fig.savefig(out, dpi=110)
     plt.close(fig)
