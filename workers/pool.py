@@ -22,6 +22,7 @@ import abc
 import logging
 import math
 import os
+import secrets
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol, Sequence
@@ -217,8 +218,9 @@ class RayPool(EvaluationPool):
         import ray
 
         self._owns_ray = not ray.is_initialized()
+        self._local_env: list[str] = []  # variables _start_ray set, unset again by close()
         if self._owns_ray:
-            _start_ray(address)
+            self._local_env = _start_ray(address)
         self._local = address is None
         threads = settings.threads or max(1, int(cpus_per_worker))
         self._actor_class = ray.remote(_ScorerActor).options(
@@ -405,11 +407,55 @@ class RayPool(EvaluationPool):
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
+        _unset(self._local_env)
+        self._local_env = []
 
 
-def _start_ray(address: str | None) -> None:
+# The token of ftprune's own local Ray instances, one per process.
+_LOCAL_TOKEN = secrets.token_hex(32)
+_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+_NICENESS = "RAY_worker_niceness"
+
+
+def _local_instance_env() -> dict[str, str]:
+    """The environment a local instance starts with, beyond the user's (see _start_ray)."""
+    chosen: dict[str, str] = {}
+    if not any(name in os.environ for name in _AUTH_VARIABLES):
+        chosen.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_LOCAL_TOKEN)
+    if _NICENESS not in os.environ:
+        chosen[_NICENESS] = "0"
+    return chosen
+
+
+def _unset(names: Sequence[str]) -> None:
+    for name in names:
+        os.environ.pop(name, None)
+    if any(name in _AUTH_VARIABLES for name in names):
+        _reread_ray_auth()
+
+
+def _reread_ray_auth() -> None:
+    """Make Ray in this process read its authentication mode and token from the
+    environment again (it reads them once and keeps them)."""
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _start_ray(address: str | None) -> list[str]:
     """Join the Ray cluster at ``address`` or, without one, start a new local instance (never
-    a running one found on this machine).
+    a running one found on this machine); returns the environment variables it set (for
+    the pool to unset when it closes).
+
+    A local instance uses Ray's token authentication with a random token that lives only in
+    the environment of this process and of the Ray processes it starts (``RAY_AUTH_MODE``,
+    ``RAY_AUTH_TOKEN``): nothing is written to ``~/.ray`` and Ray prints no warning about
+    it. Its workers run at this process's priority (``RAY_worker_niceness=0``): Ray's
+    default lowers them by 15 nice levels, which on a shared machine starves the processes
+    that do all of ftprune's work. What the user set (``RAY_AUTH_MODE``,
+    ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``RAY_worker_niceness``) is used instead;
+    a cluster's settings are the cluster's (README: on a cluster).
 
     A local instance, and a cluster at a loopback address (``127.0.0.1:PORT``, or ``auto``
     with ``RAY_ADDRESS`` naming one, as under ``ray job submit`` on such a cluster), is
@@ -429,13 +475,26 @@ def _start_ray(address: str | None) -> None:
     loopback = address is None or (parsed is not None and is_localhost(parsed[0]))
     cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = cluster_mode and not loopback
+    chosen = _local_instance_env() if address is None else {}
+    os.environ.update(chosen)
+    if any(name in _AUTH_VARIABLES for name in chosen):
+        _reread_ray_auth()
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,  # ftprune says what it starts
+            )
+    except BaseException:
+        _unset(list(chosen))
+        raise
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+    return list(chosen)
 
 
 class _ScorerActor:
