@@ -21,14 +21,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
-from evaluation.choice import SparsityMeter, TaskScores
 from evaluation.tasks import TaskError
-from router import routing_of
+
+if TYPE_CHECKING:  # torch loads with the scoring: checking task names needs none
+    from evaluation.choice import TaskScores
 
 METRICS = ("acc", "acc_norm")
 
@@ -85,13 +87,37 @@ def _task_manager(paths: tuple[str, ...], builtin: bool) -> Any:
     return TaskManager(include_path=list(paths) or None, include_defaults=builtin)
 
 
+@functools.lru_cache(maxsize=1)
+def builtin_task_names() -> frozenset[str]:
+    """The task, group and tag names of lm-eval's built-in index, as its ``TaskManager``
+    lists them (``all_tasks``), cached as JSON under ftprune's cache directory per lm-eval
+    version: lm-eval builds its index from thousands of YAML files (half a minute on 2
+    cores), so it is built once."""
+    from importlib.metadata import version
+
+    from router.loading import cache_dir
+
+    path = cache_dir() / f"lm-eval-{version('lm_eval')}-tasks.json"
+    try:
+        return frozenset(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    names = sorted(_task_manager((), True).all_tasks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(names))
+    os.replace(staging, path)  # whole or absent: concurrent writers write the same list
+    return frozenset(names)
+
+
 def check_lm_tasks(specs: Sequence[str]) -> None:
-    """Raise TaskError unless every spec names an lm-eval task or group (reads the task
-    index, no dataset)."""
-    paths, names, builtin = split_specs(specs)
-    manager = _task_manager(paths, builtin)
-    known = set(manager.all_tasks)
-    unknown = [name for name in names if name not in known]
+    """Raise TaskError unless every spec names an lm-eval task or group: a local YAML or
+    include directory that defines one (:func:`split_specs`), or a name of lm-eval's own
+    index (:func:`builtin_task_names`). Reads no dataset."""
+    split_specs(specs)
+    local = (".yaml", ".yml")
+    asked = [s for s in specs if Path(s).suffix not in local and not Path(s).is_dir()]
+    unknown = [name for name in asked if name not in builtin_task_names()]
     if unknown:
         raise TaskError(
             f"unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`, or give "
@@ -106,6 +132,9 @@ def lmeval_scores(
     lm-eval's document order, the first ``limit`` of each task)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+
+    from evaluation.choice import SparsityMeter, TaskScores
+    from router import routing_of
 
     paths, names, builtin = split_specs(specs)
     routed = routing_of(model) is not None

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Sequence
 
 from evaluation import bigbench, olmo
 from evaluation.examples import ChoiceExample, ChoiceTask, TaskError
@@ -50,6 +51,8 @@ RESERVED_TASKS: tuple[str, ...] = (
 # The FTP paper's suite: reported, never used for calibration, fitness, training or tuning.
 PAPER_TASKS: tuple[str, ...] = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu")
 BIGBENCH_PREFIX = "bigbench:"
+MAX_CHOICES = 256  # per example; BIG-bench's multiple-choice tasks hold far fewer
+DEFAULT_CONTEXT = 2048  # what the scorer reads of a model whose config names no context
 SOURCE_PREFIXES = (BIGBENCH_PREFIX, "olmo:", "retrieval:")
 _DEFAULTS = {
     "task_prefix": "",
@@ -139,9 +142,11 @@ def load_task_file(
 ) -> ChoiceTask:
     """A BIG-bench JSON multiple-choice task (see the module docstring for the prompt).
 
-    Raises :class:`TaskError` for a missing file, invalid JSON, no ``examples``, an example
-    without ``input`` or ``target_scores``, empty or blank choices, no positive target
-    score, or a ``limit`` below 1. The task's name is ``name``, else its directory's name
+    Raises :class:`TaskError` for a missing file, invalid JSON (a repeated key, NaN or
+    Infinity included), no ``examples``, an example without ``input`` or
+    ``target_scores``, empty or blank choices, fewer than two choices or more than
+    :data:`MAX_CHOICES`, no positive target score, every choice correct, or a ``limit``
+    below 1. The task's name is ``name``, else its directory's name
     for a ``task.json``, else the file's stem.
     """
     path = Path(path)
@@ -150,9 +155,17 @@ def load_task_file(
     if not path.is_file():
         raise TaskError(f"task file not found: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(
+            path.read_text(encoding="utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+        )
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise TaskError(f"{path}: not a JSON file ({error})") from None
+    except ValueError as error:  # a repeated key or a NaN / Infinity
+        raise TaskError(f"{path}: {error}") from None
+    except OSError as error:
+        raise TaskError(f"cannot read task file {path}: {error.strerror or error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
         raise TaskError(f"{path}: no 'examples' list (not a BIG-bench JSON task)")
     if not data["examples"]:
@@ -174,6 +187,41 @@ def load_task_file(
     return ChoiceTask(name=name or default_name, examples=examples)
 
 
+def check_fits(tasks: Sequence[ChoiceTask], model: str) -> None:
+    """Raise :class:`TaskError` when an example's prompt and one of its choices are more
+    tokens than ``model`` reads (the scorer would cut the prompt from the left). Reads the
+    model's config and tokenizer, no weights (:mod:`router.loading`)."""
+    from router.loading import model_facts, token_encoder
+
+    limit = model_facts(model).context or DEFAULT_CONTEXT
+    encode = token_encoder(model)
+    for task in tasks:
+        for index, example in enumerate(task.examples):
+            longest = max(
+                len(encode(example.context_of(c) + choice)) - 1
+                for c, choice in enumerate(example.choices)
+            )
+            if longest > limit:
+                raise TaskError(
+                    f"task {task.name!r}, example {index}: its prompt and choice are "
+                    f"{longest} tokens, model {model!r} reads at most {limit}"
+                )
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object, refusing a repeated key (plain ``json`` keeps the last silently)."""
+    found: dict[str, object] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        found[key] = value
+    return found
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a task can hold")
+
+
 def _example(
     path: Path, index: int, item: object, prefixes: dict[str, str], append: bool
 ) -> ChoiceExample:
@@ -189,11 +237,17 @@ def _example(
         raise TaskError(f"{where}: a choice is empty")
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in scores.values()):
         raise TaskError(f"{where}: target scores must be numbers")
+    if len(scores) < 2:
+        raise TaskError(f"{where} has one choice: it cannot tell a model's answers apart")
+    if len(scores) > MAX_CHOICES:
+        raise TaskError(f"{where} has {len(scores)} choices; at most {MAX_CHOICES} are scored")
     choices = tuple(scores)
     best = max(scores.values())
     if best <= 0:
         raise TaskError(f"{where}: no correct choice (no positive target score)")
     correct = frozenset(i for i, choice in enumerate(choices) if scores[choice] == best)
+    if len(correct) == len(choices):
+        raise TaskError(f"{where}: every choice is correct: it scores every model 1")
     text = prefixes["example_input_prefix"] + item["input"]
     if append:
         listed = list(choices)

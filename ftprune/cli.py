@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -31,7 +31,6 @@ from ftprune.cli_common import (
     checked_url,
     echo_heldout_table,
     format_schedule,
-    on_device,
     open_store,
     user_errors,
 )
@@ -40,6 +39,9 @@ from ftprune.cli_db import db_app
 from ftprune.cli_eval import eval_command
 from ftprune.cli_pipeline import export, pipeline, router_app
 from ftprune.cli_tune import tune_app
+
+if TYPE_CHECKING:
+    from search.config import RunConfig
 
 
 class RootGroup(TyperGroup):
@@ -333,27 +335,34 @@ def search_resume(
     The result is the same as an uninterrupted run with the same config and seed
     (``--device`` moves the workers for this process; the run's config keeps its own).
     """
-    from search.config import RunConfig
-    from search.coordinator import resume
+    from search.coordinator import prepare_resume, resume
     from storage import default_url
 
     url = db or default_url()
     with user_errors():
         store = open_store(url, create=False)
-        cfg = on_device(RunConfig(**store.find_run(run).config), device)
+        checked = prepare_resume(run, store, device)
         started = time.perf_counter()
-        outcome = resume(run, store, show_progress=not quiet, device=device)
-    _report(cfg, outcome, url, time.perf_counter() - started)
+        outcome = resume(run, store, show_progress=not quiet, checked=checked)
+    _report(checked.config, outcome, url, time.perf_counter() - started)
 
 
-def _run_and_report(cfg: Any, url: str, quiet: bool) -> None:
-    from ftprune.cli_checks import check_run
+def _run_and_report(cfg: RunConfig, url: str, quiet: bool) -> None:
+    """Check everything (the database read-only), then launch the run and report it."""
     from search.coordinator import launch
+    from search.preflight import check_inputs, preflight
+    from storage.precheck import open_for_checks
 
-    check_run(cfg)
+    check_inputs(cfg)
+    reader = open_for_checks(url)
+    try:
+        checked = preflight(cfg, reader)
+    finally:
+        if reader is not None:
+            reader.close()
     store = open_store(url)
     started = time.perf_counter()
-    outcome = launch(cfg, store, show_progress=not quiet)
+    outcome = launch(checked, store, show_progress=not quiet)
     _report(cfg, outcome, url, time.perf_counter() - started)
 
 

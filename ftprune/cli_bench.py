@@ -14,7 +14,24 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftprune.cli_common import Device, Dtype, JsonOut, check_output_file, fail, user_errors
+from ftprune.cli_common import (
+    Device,
+    Dtype,
+    JsonOut,
+    check_output_file,
+    check_range,
+    fail,
+    user_errors,
+)
+
+# Upper bounds of what a user can mean (a value past one is a typo, refused in one line).
+MAX_BATCH = 65_536
+MAX_REPEATS = 10_000
+MAX_THREADS = 4096  # threads, workers
+MAX_TOKENS = 10**10  # the search benchmark's forward-token budget
+MAX_SEEDS = 100
+MAX_CANDIDATES = 10**8
+MAX_SEQUENCES = 10**7  # held-out sequences, examples per task
 
 bench_app = typer.Typer(
     help="Benchmarks: time the product, write rows as JSON.", no_args_is_help=True
@@ -98,18 +115,17 @@ def routing(
     sparsities = [0.0, 0.25, 0.4] if sparsity is None else sparsity
     if any(n < 3 for n in seq_lens):
         fail("--seq-len must be at least 3 (every block keeps at least 2 tokens)")
-    if any(b < 1 for b in batches):
-        fail("--batch must be at least 1")
+    for size in batches:
+        check_range(size, "--batch", 1, MAX_BATCH)
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         fail("--sparsity must lie in [0, 1)")
     if dtype not in ("float32", "bfloat16"):
         fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
-    if repeats < 1 or warmup < 0:
-        fail("--repeats must be at least 1 and --warmup at least 0")
+    check_range(repeats, "--repeats", 1, MAX_REPEATS)
+    check_range(warmup, "--warmup", 0, MAX_REPEATS)
     if attention_window < 0:
         fail("--attention-window must be 0 (all queries) or positive")
-    if threads is not None and threads < 1:
-        fail("--threads must be at least 1")
+    check_range(threads, "--threads", 1, MAX_THREADS)
     if clock not in ("wall", "cpu"):
         fail(f"--clock must be wall or cpu, not {clock!r}")
     if router not in ("static", "dynamic"):
@@ -119,13 +135,12 @@ def routing(
     if device != "cpu" and clock == "cpu":
         fail("--clock cpu measures this process's CPU time: use --clock wall on a GPU")
     check_output_file(json_out, "--json")
-    from ftprune.cli_checks import check_context
-    from router.loading import model_config
+    from router.loading import model_facts
     from workers.devices import check_device_available
 
     with user_errors():
         check_device_available(device)
-        check_context(model, model_config(model), seq_lens, "--seq-len")
+        model_facts(model).check_fits(max(seq_lens), "--seq-len")
 
     import torch
 
@@ -177,12 +192,12 @@ def _write_json(rows: list[dict], json_out: Path | None) -> None:
 
 def _checked_config(path: Path | None, **overrides: Any) -> Any:
     """The run config with ``overrides``, its model and data checked; exits 2 on bad input."""
-    from ftprune.cli_checks import check_run
     from search.config import build_config
+    from search.preflight import preflight
 
     with user_errors():
         cfg = build_config(path, **overrides)
-        check_run(cfg)
+        preflight(cfg, tokenize=True)
     return cfg
 
 
@@ -208,8 +223,8 @@ def search(
     text at exactly the target sparsity. Rows: method, seed, evaluations, forward_tokens,
     wall_s, candidates_per_min, best_fitness, heldout_kl (+ tokens_to_match for ftprune).
     """
-    if tokens < 1 or seeds < 1:
-        fail("--tokens and --seeds must be at least 1")
+    check_range(tokens, "--tokens", 1, MAX_TOKENS)
+    check_range(seeds, "--seeds", 1, MAX_SEEDS)
     check_output_file(json_out, "--json")
     cfg = _checked_config(
         config, model=model, target_sparsity=target_sparsity, device=device, dtype=dtype
@@ -235,8 +250,8 @@ def coordinator(
     Everything but the model runs for real: the evolutionary search, the fitness cache,
     Ray dispatch to worker actors and the database write of every evaluation.
     """
-    if workers < 1 or candidates < 1:
-        fail("--workers and --candidates must be at least 1")
+    check_range(workers, "--workers", 1, MAX_THREADS)
+    check_range(candidates, "--candidates", 1, MAX_CANDIDATES)
     check_output_file(json_out, "--json")
     if db is not None:
         from storage import StorageError, check_url
@@ -281,10 +296,8 @@ def _quality_command(kind: str) -> Any:
         dtype: Dtype = None,
         json_out: JsonOut = None,
     ) -> None:
-        if seeds < 1:
-            fail("--seeds must be at least 1")
-        if sequences is not None and sequences < 1:
-            fail("--sequences must be at least 1")
+        check_range(seeds, "--seeds", 1, MAX_SEEDS)
+        check_range(sequences, "--sequences", 1, MAX_SEQUENCES)
         check_output_file(json_out, "--json")
         cfg = _checked_config(
             config,
@@ -357,10 +370,8 @@ def eval_bench(
     """
     if not task_file:
         fail("give at least one --task-file (a task.json or bigbench:<name>)")
-    if limit is not None and limit < 1:
-        fail("--limit must be at least 1")
-    if batch_size < 1:
-        fail("--batch-size must be at least 1")
+    check_range(limit, "--limit", 1, MAX_SEQUENCES)
+    check_range(batch_size, "--batch-size", 1, MAX_BATCH)
     if not 0.0 <= sparsity < 1.0:
         fail("--sparsity must lie in [0, 1)")
     if dtype not in ("float32", "bfloat16", "float64"):

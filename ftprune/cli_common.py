@@ -47,10 +47,11 @@ Dtype = Annotated[
 
 # The library's input errors, by (module, class): each message is one line for the user.
 USER_ERRORS = (
-    ("search.config", "ConfigError"),
+    ("search.errors", "ConfigError"),
+    ("search.coordinator", "RunFinished"),
     ("router.loading", "ModelSpecError"),
-    ("router.registry", "RouterSpecError"),
-    ("router.checkpoint", "CheckpointError"),
+    ("router.specs", "RouterSpecError"),
+    ("router.specs", "CheckpointError"),
     ("storage.engine", "StorageError"),
     ("workers.data", "DataSpecError"),
     ("workers.devices", "DeviceError"),
@@ -78,11 +79,18 @@ def is_user_error(exc: BaseException, kinds: tuple[tuple[str, str], ...] = USER_
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's input errors into one line on stderr and exit status 2, and the
-    failures of :data:`RUN_FAILURES` into one line and exit status 1."""
+    """Turn the library's input errors into one line on stderr and exit status 2, the
+    failures of :data:`RUN_FAILURES` into one line and exit status 1, and an interrupted
+    run (:class:`search.interrupts.RunInterrupted`) into its one line and 128 + the
+    signal's number."""
     try:
         yield
-    except Exception as exc:
+    except BaseException as exc:
+        if is_user_error(exc, (("search.interrupts", "RunInterrupted"),)):
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+        if not isinstance(exc, Exception):
+            raise
         if is_user_error(exc):
             fail(str(exc))
         if is_user_error(exc, RUN_FAILURES):
@@ -95,6 +103,13 @@ def fail(message: str) -> NoReturn:
     """Bad input: ``message`` as one line on stderr, exit status 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def check_range(value: float | None, option: str, low: float, high: float) -> None:
+    """Bad input (exit 2, one line) unless ``value``, if given, is a number in
+    [``low``, ``high``]: every count a command takes is bounded by what a user can mean."""
+    if value is not None and not low <= value <= high:
+        fail(f"{option} must lie in {low}..{high}, got {value}")
 
 
 def check_output_file(path: Path | None, option: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -100,17 +101,47 @@ def streamlit_command(host: str, port: int) -> list[str]:
 
 def serve(url: str, host: str, port: int) -> int:
     """Run the Streamlit server over ``url`` (passed in its environment as ``$FTPRUNE_DB``)
-    until it exits or is interrupted; its exit status (0 after Ctrl-C)."""
-    process = subprocess.Popen(streamlit_command(host, port), env={**os.environ, "FTPRUNE_DB": url})
+    until it exits or this process is stopped; its exit status.
+
+    The server never outlives this process: Ctrl-C (SIGINT, which the server gets too) and
+    SIGTERM (``kill``, a supervisor's stop, forwarded to it) stop it and return 0 and 143;
+    if this process dies without a word (SIGKILL), the kernel sends the server SIGTERM
+    (Linux's parent-death signal)."""
+    from search.interrupts import Interruptible, Terminated
+
+    process = subprocess.Popen(
+        streamlit_command(host, port),
+        env={**os.environ, "FTPRUNE_DB": url},
+        preexec_fn=_die_with_parent,
+    )
     try:
-        return process.wait()
+        with Interruptible():
+            return process.wait()
     except KeyboardInterrupt:  # the server got the same SIGINT and shuts down
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process, signal.SIGINT)
         return 0
+    except Terminated:
+        _stop(process, signal.SIGTERM)
+        return 128 + signal.SIGTERM
+
+
+def _stop(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Send ``signum`` to the server (again: harmless), wait 10 s, then kill it."""
+    if process.poll() is None:
+        process.send_signal(signum)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before it runs: SIGTERM when its parent dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def check_address(host: str, port: int) -> None:

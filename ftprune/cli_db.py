@@ -55,8 +55,13 @@ def upgrade(db: Db = None) -> None:
     with _storage_errors():
         check_writable(url)
         with database_errors(url):
-            done = upgrade_database(make_engine(url))
-    if done.before == done.after:
+            done = upgrade_database(make_engine(url), repair=True)
+    if done.recreated:
+        typer.echo(
+            f"{redact(url)}: at revision {done.after}, recreated the missing tables "
+            f"{', '.join(done.recreated)}"
+        )
+    elif done.before == done.after:
         typer.echo(f"{redact(url)}: already at revision {done.after} (newest)")
     elif done.adopted_skeleton:
         typer.echo(

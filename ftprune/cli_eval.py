@@ -27,11 +27,16 @@ from ftprune.cli_common import (
     user_errors,
 )
 
+MAX_LIMIT = 10_000_000  # examples per task
+MAX_BATCH = 65_536
+MAX_RESAMPLES = 1_000_000
+MAX_SEED = 2**32 - 1
+
 
 def _fixed_routers() -> tuple[str, ...]:
-    from router.registry import FIXED
+    from router.specs import FIXED_ROUTERS
 
-    return tuple(FIXED)
+    return FIXED_ROUTERS
 
 
 def eval_command(
@@ -153,10 +158,12 @@ def eval_command(
             "--router with --model must be static or random (evaluate a trained router "
             "with --run or --export)"
         )
-    if limit is not None and limit < 1:
-        fail("--limit must be at least 1")
-    if batch_size < 1 or resamples < 1:
-        fail("--batch-size and --resamples must be at least 1")
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        fail(f"--limit must lie in 1..{MAX_LIMIT}")
+    if not 1 <= batch_size <= MAX_BATCH or not 1 <= resamples <= MAX_RESAMPLES:
+        fail(f"--batch-size must lie in 1..{MAX_BATCH} and --resamples in 1..{MAX_RESAMPLES}")
+    if not 0 <= seed <= MAX_SEED:
+        fail(f"--seed must lie in 0..{MAX_SEED}")
     if dtype not in ("float32", "bfloat16"):
         fail(f"--dtype must be float32 or bfloat16, not {dtype!r}")
     check_output_file(json_out, "--json")
@@ -210,8 +217,10 @@ def _prepare(
 ) -> tuple[Any, Any, Any, Any]:
     """Everything checked, nothing loaded: the plan, the targets (a function of the block
     count, or None for --compare), the run view and store (for runs)."""
+    from evaluation.tasks import check_fits
     from ftprune.eval import EvalPlan, Target, check_hygiene, load_choice_tasks, run_target
-    from workers import BUILTIN_PYDOC, ScorerSettings, check_source
+    from workers import BUILTIN_PYDOC, ScorerSettings
+    from workers.data import check_text
     from workers.devices import check_device_available, check_device_spec
 
     if device is not None:  # in this process: eval loads its model here
@@ -224,7 +233,7 @@ def _prepare(
 
         check_lm_tasks(lm_tasks)
     if text is not None:
-        check_source(text)
+        check_text(text)
     view = store = None
     if ref is not None:
         from ftprune.eval import run_view
@@ -236,8 +245,7 @@ def _prepare(
         settings = scorer_settings(view.config)
         targets = None if comparing else run_target(view, schedule, router)
     elif export is not None:
-        from router.checkpoint import read_meta
-        from router.registry import checkpoint_spec
+        from router.specs import checkpoint_spec, read_meta
 
         meta = read_meta(export)
         settings = ScorerSettings(model=meta["model"], dtype=meta["dtype"], source=BUILTIN_PYDOC)
@@ -247,11 +255,11 @@ def _prepare(
         def targets(blocks: int) -> Target:
             return Target("export", schedule_values, spec)
     else:
-        from router.loading import model_config
+        from router.loading import model_facts
         from search.config import ConfigError
 
         assert model is not None
-        layers = model_config(model).num_hidden_layers
+        layers = model_facts(model).blocks
         if blocks is not None and len(blocks) != layers:
             raise ConfigError(
                 f"--schedule has {len(blocks)} entries but {model} has {layers} decoder blocks"
@@ -266,6 +274,7 @@ def _prepare(
             assert sparsity is not None
             return Target("uniform", [sparsity] * count, kind)
 
+    check_fits(choice_tasks, settings.model)
     if text is not None:
         settings = dataclasses.replace(settings, source=text)
     if device is not None:
@@ -295,7 +304,7 @@ def _execute(
     quiet: bool,
 ) -> None:
     from ftprune.eval import Evaluator, compare_targets, format_table, json_rows, plot
-    from router.registry import checkpoint_dir
+    from router.specs import checkpoint_dir
 
     def echo(line: str) -> None:
         if not quiet:

@@ -3,9 +3,10 @@ and their product. Input is checked before any work starts (one ``error:`` line,
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -24,6 +25,13 @@ from ftprune.cli_common import (
     user_errors,
 )
 
+if TYPE_CHECKING:
+    from ftprune.pipeline import PipelineOutcome
+    from search.config import RunConfig
+    from search.preflight import CheckedRun
+    from search.records import RouterLabel
+    from storage import Store
+
 router_app = typer.Typer(help="Train learned routers.", no_args_is_help=True)
 Weights = Annotated[
     str,
@@ -36,10 +44,24 @@ Weights = Annotated[
 
 
 def pipeline(
-    config: Annotated[Path, typer.Option("--config", help="Run config (YAML).")],
+    config: Annotated[
+        Optional[Path], typer.Option("--config", help="Run config (YAML) of a new pipeline.")
+    ] = None,
+    resume: Annotated[
+        Optional[str],
+        typer.Option(
+            "--resume",
+            help="Continue the pipeline of this run (id or name) where it stopped, with its "
+            "stored config: finished steps are kept.",
+        ),
+    ] = None,
     rounds: Annotated[
-        int, typer.Option(help="Repeat steps 2 (train the router) and 3 (fine-tune the schedule).")
-    ] = 1,
+        Optional[int],
+        typer.Option(
+            help="Repeat steps 2 (train the router) and 3 (fine-tune the schedule) "
+            "(default: 1; with --resume, the rounds the pipeline began)."
+        ),
+    ] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Unique name for the run.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     pool: Pool = None,
@@ -54,11 +76,23 @@ def pipeline(
 
     Step 1 searches with the static router, step 2 trains the dynamic router for the best
     schedule, step 3 searches again from step 1's parents with the trained router; the
-    held-out metrics of every step are printed at the end.
+    held-out metrics of every step are printed at the end. Every name the pipeline will
+    create is checked before any work; a pipeline that stopped continues with --resume.
     """
-    from search.config import build_config
+    from search.config import ConfigError, build_config
 
     with user_errors():
+        if (config is None) == (resume is None):
+            raise ConfigError("give exactly one of --config FILE and --resume RUN")
+        if resume is not None:
+            given = [run_name, seed, pool, workers, dtype]
+            if any(v is not None for v in given) or weights != "config":
+                raise ConfigError(
+                    "--resume continues the run with its stored config: give only "
+                    "--rounds, --device, --db and --quiet with it"
+                )
+            _resume_pipeline(resume, checked_url(db), rounds, device, quiet)
+            return
         cfg = build_config(
             config,
             run_name=run_name,
@@ -73,27 +107,58 @@ def pipeline(
             from ftprune.tune import tuned_config
 
             cfg = tuned_config(cfg, open_store(url, create=False))
-        run_pipeline_and_report(cfg, url, rounds, quiet)
+        run_pipeline_and_report(cfg, url, 1 if rounds is None else rounds, quiet)
 
 
-def run_pipeline_and_report(cfg: Any, url: str, rounds: int, quiet: bool) -> None:
-    """Validate, run the pipeline, print the summary (used by ``pipeline`` and ``demo``;
-    ``url`` is checked already)."""
-    from ftprune.cli_checks import check_run
-    from ftprune.pipeline import check_pipeline, run_pipeline
+def run_pipeline_and_report(cfg: RunConfig, url: str, rounds: int, quiet: bool) -> None:
+    """Check everything (the database read-only), run the pipeline, print the summary
+    (used by ``pipeline`` and ``demo``; ``url`` is checked already)."""
+    from ftprune.pipeline import check_new_pipeline, check_pipeline
+    from search.preflight import check_inputs
+    from storage.precheck import open_for_checks
 
-    check_pipeline(cfg, None, rounds)  # before the database is created or touched
-    check_run(cfg)
-    store = open_store(url)
+    check_pipeline(cfg, rounds)
+    check_inputs(cfg)
+    reader = open_for_checks(url)
+    try:
+        checked = check_new_pipeline(cfg, reader, rounds)
+    finally:
+        if reader is not None:
+            reader.close()
+    _run_and_report(checked, open_store(url), url, rounds, quiet, resuming=False)
+
+
+def _resume_pipeline(
+    ref: str, url: str, rounds: int | None, device: str | None, quiet: bool
+) -> None:
+    """``pipeline --resume``: the stored run's pipeline, from where it stopped."""
+    from ftprune.pipeline import begun_rounds, check_pipeline
+    from search.preflight import preflight
+    from search.stored import load_run_config
+
+    store = open_store(url, create=False)
+    row = store.find_run(ref)
+    cfg = on_device(load_run_config(row), device)
+    rounds = rounds if rounds is not None else max(1, begun_rounds(store, row.id, row.name))
+    check_pipeline(cfg, rounds)
+    _run_and_report(preflight(cfg), store, url, rounds, quiet, resuming=True)
+
+
+def _run_and_report(
+    checked: CheckedRun, store: Store, url: str, rounds: int, quiet: bool, resuming: bool
+) -> None:
+    from ftprune.pipeline import run_pipeline
+
     started = time.perf_counter()
     outcome = run_pipeline(
-        cfg,
+        checked,
         store,
         rounds,
         show_progress=not quiet,
         echo=lambda line: typer.echo(f"\n== {line}", err=True),
+        resuming=resuming,
     )
-    report(cfg, store, outcome, url, rounds, time.perf_counter() - started)
+    report(checked.config, store, outcome, url, rounds, time.perf_counter() - started)
 
 
 @router_app.command("train")
@@ -103,6 +168,13 @@ def router_train(
         Optional[str],
         typer.Option(help="Comma-separated block sparsities (default: the run's best schedule)."),
     ] = None,
+    any_mean: Annotated[
+        bool,
+        typer.Option(
+            "--any-mean",
+            help="Train for a --schedule whose mean is not the run's target sparsity.",
+        ),
+    ] = False,
     label: Annotated[
         Optional[str], typer.Option(help="Name of the router within the run (default: round-<n>).")
     ] = None,
@@ -115,20 +187,29 @@ def router_train(
     """Train a router for a run's schedule; record its weights, curves and held-out metrics.
 
     Training runs on a worker of the run's pool (one Ray actor, or this process for a local
-    pool), on ``--device`` if given, else the run's device.
+    pool), on ``--device`` if given, else the run's device. A --schedule must keep the run's
+    target sparsity as its mean unless --any-mean says otherwise.
     """
-    from ftprune.cli_checks import check_run, check_schedule
     from ftprune.pipeline import train_router_step
-    from search.config import ConfigError, RunConfig
-    from search.settings import open_pool
+    from search.config import MAX_STEPS, ConfigError
+    from search.names import check_name
+    from search.preflight import (
+        check_basics,
+        check_checkpoint_dirs,
+        check_training_schedule,
+        complete,
+    )
+    from search.stored import load_run_config
 
     with user_errors():
-        if steps is not None and steps < 1:
-            raise ConfigError("--steps must be at least 1")
+        if steps is not None and not 1 <= steps <= MAX_STEPS:
+            raise ConfigError(f"--steps must lie in 1..{MAX_STEPS}")
+        if label is not None:
+            check_name(label, "--label")
         chosen = _parse_schedule(schedule) if schedule else None
         store = open_store(db, create=False)
         row = store.find_run(run)
-        cfg = on_device(RunConfig(**row.config), device)
+        cfg = on_device(load_run_config(row), device)
         if steps is not None:
             cfg = cfg.model_copy(
                 update={"router_training": cfg.router_training.model_copy(update={"steps": steps})}
@@ -140,20 +221,17 @@ def router_train(
         chosen = chosen or row.best_schedule
         if not chosen:
             raise ConfigError(f"run {row.name!r} has no best schedule yet: pass --schedule")
-        blocks = check_run(cfg).num_hidden_layers
-        check_schedule(
-            chosen,
-            blocks,
-            "--schedule" if schedule else "the run's best schedule",
-            cfg.router_training.nested,
-        )
+        facts = check_basics(cfg)
+        what = "--schedule" if schedule else "the run's best schedule"
+        check_training_schedule(chosen, cfg, facts, what, any_mean)
         existing = store.routers(row.id)
         chosen_label = _router_label(label, len(existing))
         if any(r.label == chosen_label.to_json() for r in existing):
             raise ConfigError(
                 f"run {row.name!r} already has a router labelled {chosen_label.to_json()!r}"
             )
-        with open_pool(cfg, workers=1) as pool:
+        check_checkpoint_dirs(cfg, row.name, [chosen_label.to_json()])
+        with complete(cfg, facts).open_pool(workers=1) as pool:
             stored = train_router_step(
                 cfg, store, row.id, row.name, chosen, chosen_label, pool, not quiet
             )
@@ -169,26 +247,45 @@ def router_train(
 def export(
     run: Annotated[str, typer.Option("--run", help="Run id or name.")],
     out: Annotated[Path, typer.Option("--out", help="Directory to write (created).")],
+    router: Annotated[
+        Optional[str],
+        typer.Option(
+            "--router",
+            help="Label of the router to export (round-<n>, or router train's --label; "
+            "default: the pipeline's last round).",
+        ),
+    ] = None,
+    schedule: Annotated[
+        Optional[str],
+        typer.Option(
+            "--schedule",
+            help="finetuned (the schedule the pipeline fine-tuned for the router) or "
+            "trained (the one it was trained for); default: finetuned where there is one.",
+        ),
+    ] = None,
     db: Db = None,
 ) -> None:
-    """Write a run's routed model (latest router, fine-tuned schedule) to a directory.
+    """Write a run's routed model (a router and a schedule) to a directory.
 
     ``router.checkpoint.load_routed(DIR)`` loads the directory into a working routed model.
+    The line it prints names the router and the schedule it wrote.
     """
-    from ftprune.pipeline import export_run
+    from ftprune.export import check_choice, check_out, plan_export, write_export
     from storage import open_reader
 
     with user_errors():
-        if out.exists() and any(out.iterdir()):
-            from search.config import ConfigError
-
-            raise ConfigError(f"--out {out} exists and is not empty")
+        check_choice(schedule)
+        check_out(out)
         with open_reader(db) as store:
-            path, schedule = export_run(store, run, out)
+            plan = plan_export(store, run, router, schedule)
+        write_export(plan, out)
+    mean = sum(plan.schedule) / len(plan.schedule)
     typer.echo(
-        f"wrote {path}: schedule mean {sum(schedule) / len(schedule):.3f}\n"
+        f"wrote {out}: router {plan.router_label} (id {plan.router_id}) of run "
+        f"{plan.run_name} with its {plan.schedule_kind} schedule "
+        f"{format_schedule(plan.schedule)} (mean {mean:.3f})\n"
         f"load it with:\n  from router.checkpoint import load_routed\n"
-        f"  model, tokenizer, routing = load_routed({str(path)!r})"
+        f"  model, tokenizer, routing = load_routed({str(out)!r})"
     )
 
 
@@ -200,9 +297,9 @@ def _tuned(weights: str) -> bool:
     return weights == "best"
 
 
-def _router_label(text: str | None, existing: int) -> Any:
-    """``--label`` as a RouterLabel (default: the next round); ConfigError if it reads as a
-    held-out label."""
+def _router_label(text: str | None, existing: int) -> RouterLabel:
+    """``--label`` (a plain name: :func:`search.names.check_name`, checked already) as a
+    RouterLabel (default: the next round); ConfigError if it reads as a held-out label."""
     from search.config import ConfigError
     from search.records import RouterLabel
 
@@ -218,9 +315,12 @@ def _parse_schedule(text: str) -> list[float]:
     from search.config import ConfigError
 
     try:
-        return [float(part) for part in text.split(",")]
+        values = [float(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--schedule must be comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--schedule must be finite numbers, got {text!r}")
+    return values
 
 
 def summary_rows(rounds: int) -> list[tuple[Any, str]]:
@@ -235,17 +335,19 @@ def summary_rows(rounds: int) -> list[tuple[Any, str]]:
     ]
 
 
-def report(cfg: Any, store: Any, outcome: Any, url: str, rounds: int, elapsed: float) -> None:
+def report(
+    cfg: RunConfig, store: Store, outcome: PipelineOutcome, url: str, rounds: int, elapsed: float
+) -> None:
     """The pipeline's summary: the schedules found and each step's held-out metrics."""
     from storage import redact
 
     first = outcome.search
-    final = outcome.rounds[-1].finetune.search
+    final = outcome.rounds[-1].finetune
     typer.echo(
         f"\nrun {first.run_name} (id {first.run_id}): {cfg.model}, target sparsity "
         f"{cfg.target_sparsity:.2f}, {rounds} round(s), {elapsed:.0f} s"
     )
-    typer.echo(f"searched schedule:   {format_schedule(first.search.best_schedule)}")
+    typer.echo(f"searched schedule:   {format_schedule(first.best_schedule)}")
     typer.echo(f"fine-tuned schedule: {format_schedule(final.best_schedule)}")
     heldout = {row.label: row for row in store.heldout(first.run_id)}
     echo_heldout_table(

@@ -21,11 +21,13 @@ from ftprune.cli_common import (
     JsonOut,
     Quiet,
     check_output_file,
+    check_range,
     on_device,
     open_store,
     user_errors,
 )
 
+MAX_TIMEOUT_S = 30 * 86_400  # --timeout: a month at most
 tune_app = typer.Typer(help="Tune the router's loss weights with Optuna (see `tune status`).")
 
 
@@ -75,21 +77,24 @@ def tune(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ftprune.tune import TuneSpec, check_workers, parse_objectives
-    from search.config import ConfigError, build_config
-    from storage import StorageError, check_url, default_url
+    from search.config import ConfigError, build_config, override
+    from search.stored import load_run_config, stored_config
 
-    url = db or default_url()
-    with user_errors():
+    with user_errors():  # the options first: a bad one needs neither Optuna nor SQLAlchemy
         if (run is None) == (config is None):
             raise ConfigError("give exactly one of --run RUN and --config FILE")
         if trials is None:
             raise ConfigError("--trials is required")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
+            raise ConfigError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
+    from ftprune.tune import TuneSpec, check_workers, parse_objectives
+    from storage import StorageError, check_url, default_url
+
+    url = db or default_url()
+    with user_errors():
         check_url(url)
         check_workers(url, workers, trials)
         names = parse_objectives(objectives)
-        if timeout is not None and timeout <= 0:
-            raise ConfigError("--timeout must be positive")
         run_id, schedule = None, None
         if config is not None:
             cfg = build_config(config, seed=seed, device=device)
@@ -99,7 +104,7 @@ def tune(
         else:
             store = open_store(url, create=False)
             row = store.find_run(str(run))
-            cfg = on_device(build_config(None, **{**row.config, "seed": seed}), device)
+            cfg = on_device(override(load_run_config(row), seed=seed), device)
             if not row.best_schedule:
                 raise StorageError(f"run {row.name!r} has no best schedule yet")
             _check(cfg, names)
@@ -108,7 +113,7 @@ def tune(
             url=url,
             study=name,
             trials=trials,
-            config=cfg.model_dump(),
+            config=stored_config(cfg),
             schedule=schedule,
             objectives=names,
             deadline=time.time() + timeout if timeout else None,
@@ -119,11 +124,11 @@ def tune(
 
 def _check(cfg: Any, objectives: tuple[str, ...]) -> None:
     """The config's inputs as tune uses them: every worker scores in its own process."""
-    from ftprune.cli_checks import check_run
     from ftprune.tune import check_tuning
+    from search.preflight import preflight
 
-    check_run(cfg.model_copy(update={"pool": "local"}))
     check_tuning(cfg, objectives)
+    preflight(cfg.model_copy(update={"pool": "local"}), tokenize=True)
 
 
 def _cpus() -> int:
@@ -180,11 +185,9 @@ def tune_status(
     db: Db = None,
 ) -> None:
     """Show a study's trial counts and its best trials (feasible first, lowest KL first)."""
-    from search.config import ConfigError
 
     with user_errors():
-        if top < 1:
-            raise ConfigError("--top must be at least 1")
+        check_range(top, "--top", 1, 10_000)
         check_output_file(plot, "--plot")
         found = _load_study(db, study)
     typer.echo(f"study {found.study_name}: {_counts(found)}")
@@ -219,13 +222,9 @@ def tune_check(
     rows, each side's mean, spread and range, and whether every seed of the best beats
     every seed of the first.
     """
-    from search.config import ConfigError
-
     with user_errors():
-        if seeds < 2:
-            raise ConfigError("--seeds must be at least 2 (a spread needs two)")
-        if heldout_sequences < 1:
-            raise ConfigError("--heldout-sequences must be at least 1")
+        check_range(seeds, "--seeds (a spread needs two)", 2, 100)
+        check_range(heldout_sequences, "--heldout-sequences", 1, 100_000)
         check_output_file(json_out, "--json")
         found = _load_study(db, study)
     import json

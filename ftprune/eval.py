@@ -28,19 +28,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from evaluation.choice import TaskScores
 from evaluation.stats import paired_bootstrap, paired_bootstrap_tasks, retention
 from evaluation.tasks import ChoiceTask, TaskError, resolve_task, task_name
-from router.registry import (
+from router.specs import (
     CHECKPOINT_SPEC,
-    FIXED,
+    FIXED_ROUTERS,
     RouterSpecError,
     check_router_spec,
     checkpoint_spec,
     router_kind,
 )
+
+if TYPE_CHECKING:  # torch loads with the scorer: checking the input needs none
+    from evaluation.choice import TaskScores
 
 CHOICE_METRICS = ("acc", "acc_norm")
 SCHEDULES = ("uniform", "best", "finetuned")
@@ -135,7 +137,7 @@ def check_hygiene(config: dict[str, Any], task_specs: Sequence[str], force: bool
 def choice_scores(
     model: Any, tokenizer: Any, task: ChoiceTask, batch_size: int, progress: bool
 ) -> TaskScores:
-    from evaluation.choice import score_choices
+    from evaluation.choice import TaskScores, score_choices
 
     run = score_choices(model, tokenizer, task.examples, batch_size, progress)
     return TaskScores(
@@ -428,8 +430,8 @@ class RunView:
 
 def run_view(store: Any, ref: str) -> RunView:
     """Read a run's schedules and latest router; raises StorageError / ConfigError."""
-    from search.config import RunConfig
     from search.records import RouterLabel
+    from search.stored import load_run_config
 
     run = store.find_run(ref)
     routers = store.routers(run.id)
@@ -447,7 +449,7 @@ def run_view(store: Any, ref: str) -> RunView:
         ]
         finetuned = rows[-1].schedule if rows else None
     return RunView(
-        run.id, run.name, RunConfig(**run.config), run.best_schedule, finetuned, router, router_id
+        run.id, run.name, load_run_config(run), run.best_schedule, finetuned, router, router_id
     )
 
 
@@ -455,7 +457,7 @@ def run_target(view: RunView, schedule: str | None, router: str | None) -> Calla
     """The target ``--run`` evaluates (default: the fine-tuned schedule with the latest
     router if the run has one, else the best schedule with the static router), as a function
     of the model's block count; raises TaskError for a choice the run cannot serve."""
-    kinds = (*FIXED, CHECKPOINT_SPEC)
+    kinds = (*FIXED_ROUTERS, CHECKPOINT_SPEC)
     if router is not None and router not in kinds:
         raise TaskError(f"--router must be one of {', '.join(kinds)}, not {router!r}")
     if schedule is not None and schedule not in SCHEDULES:

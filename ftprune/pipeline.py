@@ -26,16 +26,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.config import ConfigError, RunConfig
-from search.coordinator import SearchOutcome, check_inputs, launch
+from search.coordinator import launch, resume
+from search.interrupts import Interruptible, RunInterrupted, signal_of
+from search.preflight import CheckedRun, check_checkpoint_dirs, preflight
 from search.records import BEST, HeldoutLabel, RouterLabel
-from search.settings import open_pool, training_request
+from search.settings import training_request
 
 if TYPE_CHECKING:
     from storage import Store
+    from storage.schema import HeldoutRow, RouterRow
     from workers.pool import EvaluationPool
     from workers.scoring import WindowMetrics
 
 LOSS_SERIES = ("loss", "guide", "sparse", "distill", "lambda_guide")
+MAX_ROUNDS = 100
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,18 @@ class StoredRouter:
 
 
 @dataclass(frozen=True)
+class StepRun:
+    """A finished search of the pipeline (step 1, or a round's step 3)."""
+
+    run_id: int
+    run_name: str
+    best_schedule: list[float]
+
+
+@dataclass(frozen=True)
 class RoundOutcome:
     router: StoredRouter  # trained for the round's start schedule
-    finetune: SearchOutcome
+    finetune: StepRun
 
     @property
     def checkpoint(self) -> Path:
@@ -75,80 +88,212 @@ class RoundOutcome:
 
 @dataclass(frozen=True)
 class PipelineOutcome:
-    search: SearchOutcome  # step 1
+    search: StepRun  # step 1
     rounds: list[RoundOutcome]
 
 
-def check_pipeline(config: RunConfig, store: Store | None, rounds: int) -> None:
-    """Raise a ValueError subclass for anything the pipeline would trip over later."""
-    if rounds < 1:
-        raise ConfigError("--rounds must be at least 1")
+def finetune_name(run_name: str, round_: int) -> str:
+    """The name of round ``round_``'s fine-tuning run (step 3) of pipeline ``run_name``."""
+    return f"{run_name}-finetune-{round_}"
+
+
+def check_pipeline(config: RunConfig, rounds: int) -> None:
+    """Raise ConfigError for a round count or config the pipeline cannot run (before any
+    check that reads a model or the database)."""
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise ConfigError(f"--rounds must lie in 1..{MAX_ROUNDS}, got {rounds}")
     if config.router != "static" or config.seed_run is not None:
         raise ConfigError(
             "the pipeline's step 1 searches with the static router from "
             "scratch: leave router and seed_run unset"
         )
-    check_inputs(config, store)
+    if config.target_sparsity <= 0:
+        raise ConfigError("the pipeline trains a router: target_sparsity must be above 0")
+
+
+def check_new_pipeline(
+    config: RunConfig, store: Store | None, rounds: int, tokenize: bool = True
+) -> CheckedRun:
+    """Every check of a new pipeline before any work: :func:`check_pipeline`, the run's
+    :func:`~search.preflight.preflight`, and every name it will create (with ``store``: the
+    run and its fine-tuning runs; on disk: its router checkpoints)."""
+    check_pipeline(config, rounds)
+    name = config.run_name
+    children = [finetune_name(name, r) for r in range(1, rounds + 1)] if name else []
+    checked = preflight(config, store, tokenize=tokenize, new_runs=children)
+    if name:
+        labels = [RouterLabel(round=r).to_json() for r in range(1, rounds + 1)]
+        check_checkpoint_dirs(config, name, labels)
+    return checked
+
+
+def begun_rounds(store: Store, run_id: int, run_name: str) -> int:
+    """How many rounds the pipeline of run ``run_name`` began: the highest round with a
+    trained router or a fine-tuning run (0: none)."""
+    begun = [
+        label.round
+        for row in store.routers(run_id)
+        if (label := _round_label(row.label)) is not None and label.round is not None
+    ]
+    round_ = 1
+    while store.run_name_taken(finetune_name(run_name, round_)):
+        begun.append(round_)
+        round_ += 1
+    return max(begun, default=0)
+
+
+def _round_label(text: str) -> RouterLabel | None:
+    try:
+        return RouterLabel.from_json(text)
+    except ValueError:
+        return None
 
 
 def run_pipeline(
-    config: RunConfig,
+    run: RunConfig | CheckedRun,
     store: Store,
     rounds: int = 1,
     show_progress: bool = True,
     pool: EvaluationPool | None = None,
     echo: Callable[[str], None] = lambda line: None,
+    resuming: bool = False,
 ) -> PipelineOutcome:
     """Steps 1-3 (2 and 3 ``rounds`` times) on one pool: ``pool`` if given (left open),
-    else one opened from the config. Every search and every router training runs on the
-    pool's workers."""
+    else one opened on the checked run's tokens. Every search and every router training
+    runs on the pool's workers.
+
+    ``resuming``: the pipeline of the stored run ``run.run_name`` continues where it
+    stopped: finished steps are taken from the database, an unfinished search resumes,
+    and a missing step runs. An interruption raises :class:`RunInterrupted` naming
+    ``ftprune pipeline --resume``."""
+    if isinstance(run, CheckedRun):
+        check_pipeline(run.config, rounds)
+        checked = run
+    elif resuming:
+        check_pipeline(run, rounds)
+        checked = preflight(run, tokenize=pool is None)
+    else:
+        checked = check_new_pipeline(run, store, rounds, tokenize=pool is None)
+    name = checked.config.run_name
+    try:
+        with Interruptible() as signals:
+            workers = pool or checked.open_pool()
+            signals.install()  # after the pool: ray.init replaces the SIGTERM handler
+            try:
+                return _steps(checked, store, rounds, show_progress, workers, echo, resuming)
+            finally:
+                if pool is None:
+                    workers.close()
+    except BaseException as exc:
+        number = signal_of(exc)
+        if number is None or not name:
+            raise
+        raise RunInterrupted(
+            f"interrupted: the pipeline of run {name!r} keeps the steps it finished; "
+            f"`ftprune pipeline --resume {name} --rounds {rounds}` continues it",
+            number,
+        ) from None
+
+
+def _steps(
+    checked: CheckedRun,
+    store: Store,
+    rounds: int,
+    show_progress: bool,
+    pool: EvaluationPool,
+    echo: Callable[[str], None],
+    resuming: bool,
+) -> PipelineOutcome:
+    """The pipeline's steps; with ``resuming``, each one that is stored is reused."""
     from router.registry import checkpoint_spec
 
-    check_pipeline(config, store, rounds)
-    workers = pool or open_pool(config)
-    try:
-        echo("step 1: search with the static router")
-        first = launch(config, store, show_progress, workers)
-        outcomes: list[RoundOutcome] = []
-        parent, schedule = first.run_name, first.search.best_schedule
-        for round_ in range(1, rounds + 1):
-            echo(f"round {round_}, step 2: train the {config.router_training.kind} router")
+    config = checked.config
+    echo("step 1: search with the static router")
+    first = _search_step(checked, store, pool, show_progress, resuming)
+    outcomes: list[RoundOutcome] = []
+    parent, schedule = first.run_name, first.best_schedule
+    for round_ in range(1, rounds + 1):
+        echo(f"round {round_}, step 2: train the {config.router_training.kind} router")
+        label = RouterLabel(round=round_)
+        stored = {r.label: r for r in store.routers(first.run_id)} if resuming else {}
+        if label.to_json() in stored:
+            trained = _stored_router(stored[label.to_json()])
+        else:
             trained = train_router_step(
-                config,
-                store,
-                first.run_id,
-                first.run_name,
-                schedule,
-                RouterLabel(round=round_),
-                workers,
-                show_progress,
+                config, store, first.run_id, first.run_name, schedule, label, pool, show_progress
             )
-            store.add_heldout(
-                first.run_id,
-                HeldoutLabel("dynamic", round_).to_json(),
-                HeldoutResult(
-                    schedule, "dynamic", trained.heldout, trained.worker, trained.train_s
-                ),
-            )
-            echo(f"round {round_}, step 3: search again with the trained router")
-            child = config.model_copy(
-                update={
-                    "run_name": f"{first.run_name}-finetune-{round_}",
-                    "router": checkpoint_spec(trained.checkpoint),
-                    "seed_run": parent,
-                    "generations": config.finetune_generations,
-                }
-            )
-            finetune = launch(child, store, show_progress, workers)
-            store.add_heldout(
-                first.run_id, HeldoutLabel("finetuned", round_).to_json(), finetune.heldout[BEST]
-            )
-            outcomes.append(RoundOutcome(trained, finetune))
-            parent, schedule = finetune.run_name, finetune.search.best_schedule
-    finally:
-        if pool is None:
-            workers.close()
+        held = HeldoutResult(schedule, "dynamic", trained.heldout, trained.worker, trained.train_s)
+        _add_heldout(store, first.run_id, HeldoutLabel("dynamic", round_), held)
+        echo(f"round {round_}, step 3: search again with the trained router")
+        child = config.model_copy(
+            update={
+                "run_name": finetune_name(first.run_name, round_),
+                "router": checkpoint_spec(trained.checkpoint),
+                "seed_run": parent,
+                "generations": config.finetune_generations,
+            }
+        )
+        finetune = _search_step(child, store, pool, show_progress, resuming)
+        best = [h for h in store.heldout(finetune.run_id) if h.label == BEST.to_json()][-1]
+        _add_heldout(store, first.run_id, HeldoutLabel("finetuned", round_), _heldout_of(best))
+        outcomes.append(RoundOutcome(trained, finetune))
+        parent, schedule = finetune.run_name, finetune.best_schedule
     return PipelineOutcome(first, outcomes)
+
+
+def _search_step(
+    run: RunConfig | CheckedRun,
+    store: Store,
+    pool: EvaluationPool,
+    show_progress: bool,
+    resuming: bool,
+) -> StepRun:
+    """Launch the search, or (``resuming``) take it finished from the store or resume it."""
+    config = run.config if isinstance(run, CheckedRun) else run
+    name = config.run_name
+    if resuming and name and store.run_name_taken(name):
+        row = store.find_run(name)
+        if row.status != "finished":
+            resume(name, store, show_progress, pool)
+            row = store.find_run(name)
+        return StepRun(row.id, row.name, list(row.best_schedule or []))
+    outcome = launch(run, store, show_progress, pool)
+    return StepRun(outcome.run_id, outcome.run_name, outcome.search.best_schedule)
+
+
+def _add_heldout(store: Store, run_id: int, label: HeldoutLabel, result: HeldoutResult) -> None:
+    """Store a held-out row unless the run has one of that label (a resumed pipeline)."""
+    if not any(h.label == label.to_json() for h in store.heldout(run_id)):
+        store.add_heldout(run_id, label.to_json(), result)
+
+
+def _heldout_of(row: HeldoutRow) -> HeldoutResult:
+    """A stored held-out row as what ``Store.add_heldout`` takes."""
+    from workers.scoring import WindowMetrics
+
+    metrics = WindowMetrics(row.kl, row.top1, row.ppl, row.realized_sparsity, 0)
+    return HeldoutResult(list(row.schedule), row.router, metrics, "stored", 0.0)
+
+
+def _stored_router(row: RouterRow) -> StoredRouter:
+    """A router the pipeline trained and recorded before it stopped."""
+    from workers.scoring import WindowMetrics
+
+    metrics = WindowMetrics(
+        row.heldout_kl or 0.0,
+        row.heldout_top1 or 0.0,
+        row.heldout_ppl or 0.0,
+        row.realized_sparsity or 0.0,
+        0,
+    )
+    return StoredRouter(
+        row.id,
+        Path(row.checkpoint),
+        metrics,
+        str(row.config.get("worker", "")),
+        str(row.config.get("device", "")),
+        row.train_s or 0.0,
+    )
 
 
 def train_router_step(
@@ -200,34 +345,3 @@ def train_router_step(
     return StoredRouter(
         router_id, checkpoint, trained.heldout, trained.worker, trained.device, trained.train_s
     )
-
-
-def export_run(store: Store, ref: str | int, out: str | Path) -> tuple[Path, list[float]]:
-    """Write the run's deployable routed model description into ``out``: its latest
-    router with the schedule that router was fine-tuned to (``finetuned-<round>``), else
-    the schedule it was trained for. ``router.checkpoint.load_routed(out)`` loads it.
-    Raises StorageError when the run has no router or its checkpoint changed on disk."""
-    from router.checkpoint import WEIGHTS, load_router, save_router, weights_sha256
-    from storage import StorageError
-
-    run = store.find_run(ref)
-    routers = store.routers(run.id)
-    if not routers:
-        raise StorageError(
-            f"run {run.name!r} has no trained router: run `ftprune router "
-            f"train --run {run.name}` or the pipeline first"
-        )
-    row = routers[-1]
-    weights = Path(row.checkpoint) / WEIGHTS
-    if not weights.is_file():
-        raise StorageError(f"router checkpoint of run {run.name!r} is missing: {weights}")
-    if weights_sha256(row.checkpoint) != row.checkpoint_sha256:
-        raise StorageError(f"router checkpoint {weights} changed since it was recorded")
-    wanted = RouterLabel.from_json(row.label).finetuned
-    finetuned = [
-        h for h in store.heldout(run.id) if wanted is not None and h.label == wanted.to_json()
-    ]
-    schedule = finetuned[-1].schedule if finetuned else row.schedule
-    router, meta = load_router(row.checkpoint)
-    save_router(out, router, schedule, meta["model"], meta["dtype"], meta["decode"])
-    return Path(out), schedule

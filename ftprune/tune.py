@@ -48,6 +48,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, RunConfig
+from search.stored import load_config
 
 OBJECTIVES: dict[str, Literal["minimize", "maximize"]] = {
     "quality": "minimize",
@@ -58,6 +59,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WEIGHT_CHOICES = ("config", "best")
 SETTINGS = ("lambda_guide", "lambda_sparse", "lambda_distill", "guide_steps", "lr")
 LATENCY_REPEATS = 3
+MAX_TRIALS = 100_000
+MAX_TUNE_WORKERS = 1024
 
 
 class SurplusTrial(Exception):
@@ -71,7 +74,7 @@ class TuneSpec:
     url: str
     study: str
     trials: int
-    config: dict[str, Any]  # RunConfig.model_dump()
+    config: dict[str, Any]  # search.stored.stored_config
     schedule: list[float] | None  # None: uniform at the target sparsity
     objectives: tuple[str, ...]
     deadline: float | None = None  # time.time() after which no trial starts
@@ -79,7 +82,7 @@ class TuneSpec:
 
     @property
     def run_config(self) -> RunConfig:
-        return RunConfig(**self.config)
+        return load_config(self.config, f"study {self.study!r}")
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:
@@ -99,8 +102,10 @@ def parse_objectives(text: str) -> tuple[str, ...]:
 
 def check_workers(url: str, workers: int, trials: int) -> None:
     """Raise for a worker count or trial budget the database cannot serve."""
-    if trials < 1 or workers < 1:
-        raise ConfigError("--trials and --workers must be at least 1")
+    if not 1 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"--trials must lie in 1..{MAX_TRIALS}")
+    if not 1 <= workers <= MAX_TUNE_WORKERS:
+        raise ConfigError(f"--workers must lie in 1..{MAX_TUNE_WORKERS}")
     if workers > 1 and url.startswith("sqlite"):
         raise ConfigError(
             "parallel Optuna workers need PostgreSQL (SQLite serializes and "

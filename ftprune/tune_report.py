@@ -13,7 +13,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ftprune.tune import SETTINGS, best_trials, measure, sparsity_miss
-from search.config import ConfigError, RunConfig
+from search.config import ConfigError
+from search.stored import load_config
 
 
 def check_study(
@@ -52,7 +53,7 @@ def check_study(
         raise ConfigError(
             f"study {study.study_name!r}: the best trial is the first, nothing to check it against"
         )
-    config = RunConfig(**study.user_attrs["config"])
+    config = load_config(study.user_attrs["config"], f"study {study.study_name!r}")
     settings = scorer_settings(config)
     chosen = {"first": study.trials[0], "best": best[0]}
     fresh = dataclasses.replace(settings, heldout_per_length=heldout_per_length)

@@ -25,17 +25,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from router.engine import DECODE_POLICIES, Routing, decoder_layers, route
+from router.engine import Routing, decoder_layers, route
 from router.loading import ModelSpecError, load_model
 from router.registry import TRAINED, LearnedRouter, kind_of, restore_router, router_fields
+from router.specs import FORMAT, META, WEIGHTS, CheckpointError, read_meta
 
-WEIGHTS = "router.safetensors"
-META = "router.json"
-FORMAT = 1
-
-
-class CheckpointError(ValueError):
-    """A router checkpoint that cannot be used; the message is one line for the user."""
+__all__ = [
+    "META",
+    "WEIGHTS",
+    "CheckpointError",
+    "check_checkpoint",
+    "load_routed",
+    "load_router",
+    "read_meta",
+    "save_router",
+    "weights_sha256",
+    "weights_header",
+]
 
 
 def save_router(
@@ -73,33 +79,71 @@ def save_router(
 
 def load_router(directory: str | Path) -> tuple[LearnedRouter, dict[str, Any]]:
     """The router (eval mode, on the CPU) and the metadata of a checkpoint directory."""
-    directory = Path(directory)
+    router, meta = _described_router(Path(directory))
+    path = Path(directory) / WEIGHTS
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
+    _check_tensors(path, {name: tuple(t.shape) for name, t in tensors.items()}, router, meta)
+    router.load_state_dict(tensors)
+    return router.eval(), meta
+
+
+def check_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint directory, after checking what :func:`load_router`
+    would check (the description, and the weights file's tensor names and shapes, read
+    from its safetensors header) without reading a weight; raises CheckpointError."""
+    router, meta = _described_router(Path(directory))
+    path = Path(directory) / WEIGHTS
+    _check_tensors(path, weights_header(path), router, meta)
+    return meta
+
+
+def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header alone (8 bytes of
+    little-endian length, then JSON); CheckpointError for a file that has none."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= min(path.stat().st_size - 8, 100_000_000):
+                raise ValueError("no safetensors header")
+            header = json.loads(handle.read(size))
+        return {
+            name: tuple(int(d) for d in entry["shape"])
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
+
+
+def _described_router(directory: Path) -> tuple[LearnedRouter, dict[str, Any]]:
+    """The untrained router the metadata describes, and the metadata."""
     meta = read_meta(directory)
     try:
         router = restore_router(meta["kind"], meta)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{directory / META}: bad router description ({error})") from None
-    path = directory / WEIGHTS
-    if not path.is_file():
-        raise CheckpointError(f"router checkpoint has no weights file: {path}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
-    expected = router.state_dict()
-    if set(tensors) != set(expected):
+    if not (directory / WEIGHTS).is_file():
+        raise CheckpointError(f"router checkpoint has no weights file: {directory / WEIGHTS}")
+    return router, meta
+
+
+def _check_tensors(
+    path: Path, shapes: dict[str, tuple[int, ...]], router: nn.Module, meta: dict[str, Any]
+) -> None:
+    expected = {name: tuple(t.shape) for name, t in router.state_dict().items()}
+    if set(shapes) != set(expected):
         raise CheckpointError(
-            f"{path}: tensors {sorted(tensors)} do not match the "
+            f"{path}: tensors {sorted(shapes)} do not match the "
             f"{meta['kind']} router's {sorted(expected)}"
         )
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
+    for name, shape in shapes.items():
+        if shape != expected[name]:
             raise CheckpointError(
-                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
-                f"the router needs {tuple(expected[name].shape)}"
+                f"{path}: tensor {name} has shape {shape}, the router needs {expected[name]}"
             )
-    router.load_state_dict(tensors)
-    return router.eval(), meta
 
 
 def load_routed(directory: str | Path, device: str = "cpu") -> tuple[Any, Any, Routing]:
@@ -135,37 +179,6 @@ def weights_sha256(directory: str | Path) -> str:
     """SHA-256 (hex) of a checkpoint directory's weights file, for recording and verifying
     that the weights on disk are the ones that were measured."""
     return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()
-
-
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """The checked metadata of a checkpoint directory (reads no weights)."""
-    path = Path(directory) / META
-    if not path.is_file():
-        raise CheckpointError(f"not a router checkpoint (no {META}): {directory}")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: invalid JSON ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a format-{FORMAT} router checkpoint")
-    required = {
-        "kind": str,
-        "hidden": int,
-        "schedule": list,
-        "decode": str,
-        "model": str,
-        "dtype": str,
-    }
-    for key, kind in required.items():
-        if not isinstance(meta.get(key), kind):
-            raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
-    if meta["kind"] not in TRAINED:
-        raise CheckpointError(
-            f"{path}: unknown router kind {meta['kind']!r}; kinds: {', '.join(TRAINED)}"
-        )
-    if meta["decode"] not in DECODE_POLICIES:
-        raise CheckpointError(f"{path}: unknown decode policy {meta['decode']!r}")
-    return meta
 
 
 def _versions() -> dict[str, str]:

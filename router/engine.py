@@ -45,7 +45,6 @@ Guarantees:
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -56,12 +55,14 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PretrainedConfig
 
 from router.attention import ROUTED_ATTENTION, AttentionProbe
+from router.budget import keep_count as keep_count  # re-exported
+from router.budget import non_decreasing as non_decreasing  # re-exported
 from router.cache import CacheRecord, stored_entries
 from router.loading import SUPPORTED_FAMILIES, CausalLM
 from router.routers import StaticRouter, TokenRouter
+from router.specs import DECODE_POLICIES as DECODE_POLICIES  # re-exported
 from router.state import Count, FlopModel, ForwardState, causal_pairs, total
 
-DECODE_POLICIES = ("all", "threshold")
 ROUTING_ATTRIBUTE = "_ftprune_routing"  # where a routed model keeps its Routing handle
 # Runs the unchanged layer: (hidden states, mask, rotary cos/sin, probe) -> hidden states.
 LayerRun = Callable[[Tensor, Tensor | None, tuple[Tensor, Tensor], AttentionProbe | None], Tensor]
@@ -73,11 +74,6 @@ _MODEL_ARGS = (
     "inputs_embeds",
     "use_cache",
 )
-
-
-def keep_count(sparsity: float, seq_len: int) -> int:
-    """Tokens a block with sparsity ``sparsity`` keeps out of ``seq_len`` (halves round up)."""
-    return min(seq_len, max(2, math.floor((1.0 - sparsity) * seq_len + 0.5)))
 
 
 def keep_counts(sparsity: float, lengths: Tensor) -> Tensor:
@@ -112,11 +108,6 @@ class Routing:
     def nested(self) -> bool:
         """Whether the router routes with nested selection (see the module docstring)."""
         return bool(getattr(self.router, "nested", False))
-
-
-def non_decreasing(schedule: Sequence[float]) -> bool:
-    """Whether no block's sparsity is below the one before it (what nested selection routes)."""
-    return all(a <= b for a, b in itertools.pairwise(schedule))
 
 
 def decoder_layers(model: CausalLM) -> nn.ModuleList:

@@ -28,13 +28,15 @@ from typing import Any, Callable, Sequence
 
 from router.dynamic import DynamicRouter, HiddenStateRouter
 from router.routers import RandomRouter, StaticRouter, TokenRouter
+from router.specs import CHECKPOINT_SPEC as CHECKPOINT_SPEC  # re-exported
+from router.specs import ROUTER_SPECS as ROUTER_SPECS  # re-exported
+from router.specs import RouterSpecError as RouterSpecError  # re-exported
+from router.specs import check_router_spec as check_router_spec  # re-exported
+from router.specs import checkpoint_dir as checkpoint_dir  # re-exported
+from router.specs import checkpoint_spec as checkpoint_spec  # re-exported
+from router.specs import router_kind as router_kind  # re-exported
 
-CHECKPOINT_SPEC = "dynamic"  # the spec prefix of a trained router: dynamic:<checkpoint dir>
 LearnedRouter = DynamicRouter | HiddenStateRouter  # the classes of the TRAINED kinds
-
-
-class RouterSpecError(ValueError):
-    """A router spec or kind that names nothing usable; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,15 @@ class TrainedKind:
     ``hidden`` and ``nested``; ``restore(fields)`` the router those fields (``hidden``
     included) describe, before :func:`restore_router` sets ``nested``.
     A ``hidden_size`` field is the model hidden size the router reads: a checkpoint
-    holding one loads only onto a model of that size.
+    holding one loads only onto a model of that size. ``learned_from`` is the first block
+    whose scores the router learns (the blocks before it are routed by static priority).
     """
 
     cls: type[LearnedRouter]
     new: Callable[[int, Sequence[str]], LearnedRouter]
     shape: Callable[[Any], dict[str, Any]]
     restore: Callable[[dict[str, Any]], LearnedRouter]
+    learned_from: int
 
 
 FIXED: dict[str, Callable[[], TokenRouter]] = {
@@ -66,52 +70,16 @@ TRAINED: dict[str, TrainedKind] = {
         new=lambda _size, factors: DynamicRouter(factors),
         shape=lambda router: {"factors": list(router.factors)},
         restore=lambda fields: DynamicRouter(fields["factors"], fields["hidden"]),
+        learned_from=1,
     ),
     "hidden_state": TrainedKind(
         HiddenStateRouter,
         new=lambda size, _factors: HiddenStateRouter(size),
         shape=lambda router: {"hidden_size": router.hidden_size},
         restore=lambda fields: HiddenStateRouter(fields["hidden_size"], fields["hidden"]),
+        learned_from=0,
     ),
 }
-
-ROUTER_SPECS = (*FIXED, f"{CHECKPOINT_SPEC}:<checkpoint dir>")
-
-
-def checkpoint_spec(directory: object) -> str:
-    """The spec of the trained router saved in ``directory`` (the inverse of
-    :func:`checkpoint_dir`)."""
-    return f"{CHECKPOINT_SPEC}:{directory}"
-
-
-def checkpoint_dir(spec: str) -> str | None:
-    """The checkpoint directory a spec names; None for a fixed router. Raises
-    :class:`RouterSpecError` for a spec that is neither."""
-    if spec in FIXED:
-        return None
-    prefix, _, directory = spec.partition(":")
-    if prefix == CHECKPOINT_SPEC and directory:
-        return directory
-    raise RouterSpecError(f"unknown router {spec!r}; choose one of {', '.join(ROUTER_SPECS)}")
-
-
-def router_kind(spec: str) -> str:
-    """What the database records for a spec: the fixed router's name, or ``dynamic`` for any
-    checkpoint (its path lives in the run's config)."""
-    return spec if checkpoint_dir(spec) is None else CHECKPOINT_SPEC
-
-
-def check_router_spec(spec: str) -> None:
-    """Raise :class:`RouterSpecError` unless ``spec`` names a fixed router or a directory
-    holding a readable router checkpoint. Reads no weights."""
-    directory = checkpoint_dir(spec)
-    if directory is not None:
-        from router.checkpoint import CheckpointError, read_meta  # it imports this module
-
-        try:
-            read_meta(directory)
-        except CheckpointError as error:
-            raise RouterSpecError(str(error)) from None
 
 
 def make_router(spec: str) -> TokenRouter:

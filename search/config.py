@@ -7,26 +7,39 @@ keeps the two equal).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search.errors import ConfigError as ConfigError  # re-exported: the config's error
+from search.names import check_run_name
+
 DEFAULT_ROUTER_KIND = "dynamic"  # FTP's router; router.registry lists every kind
+DEFAULT_LEARNED_FROM = 1  # its first learned block (router.registry's learned_from; tested)
 
-
-class ConfigError(ValueError):
-    """An invalid config file or override; the message is one line for the user."""
+# Upper bounds of what a user can mean: a value past one is a typo, refused in one line.
+MAX_COUNT = 100_000  # candidates, parents, sequences, stages' sizes, level moves
+MAX_GENERATIONS = 100_000
+MAX_STEPS = 10_000_000  # router training steps and their periods
+MAX_BATCH = 65_536
+MAX_TOKENS = 1 << 20  # a sequence length or window
+MAX_LENGTHS = 64  # distinct sequence lengths, stages
+MAX_VOCAB = 10_000_000
+MAX_SEED = 2**32 - 1
+MAX_WORKERS = 4096  # workers, and CPUs or GPUs per worker
+MAX_RETRIES = 100
+MAX_SECONDS = 30 * 86_400  # timeouts and heartbeats
 
 
 class StageConfig(BaseModel):
     """One selection stage: score on ``sequences`` calibration sequences, keep the best
     ``keep`` candidates for the next stage (the last stage's best become parents)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    sequences: int = Field(ge=1)
-    keep: int = Field(ge=1)
+    sequences: int = Field(ge=1, le=MAX_COUNT)
+    keep: int = Field(ge=1, le=MAX_COUNT)
 
 
 class RouterTrainingConfig(BaseModel):
@@ -35,7 +48,7 @@ class RouterTrainingConfig(BaseModel):
     over ``guide_steps``), λ_s and λ_d. ``kind`` is checked against router.registry by
     :class:`RunConfig`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: str = Field(
         DEFAULT_ROUTER_KIND, description="FTP's 4-factor router, or the hidden-state baseline"
@@ -45,16 +58,18 @@ class RouterTrainingConfig(BaseModel):
         min_length=1,
         description="inputs of the dynamic router",
     )
-    steps: int = Field(40, ge=1)
+    steps: int = Field(40, ge=1, le=MAX_STEPS)
     lr: float = Field(0.001, gt=0.0)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH)
     lambda_guide: float = Field(1.0, ge=0.0)
-    guide_steps: int = Field(20, ge=1, description="steps over which λ_g decays to 0")
+    guide_steps: int = Field(20, ge=1, le=MAX_STEPS, description="steps over which λ_g decays to 0")
     lambda_sparse: float = Field(1.0, ge=0.0)
     lambda_distill: float = Field(1.0, ge=0.0)
     distill: Literal["kl", "mse"] = "kl"
     two_sided: bool = Field(False, description="penalize sparsity above the target too")
-    eval_every: int = Field(20, ge=1, description="held-out evaluation period, in steps")
+    eval_every: int = Field(
+        20, ge=1, le=MAX_STEPS, description="held-out evaluation period, in steps"
+    )
     init: Literal["random", "static"] = Field(
         "random",
         description="start the dynamic router from random weights, or from the static "
@@ -78,7 +93,7 @@ class TuningConfig(BaseModel):
     and the learning rate on log scales) and how trials are judged and supervised. The first
     trial always uses ``router_training``'s own values (the paper's equal weights)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     lambda_guide: list[float] = Field([0.1, 10.0], min_length=2, max_length=2)
     lambda_sparse: list[float] = Field([0.1, 10.0], min_length=2, max_length=2)
@@ -96,11 +111,21 @@ class TuningConfig(BaseModel):
     tolerance: float = Field(
         0.1, gt=0.0, description="largest |achieved - target| sparsity of a feasible trial"
     )
-    pruner_startup_trials: int = Field(2, ge=0, description="trials before pruning starts")
-    pruner_warmup_steps: int = Field(1, ge=0, description="steps before a trial can be pruned")
-    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
-    grace_period: int = Field(30, ge=1, description="seconds without one: the trial failed")
-    max_retry: int = Field(2, ge=0, description="retries of a trial whose worker died")
+    pruner_startup_trials: int = Field(
+        2, ge=0, le=MAX_COUNT, description="trials before pruning starts"
+    )
+    pruner_warmup_steps: int = Field(
+        1, ge=0, le=MAX_STEPS, description="steps before a trial can be pruned"
+    )
+    heartbeat_interval: int = Field(
+        10, ge=1, le=MAX_SECONDS, description="seconds between trial heartbeats"
+    )
+    grace_period: int = Field(
+        30, ge=1, le=MAX_SECONDS, description="seconds without one: the trial failed"
+    )
+    max_retry: int = Field(
+        2, ge=0, le=MAX_RETRIES, description="retries of a trial whose worker died"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> "TuningConfig":
@@ -125,7 +150,7 @@ class TuningConfig(BaseModel):
 class RunConfig(BaseModel):
     """Everything that defines a search run. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     run_name: str | None = Field(None, description="unique name; defaults to run-<id>")
     model: str = Field(
@@ -138,10 +163,10 @@ class RunConfig(BaseModel):
         "worker sees it, else CPU), cpu, cuda or cuda:N",
     )
     calibration: str = Field("builtin:pydoc", description="builtin:pydoc, a .txt or a .jsonl file")
-    seq_lens: list[int] = Field(
-        [256, 512], min_length=1, description="calibration sequence lengths"
+    seq_lens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(
+        [256, 512], min_length=1, max_length=MAX_LENGTHS, description="calibration sequence lengths"
     )
-    sequences_per_length: int = Field(4, ge=1)
+    sequences_per_length: int = Field(4, ge=1, le=MAX_COUNT)
     calibration_recall: float = Field(
         0.0,
         ge=0.0,
@@ -149,30 +174,38 @@ class RunConfig(BaseModel):
         description="share of calibration sequences made span-recall prompts (their opening "
         "repeated at the end, so fitness and training see a prompt whose key part comes first)",
     )
-    heldout_seq_lens: list[int] = Field([512], min_length=1)
-    heldout_sequences_per_length: int = Field(4, ge=1)
-    window: int = Field(32, ge=1, description="scored positions at the end of each sequence")
-    batch_size: int = Field(4, ge=1)
+    heldout_seq_lens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(
+        [512], min_length=1, max_length=MAX_LENGTHS
+    )
+    heldout_sequences_per_length: int = Field(4, ge=1, le=MAX_COUNT)
+    window: int = Field(
+        32, ge=1, le=MAX_TOKENS, description="scored positions at the end of each sequence"
+    )
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH)
     target_sparsity: float = Field(0.3, ge=0.0, lt=1.0)
     max_block_sparsity: float = Field(0.8, gt=0.0, lt=1.0)
     level_step: float = Field(0.025, gt=0.0, lt=1.0, description="sparsity grid step")
-    offspring: int = Field(16, ge=1, description="new candidates per generation")
-    parents: int = Field(2, ge=1, description="best candidates kept as parents")
-    generations: int = Field(5, ge=1)
+    offspring: int = Field(16, ge=1, le=MAX_COUNT, description="new candidates per generation")
+    parents: int = Field(2, ge=1, le=MAX_COUNT, description="best candidates kept as parents")
+    generations: int = Field(5, ge=1, le=MAX_GENERATIONS)
     crossover_prob: float = Field(0.5, ge=0.0, le=1.0)
-    max_moves: int = Field(3, ge=1, description="most level moves per mutation")
+    max_moves: int = Field(3, ge=1, le=MAX_COUNT, description="most level moves per mutation")
     monotone: bool = Field(
         False,
         description="search only non-decreasing schedules (what a nested router can route)",
     )
     stages: list[StageConfig] | None = Field(
-        None, description="multi-fidelity selection; default: see default_stages()"
+        None,
+        max_length=MAX_LENGTHS,
+        description="multi-fidelity selection; default: see default_stages()",
     )
     block_influence_profile: bool = Field(
         True, description="seed the population with a Block-Influence-informed profile"
     )
-    teacher_top_k: int | None = Field(None, ge=1, description="keep only top-K dense logits")
-    seed: int = 0
+    teacher_top_k: int | None = Field(
+        None, ge=1, le=MAX_VOCAB, description="keep only top-K dense logits"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     router: str = Field(
         "static",
         description="router that scores candidates: static, random or dynamic:<checkpoint dir>",
@@ -182,17 +215,21 @@ class RunConfig(BaseModel):
     )
     router_training: RouterTrainingConfig = Field(default_factory=RouterTrainingConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
-    finetune_generations: int = Field(2, ge=1, description="step 3 generations per round")
+    finetune_generations: int = Field(
+        2, ge=1, le=MAX_GENERATIONS, description="step 3 generations per round"
+    )
     artifacts_dir: str = Field(
         "ftprune-artifacts", description="where router checkpoints are written"
     )
     pool: Literal["local", "ray"] = "ray"
-    workers: int = Field(2, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0.0)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
+    workers: int = Field(2, ge=1, le=MAX_WORKERS)
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=MAX_WORKERS)
+    gpus_per_worker: float = Field(0.0, ge=0.0, le=MAX_WORKERS)
     ray_address: str | None = None
-    task_timeout_s: float | None = Field(None, gt=0.0, description="replace a worker after this")
-    max_retries: int = Field(3, ge=0)
+    task_timeout_s: float | None = Field(
+        None, gt=0.0, le=MAX_SECONDS, description="replace a worker after this"
+    )
+    max_retries: int = Field(3, ge=0, le=MAX_RETRIES)
 
     @field_validator("device")
     @classmethod
@@ -270,34 +307,78 @@ class RunConfig(BaseModel):
         return [first, last] if first.sequences < pool else [last]
 
 
-def _one_line(error: ValidationError) -> str:
+def one_line(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
 
 
-def build_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """Load ``path`` (if given), apply the non-None ``overrides``, validate.
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (the plain loader keeps
+    the last value silently)."""
 
-    Raises :class:`ConfigError` with a one-line message on any problem.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"cannot read config file {path}: {reason}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config fields")
-        data.update(loaded or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file a user named, parsed (duplicate keys refused); ConfigError, one line,
+    for a missing, unreadable, non-UTF-8, invalid or empty file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read {what} {path}: {reason}") from None
+    try:
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({problem}{line})") from None
+    if loaded is None:
+        raise ConfigError(f"{path}: the {what} is empty (write the fields to change)")
+    return loaded
+
+
+def override(config: RunConfig, **overrides: Any) -> RunConfig:
+    """``config`` with the non-None ``overrides``, validated again; ConfigError (one line)
+    for a value the config refuses."""
+    data = {**config.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return RunConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{path or 'config'}: {_one_line(exc)}") from None
+        raise ConfigError(f"config: {one_line(exc)}") from None
+
+
+def build_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """Load ``path`` (if given), apply the non-None ``overrides``, validate, and check a
+    given run name (:func:`check_run_name`).
+
+    Raises :class:`ConfigError` with a one-line message on any problem: among them an
+    empty file and a repeated key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = read_yaml(path, "config file")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("run_name") is not None:
+        check_run_name(data["run_name"])
+    try:
+        return RunConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'config'}: {one_line(exc)}") from None

@@ -39,32 +39,37 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from search.config import RunConfig
+from search.fitness import FitnessCache, minibatch_order, score_stage, stats_from_json
 from search.ga import EvolutionarySearch, is_feasible
+from search.interrupts import Interruptible, RunInterrupted, signal_of
+from search.leasing import LeaseKeeper
+from search.preflight import CheckedRun, check_names, preflight
 from search.records import BEST, UNIFORM, HeldoutLabel
-from search.settings import check_device, ga_params, open_pool, run_plan
+from search.settings import ga_params, run_plan
+from search.stored import load_run_config, stored_config
 
 if TYPE_CHECKING:  # storage (SQLAlchemy) and workers (torch) load lazily: the CLI starts fast
     from storage import EvaluationRecord, RunStore
     from storage.leases import Lease
     from workers.pool import EvaluationPool
-    from workers.scoring import Evaluation, WindowStats
+    from workers.scoring import Evaluation
 
-Key = tuple[tuple[float, ...], str, int]  # (schedule, router, sequence index)
 log = logging.getLogger(__name__)
 
 
 class SearchFailure(RuntimeError):
     """The search cannot go on: no candidate of a stage could be scored, or a held-out
     evaluation failed; the message gives the generation and the first reason."""
+
+
+class RunFinished(ValueError):
+    """``resume`` of a run that has finished: its result is stored, nothing runs again."""
 
 
 @dataclass(frozen=True)
@@ -86,69 +91,57 @@ class SearchOutcome:
     heldout: dict[HeldoutLabel, Evaluation]  # BEST and UNIFORM, on the held-out split
 
 
-@dataclass
-class FitnessCache:
-    """Per-sequence window statistics keyed by (schedule, router, sequence); counts hits."""
-
-    stats: dict[Key, WindowStats] = field(default_factory=dict)
-    hits: int = 0
-
-    def missing(self, schedule: Sequence[float], router: str, data: Sequence[int]) -> list[int]:
-        key = tuple(schedule)
-        missing = [i for i in data if (key, router, i) not in self.stats]
-        self.hits += len(data) - len(missing)
-        return missing
-
-    def add(
-        self, schedule: Sequence[float], router: str, per_sequence: dict[int, WindowStats]
-    ) -> None:
-        key = tuple(schedule)
-        for index, stats in per_sequence.items():
-            self.stats[(key, router, index)] = stats
-
-    def merged(self, schedule: Sequence[float], router: str, data: Sequence[int]) -> WindowStats:
-        from workers.scoring import merge_stats
-
-        key = tuple(schedule)
-        return merge_stats([self.stats[(key, router, i)] for i in data])
-
-
-def check_inputs(config: RunConfig, store: RunStore | None = None) -> None:
-    """Everything that can be checked before any work starts (model, data, router, device,
-    and with a store the run name and seed run); raises ValueError subclasses."""
-    from router.loading import check_model_spec
-
-    check_model_spec(config.model)  # before anything imports torch: a bad model is quick
-    from router.registry import check_router_spec
-    from storage import StorageError
-    from workers import check_source
-
-    check_source(config.calibration)
-    check_router_spec(config.router)
-    check_device(config)
-    if store is not None and config.run_name and store.run_name_taken(config.run_name):
-        raise StorageError(f"a run named {config.run_name!r} already exists")
-    if store is not None and config.seed_run is not None:
-        if store.search_state(store.find_run(config.seed_run).id) is None:
-            raise StorageError(f"run {config.seed_run!r} has no finished generation to start from")
-
-
 def launch(
-    config: RunConfig,
+    run: RunConfig | CheckedRun,
     store: RunStore,
     show_progress: bool = True,
     pool: EvaluationPool | None = None,
 ) -> SearchOutcome:
     """Create a run, search, then evaluate the best and the uniform schedule on held-out
-    text. Uses ``pool`` if given (left open), else opens and closes one from the config."""
+    text. ``run`` is a config (checked here: :func:`search.preflight.preflight`) or a
+    :class:`CheckedRun` (its names are checked against ``store`` again). Uses ``pool`` if
+    given (left open), else opens one on the checked run's tokens and closes it."""
     from storage.leases import Lease, lease_seconds, new_owner
 
-    check_inputs(config, store)
+    if isinstance(run, CheckedRun):
+        check_names(run.config, store)
+        checked = run
+    else:
+        checked = preflight(run, store, tokenize=pool is None)
+    config = checked.config
     lease = Lease(new_owner(), lease_seconds())
-    run = store.create_run(
-        config.run_name, config.model_dump(), config.seed, lease, plan=run_plan(config)
+    row = store.create_run(
+        config.run_name, stored_config(config), config.seed, lease, plan=run_plan(config)
     )
-    return _drive(config, store, run.id, run.name, pool, show_progress, lease)
+    return _drive(checked, store, row.id, row.name, pool, show_progress, lease)
+
+
+def prepare_resume(
+    ref: str | int, store: RunStore, device: str | None = None, tokenize: bool = True
+) -> CheckedRun:
+    """The checked config of a stored run to resume (``device`` overrides the stored
+    config's for this process's workers; the stored config is left as it was).
+
+    Raises :class:`RunFinished` for a run that has finished (its result is stored, nothing
+    runs again), and the config's and preflight's one-line errors."""
+    from workers.devices import check_device_spec
+
+    run = store.find_run(ref)
+    if run.status == "finished":
+        best = (
+            ""
+            if run.best_fitness is None
+            else f" (best calibration window KL {run.best_fitness:.4g})"
+        )
+        raise RunFinished(
+            f"run {run.name!r} has finished{best}: nothing to resume; "
+            f"`ftprune search status {run.name}` shows its result"
+        )
+    config = load_run_config(run)
+    if device is not None:
+        check_device_spec(device)
+        config = config.model_copy(update={"device": device})
+    return preflight(config, tokenize=tokenize)
 
 
 def resume(
@@ -157,29 +150,26 @@ def resume(
     show_progress: bool = True,
     pool: EvaluationPool | None = None,
     device: str | None = None,
+    checked: CheckedRun | None = None,
 ) -> SearchOutcome:
-    """Continue a stored run from its last generation boundary (``device`` overrides the
-    stored config's for this process's workers; the stored config is left as it was).
+    """Continue a stored run from its last generation boundary, with ``checked`` (from
+    :func:`prepare_resume`) or after preparing it here.
 
-    Raises :class:`storage.store.LeaseHeld`, changing nothing, while another coordinator's
-    lease on the run is live."""
+    Raises :class:`RunFinished`, changing nothing, for a run that has finished, and
+    :class:`storage.store.LeaseHeld`, changing nothing, while another coordinator's lease
+    on the run is live."""
     from storage.leases import Lease, lease_seconds, new_owner
-    from workers.devices import check_device_spec
 
     run = store.find_run(ref)
-    config = RunConfig(**run.config)
-    if device is not None:
-        check_device_spec(device)
-        config = config.model_copy(update={"device": device})
-    check_inputs(config)
+    checked = checked or prepare_resume(ref, store, device, tokenize=pool is None)
     lease = Lease(new_owner(), lease_seconds())
     store.acquire_lease(run.id, lease)
     store.set_status(run.id, "running", lease=lease)
-    return _drive(config, store, run.id, run.name, pool, show_progress, lease)
+    return _drive(checked, store, run.id, run.name, pool, show_progress, lease)
 
 
 def _drive(
-    config: RunConfig,
+    checked: CheckedRun,
     store: RunStore,
     run_id: int,
     run_name: str,
@@ -188,35 +178,27 @@ def _drive(
     lease: Lease,
 ) -> SearchOutcome:
     """Search, score the held-out split and finish the run, holding ``lease`` throughout
-    (released at the end). Held-out rows the run already has (a finished run resumed) are
-    not stored again."""
-    from storage.engine import DatabaseUnavailable
-    from workers.pool import ScoreRequest
+    (released at the end). Held-out rows the run already has are not stored again.
 
-    owned = pool is None
+    An interruption (SIGINT, SIGTERM, Ray's job stop) marks the run ``interrupted`` and
+    raises :class:`RunInterrupted` naming ``ftprune search resume``; any other failure
+    marks it ``failed`` with the reason. Either way the lease is released."""
+    from storage.engine import DatabaseUnavailable
+
     try:
-        with LeaseKeeper(store, run_id, lease):
-            workers = pool or open_pool(config)
+        with Interruptible() as signals, LeaseKeeper(store, run_id, lease):
+            workers = pool or checked.open_pool()
+            signals.install()  # after the pool: ray.init replaces the SIGTERM handler
             try:
-                progress = run_search(config, store, workers, run_id, show_progress, lease=lease)
-                uniform = [config.target_sparsity] * workers.num_blocks
-                results = workers.evaluate(
-                    [
-                        ScoreRequest(progress.best_schedule, "heldout", config.router),
-                        ScoreRequest(uniform, "heldout", config.router),
-                    ]
+                progress = run_search(
+                    checked.config, store, workers, run_id, show_progress, lease=lease
                 )
+                heldout = _score_heldout(checked.config, workers, progress.best_schedule)
             finally:
-                if owned:
+                if pool is None:
                     workers.close()
-            heldout = {BEST: results[0], UNIFORM: results[1]}
             stored = {(h.label, tuple(h.schedule)) for h in store.heldout(run_id)}
             for label, evaluation in heldout.items():
-                if evaluation.error is not None:
-                    raise SearchFailure(
-                        f"held-out scoring of the {label.to_json()} schedule failed: "
-                        f"{evaluation.error}"
-                    )
                 if (label.to_json(), tuple(evaluation.schedule)) not in stored:
                     store.add_heldout(run_id, label.to_json(), evaluation, lease=lease)
             store.set_status(run_id, "finished", lease=lease)
@@ -227,15 +209,48 @@ def _drive(
             f"`ftprune search resume {run_name}` continues it"
         ) from None
     except BaseException as exc:
-        _record_failure(store, run_id, lease, exc)
-        raise
+        number = signal_of(exc)
+        if number is None:
+            _record_end(store, run_id, lease, "failed", exc)
+            raise
+        _record_end(store, run_id, lease, "interrupted", exc)
+        raise RunInterrupted(
+            f"interrupted: run {run_name!r} keeps its last stored generation; "
+            f"`ftprune search resume {run_name}` continues it",
+            number,
+        ) from None
     return SearchOutcome(run_id, run_name, progress, heldout)
 
 
-def _record_failure(store: RunStore, run_id: int, lease: Lease, exc: BaseException) -> None:
-    """Mark the run failed with the reason and release its lease, unless the lease is lost
-    (the run is another coordinator's now); a database that fails here too is only logged,
-    so the original error is what the caller sees."""
+def _score_heldout(
+    config: RunConfig, pool: EvaluationPool, best: list[float]
+) -> dict[HeldoutLabel, Evaluation]:
+    """The best and the uniform schedule on the held-out split; SearchFailure if either
+    could not be scored."""
+    from workers.pool import ScoreRequest
+
+    uniform = [config.target_sparsity] * pool.num_blocks
+    results = pool.evaluate(
+        [
+            ScoreRequest(best, "heldout", config.router),
+            ScoreRequest(uniform, "heldout", config.router),
+        ]
+    )
+    heldout = {BEST: results[0], UNIFORM: results[1]}
+    for label, evaluation in heldout.items():
+        if evaluation.error is not None:
+            raise SearchFailure(
+                f"held-out scoring of the {label.to_json()} schedule failed: {evaluation.error}"
+            )
+    return heldout
+
+
+def _record_end(
+    store: RunStore, run_id: int, lease: Lease, status: str, exc: BaseException
+) -> None:
+    """Mark the run ``status`` (failed, interrupted) with the reason and release its lease,
+    unless the lease is lost (the run is another coordinator's now); a database that fails
+    here too is only logged, so the original error is what the caller sees."""
     from storage import StorageError
     from storage.store import LeaseLost
 
@@ -243,54 +258,10 @@ def _record_failure(store: RunStore, run_id: int, lease: Lease, exc: BaseExcepti
         return
     reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     try:
-        store.set_status(run_id, "failed", reason, lease=lease)
+        store.set_status(run_id, status, reason, lease=lease)
         store.release_lease(run_id, lease.owner)
     except StorageError as other:
-        log.warning("could not record that the run failed: %s", other)
-
-
-class LeaseKeeper:
-    """Renews a run's lease from a daemon thread every third of its duration while the
-    block runs, so a long generation never lets it lapse; a renewal that fails (database
-    away) is logged and tried again at the next beat, and a lost lease stops the beats
-    (the next stored generation then raises :class:`storage.store.LeaseLost`)."""
-
-    def __init__(self, store: RunStore, run_id: int, lease: Lease) -> None:
-        self.store, self.run_id, self.lease = store, run_id, lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="ftprune-lease", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        from storage.store import LeaseLost
-
-        while not self._stop.wait(self.lease.duration_s / 3):
-            try:
-                self.store.renew_lease(self.run_id, self.lease, retry=False)
-            except LeaseLost as exc:
-                log.warning("%s", exc)
-                return
-            except Exception as exc:  # a heartbeat outlives a database outage
-                log.warning("lease renewal failed, trying again at the next beat: %s", exc)
-
-
-def minibatch_order(seed: int, generation: int, num_sequences: int) -> list[int]:
-    """The generation's shuffle of calibration sequence indices (depends on nothing else)."""
-    order = list(range(num_sequences))
-    random.Random(f"ftprune:{seed}:{generation}").shuffle(order)
-    return order
+        log.warning("could not record that the run %s: %s", status, other)
 
 
 def run_search(
@@ -322,12 +293,12 @@ def run_search(
         if row.error is not None:
             failed[tuple(row.schedule)] = row.error
         elif row.per_sequence is not None:
-            cache.add(row.schedule, row.router, _stats_from_json(row.per_sequence))
+            cache.add(row.schedule, row.router, stats_from_json(row.per_sequence))
     if stored_state is None:
         params = ga_params(config, pool.num_blocks)
         if config.seed_run is not None:
             seed_state = store.search_state(store.find_run(config.seed_run).id)
-            assert seed_state is not None  # check_inputs refused a seed run without one
+            assert seed_state is not None  # preflight refused a seed run without one
             parents = EvolutionarySearch.from_state(seed_state).parents
             search = EvolutionarySearch(params, seed_parents=parents)
         else:
@@ -335,6 +306,13 @@ def run_search(
             search = EvolutionarySearch(params, influence)
     else:
         search = EvolutionarySearch.from_state(stored_state)
+    params = search.params  # the budget every candidate keeps: the one the GA searches
+    if (params.target, params.s_max) != (config.target_sparsity, config.max_block_sparsity):
+        raise SearchFailure(
+            f"the run's stored search targets sparsity {params.target} (at most "
+            f"{params.s_max} per block), its config {config.target_sparsity} (at most "
+            f"{config.max_block_sparsity}): the config changed since the run started"
+        )
     run = store.find_run(run_id)
     best_schedule = run.best_schedule or []
     best_fitness = math.inf if run.best_fitness is None else run.best_fitness
@@ -343,9 +321,7 @@ def run_search(
         if token_budget is not None and tokens_used >= token_budget:
             break
         candidates = search.ask()
-        if not all(
-            is_feasible(s, config.target_sparsity, config.max_block_sparsity) for s in candidates
-        ):
+        if not all(is_feasible(s, params.target, params.s_max) for s in candidates):
             raise RuntimeError("the search produced a schedule that breaks the budget")
         order = minibatch_order(config.seed, generation, num_sequences)
         records: list[EvaluationRecord] = []
@@ -355,7 +331,7 @@ def run_search(
         started = time.perf_counter()
         for index, stage in enumerate(stages):
             data = sorted(order[: stage.sequences])
-            fitness = _score_stage(
+            fitness = score_stage(
                 pool,
                 cache,
                 failed,
@@ -407,77 +383,3 @@ def run_search(
     return SearchProgress(
         best_schedule, best_fitness, totals["evaluations"], totals["forward_tokens"], cache.hits
     )
-
-
-def _score_stage(
-    pool: EvaluationPool,
-    cache: FitnessCache,
-    failed: dict[tuple[float, ...], str],
-    candidates: list[list[float]],
-    router_spec: str,
-    data: list[int],
-    generation: int,
-    stage: int,
-    records: list[EvaluationRecord],
-    show_progress: bool,
-) -> dict[tuple[float, ...], float]:
-    """Score ``candidates`` on ``data`` through the cache; append a record per candidate
-    that needed new work (a failure with its reason, added to ``failed``); return each
-    candidate's fitness on ``data`` (infinite for a failed one, which is never requested
-    again)."""
-    from tqdm.auto import tqdm
-
-    from router import router_kind
-    from storage import EvaluationRecord
-    from workers.pool import ScoreRequest
-
-    router = router_kind(router_spec)  # one router per run: its kind keys the cache
-    requests, owners = [], []
-    for schedule in candidates:
-        if tuple(schedule) in failed:
-            continue
-        missing = cache.missing(schedule, router, data)
-        if missing:
-            requests.append(ScoreRequest(schedule, "calibration", router_spec, tuple(missing)))
-            owners.append(schedule)
-    with tqdm(
-        total=len(requests),
-        desc=f"generation {generation + 1} stage {stage + 1}",
-        unit="cand",
-        disable=not show_progress,
-        leave=False,
-    ) as bar:
-        results = pool.evaluate(requests, on_result=lambda _: bar.update())
-    for schedule, result in zip(owners, results, strict=True):
-        if result.error is not None:
-            failed[tuple(schedule)] = result.error
-        else:
-            cache.add(schedule, router, result.per_sequence)
-        records.append(
-            EvaluationRecord(
-                schedule=schedule,
-                router=router,
-                metrics=(
-                    None
-                    if result.error is not None
-                    else cache.merged(schedule, router, data).metrics()
-                ),
-                duration_s=result.duration_s,
-                worker=result.worker,
-                stage=stage,
-                sequences=data,
-                forward_tokens=result.forward_tokens,  # 0 for a failure: its work was lost
-                per_sequence={str(i): s.to_json() for i, s in result.per_sequence.items()},
-                error=result.error,
-            )
-        )
-    return {
-        tuple(s): math.inf if tuple(s) in failed else cache.merged(s, router, data).metrics().kl
-        for s in candidates
-    }
-
-
-def _stats_from_json(per_sequence: dict[str, list[float]]) -> dict[int, WindowStats]:
-    from workers.scoring import WindowStats
-
-    return {int(i): WindowStats.from_json(values) for i, values in per_sequence.items()}

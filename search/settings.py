@@ -17,13 +17,14 @@ if TYPE_CHECKING:
     from router.training import TrainConfig
     from storage import RunPlan
     from workers.pool import EvaluationPool
-    from workers.scoring import ScorerSettings
+    from workers.scoring import SplitSequences
+    from workers.settings import ScorerSettings
     from workers.training import TrainRequest
 
 
 def scorer_settings(config: RunConfig) -> ScorerSettings:
     """What every worker's scorer is built from: model, dtype, device, data and window."""
-    from workers.scoring import ScorerSettings
+    from workers.settings import ScorerSettings
 
     return ScorerSettings(
         model=config.model,
@@ -63,8 +64,12 @@ def check_device(config: RunConfig) -> None:
         )
 
 
-def open_pool(config: RunConfig, workers: int | None = None) -> EvaluationPool:
-    """The pool the config asks for (``workers`` overrides its worker count)."""
+def open_pool(
+    config: RunConfig, workers: int | None = None, sequences: SplitSequences | None = None
+) -> EvaluationPool:
+    """The pool the config asks for (``workers`` overrides its worker count), on
+    ``sequences`` if given (what :func:`search.preflight.preflight` tokenized), else on
+    sequences it tokenizes itself."""
     from workers.pool import make_pool
 
     return make_pool(
@@ -76,6 +81,7 @@ def open_pool(config: RunConfig, workers: int | None = None) -> EvaluationPool:
         config.gpus_per_worker,
         config.task_timeout_s,
         config.max_retries,
+        sequences=sequences,
     )
 
 

@@ -12,6 +12,11 @@ Guarantees:
 - A database made by ftprune before migrations existed (the skeleton's three tables, no
   version table) is recognized, stamped at revision ``0001`` and upgraded in place, rows
   kept.
+- A database at the head whose ftprune tables were dropped by hand is refused by writers
+  (nothing is written into a schema that differs from the models); ``db upgrade``
+  recreates the missing tables, and refuses any other difference.
+- A database at a revision this code does not know (written by a newer ftprune) is
+  refused with one line, by readers and writers alike.
 - :func:`require_head` only reads: it refuses a database at any revision but the head (an
   older one, none, or one this code does not know) with one line saying what to do.
 - :func:`check` lists every difference between the models in :mod:`storage.schema` and a
@@ -21,7 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from alembic import command
@@ -46,11 +51,13 @@ _POSTGRES_LOCK_KEY = 0x66747072756E65  # "ftprune"
 @dataclass(frozen=True)
 class Upgrade:
     """What :func:`upgrade` did: the revision before (None: no version table yet), the
-    revision after (the head), and whether an unversioned skeleton database was adopted."""
+    revision after (the head), whether an unversioned skeleton database was adopted, and
+    the missing tables it recreated."""
 
     before: str | None
     after: str
     adopted_skeleton: bool
+    recreated: list[str] = field(default_factory=list)
 
 
 def include_name(name: str | None, type_: str, _parent_names: Any) -> bool:
@@ -144,30 +151,70 @@ def _alembic(action: Callable[..., None], connection: Connection, revision: str)
         raise StorageError(f"cannot migrate: {str(exc).splitlines()[0]}") from None
 
 
-def upgrade(engine: Engine) -> Upgrade:
-    """Bring the database to the head revision (creating ftprune's tables if there are none)."""
+def upgrade(engine: Engine, repair: bool = False) -> Upgrade:
+    """Bring the database to the head revision (creating ftprune's tables if there are none).
+
+    Refuses (StorageError, nothing changed) a revision this code does not know (written by
+    a newer ftprune), and a database at the head whose ftprune tables are not all there
+    (dropped by hand): with ``repair`` the missing tables are created from the models,
+    and whatever difference remains is refused. Any other difference from the models is
+    :func:`check`'s to report."""
     head = head_revision()
     with read_only(engine).connect() as connection:
         before = current_revision(connection)
-    if before == head:
+        problem = revision_problem(before)
+        missing = _missing_tables(connection) if before == head else set()
+    if before is not None and before not in known_revisions() and problem is not None:
+        raise StorageError(f"database {problem}")
+    if before == head and not missing:
         return Upgrade(before, head, adopted_skeleton=False)
+    if missing and not repair:
+        raise StorageError(
+            f"database lacks ftprune tables {', '.join(sorted(missing))} (dropped?): "
+            "run `ftprune db upgrade` to recreate them"
+        )
     with engine.begin() as connection:
         _lock(connection)
         before = current_revision(connection)
         adopted = False
         if before is None:
-            own = _own_tables(connection)
-            if own == SKELETON_TABLES:
-                _alembic(command.stamp, connection, SKELETON_REVISION)
-                adopted = True
-            elif own:
-                raise StorageError(
-                    f"unversioned database holds ftprune tables {sorted(own)} "
-                    "that match no known schema"
-                )
+            adopted = _adopt(connection)
         if before != head:
             _alembic(command.upgrade, connection, "head")
-    return Upgrade(before, head, adopted)
+        elif missing:
+            _recreate(connection)
+    return Upgrade(before, head, adopted, sorted(missing))
+
+
+def _adopt(connection: Connection) -> bool:
+    """Stamp an unversioned skeleton database (True), or refuse unknown ftprune tables."""
+    own = _own_tables(connection)
+    if own == SKELETON_TABLES:
+        _alembic(command.stamp, connection, SKELETON_REVISION)
+        return True
+    if own:
+        raise StorageError(
+            f"unversioned database holds ftprune tables {sorted(own)} that match no known schema"
+        )
+    return False
+
+
+def _missing_tables(connection: Connection) -> set[str]:
+    return set(Base.metadata.tables) - _own_tables(connection)
+
+
+def _recreate(connection: Connection) -> None:
+    """Create the models' tables the database lacks, then refuse (rolling back) if it
+    still differs from the models."""
+    missing = [Base.metadata.tables[name] for name in sorted(_missing_tables(connection))]
+    Base.metadata.create_all(connection, tables=missing)
+    context = MigrationContext.configure(connection, opts=context_options())
+    problems = [_describe(diff) for diff in compare_metadata(context, Base.metadata)]
+    if problems:
+        raise StorageError(
+            f"database differs from the models beyond missing tables "
+            f"({'; '.join(problems)}): `ftprune db upgrade` cannot repair it"
+        )
 
 
 def check(engine: Engine) -> list[str]:

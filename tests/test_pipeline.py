@@ -101,17 +101,17 @@ def test_an_interrupted_fine_tuning_run_resumes_to_the_pipelines_result(tiny_pip
     of its two generations, as a coordinator that died would leave it: ``search resume``
     finishes it with exactly the evaluations and held-out rows of the pipeline's own
     uninterrupted step 3."""
-    from search.config import RunConfig
     from search.coordinator import run_search
     from search.settings import scorer_settings
+    from search.stored import load_run_config, stored_config
     from workers.pool import LocalPool
 
     db_url, _, _ = tiny_pipeline
     store = Store(db_url, create=False)
     done = store.find_run("tiny-finetune-1")
-    config = RunConfig(**{**done.config, "run_name": "tiny-finetune-1-again"})
+    config = load_run_config(done).model_copy(update={"run_name": "tiny-finetune-1-again"})
     assert config.seed_run == "tiny" and config.router.startswith("dynamic:")
-    run = store.create_run(config.run_name, config.model_dump(), config.seed)
+    run = store.create_run(config.run_name, stored_config(config), config.seed)
     with LocalPool(scorer_settings(config)) as pool:
         run_search(config.model_copy(update={"generations": 1}), store, pool, run.id, False)
     assert store.run_status(run.id)["generations"] == 1
@@ -149,6 +149,7 @@ def test_router_train_and_export_round_trip(tiny_pipeline, tmp_path):
                 "tiny",
                 "--schedule",
                 schedule,
+                "--any-mean",
                 "--label",
                 "manual",
                 "--steps",
@@ -164,10 +165,14 @@ def test_router_train_and_export_round_trip(tiny_pipeline, tmp_path):
     assert manual.curves["step"] == [0, 1]
 
     out = tmp_path / "export"
-    result = runner.invoke(app, ["export", "--run", "tiny", "--out", str(out), "--db", db_url])
+    result = runner.invoke(
+        app,
+        ["export", "--run", "tiny", "--out", str(out), "--router", "manual", "--db", db_url],
+    )
     assert result.exit_code == 0, result.output
+    assert "router manual" in result.output and "trained schedule" in result.output
     meta = json.loads((out / "router.json").read_text())
-    assert meta["schedule"] == [0.5] * 4  # the latest router, no fine-tuned schedule for it
+    assert meta["schedule"] == [0.5] * 4  # the router's own: it has no fine-tuned schedule
     model, _, routing = load_routed(out)
     reference, _ = load_model("random:llama-tiny")
     route(reference, [0.5] * 4, load_router(manual.checkpoint)[0])
@@ -339,3 +344,81 @@ def test_router_train_refuses_a_label_that_reads_as_a_heldout_row(tiny_pipeline)
     )
     _refused(result, "--label")
     assert _dump(db_url) == before
+
+
+def test_export_names_what_it_writes_and_keeps_the_last_rounds_schedule(tiny_pipeline, tmp_path):
+    """An extra ``router train`` after the pipeline (its default label is the next round)
+    does not change what a plain ``export`` writes: the pipeline's last round's router
+    with its fine-tuned schedule, as the output says; the extra router exports only when
+    asked, with the schedule it was trained for."""
+    db_url, _, root = tiny_pipeline
+    store = Store(db_url, create=False)
+    main = store.find_run("tiny")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        trained = runner.invoke(
+            app, ["router", "train", "--run", "tiny", "--steps", "1", "--db", db_url, "--quiet"]
+        )
+    assert trained.exit_code == 0, trained.output
+    extra = store.routers(main.id)[-1]
+    assert extra.label.startswith("round-") and extra.label not in ("round-1", "round-2")
+    finetuned = {h.label: h.schedule for h in store.heldout(main.id)}["finetuned-2"]
+
+    out = tmp_path / "plain"
+    result = runner.invoke(app, ["export", "--run", "tiny", "--out", str(out), "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert "router round-2" in result.output and "fine-tuned schedule" in result.output
+    assert json.loads((out / "router.json").read_text())["schedule"] == finetuned
+
+    asked = ["export", "--run", "tiny", "--router", extra.label, "--db", db_url]
+    refused = runner.invoke(app, [*asked, "--out", str(tmp_path / "refused")])
+    _refused(refused, f"router '{extra.label}' of run 'tiny' has no fine-tuned schedule")
+    result = runner.invoke(app, [*asked, "--schedule", "trained", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "t" / "router.json").read_text())
+    assert meta["schedule"] == extra.schedule == main.best_schedule
+
+
+def test_a_pipeline_that_stopped_after_step_1_resumes_to_the_same_result(tiny_pipeline):
+    """``pipeline --resume`` of a run whose pipeline stopped after its search (step 1)
+    trains the router and fine-tunes, ending where the uninterrupted pipeline's first round
+    ended: same router schedule, same fine-tuned schedule and fitness, same held-out KL."""
+    db_url, _, root = tiny_pipeline
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        first = runner.invoke(
+            app,
+            [
+                "search",
+                "launch",
+                "--config",
+                str(TINY),
+                "--run-name",
+                "again",
+                "--db",
+                db_url,
+                "--quiet",
+            ],
+        )
+        assert first.exit_code == 0, first.output
+        resumed = runner.invoke(
+            app, ["pipeline", "--resume", "again", "--rounds", "1", "--db", db_url, "--quiet"]
+        )
+    assert resumed.exit_code == 0, resumed.output
+    store = Store(db_url, create=False)
+    want, got = store.find_run("tiny"), store.find_run("again")
+    assert got.best_schedule == want.best_schedule
+    (router,) = store.routers(got.id)
+    assert router.label == "round-1"
+    assert router.schedule == store.routers(want.id)[0].schedule
+    assert router.heldout_kl == store.routers(want.id)[0].heldout_kl
+    child, reference = store.find_run("again-finetune-1"), store.find_run("tiny-finetune-1")
+    assert child.status == "finished"
+    assert (child.best_schedule, child.best_fitness) == (
+        reference.best_schedule,
+        reference.best_fitness,
+    )
+    heldout = {h.label: h.kl for h in store.heldout(got.id)}
+    expected = {h.label: h.kl for h in store.heldout(want.id)}
+    assert set(heldout) == {"best", "uniform", "dynamic-1", "finetuned-1"}
+    assert all(heldout[label] == expected[label] for label in heldout)

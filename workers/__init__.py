@@ -24,7 +24,7 @@ _HOMES = {
     "make_pool": "pool",
     "Evaluation": "scoring",
     "Scorer": "scoring",
-    "ScorerSettings": "scoring",
+    "ScorerSettings": "settings",
     "WindowComparator": "scoring",
     "WindowMetrics": "scoring",
     "TrainRequest": "training",
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from workers.data import BUILTIN_PYDOC, DataSpec, DataSpecError, build_sequences, check_source
     from workers.devices import DeviceError, check_device_spec, resolve_device
     from workers.pool import EvaluationPool, LocalPool, RayPool, make_pool
-    from workers.scoring import Evaluation, Scorer, ScorerSettings, WindowComparator, WindowMetrics
+    from workers.scoring import Evaluation, Scorer, WindowComparator, WindowMetrics
+    from workers.settings import ScorerSettings
     from workers.training import TrainedRouterState, TrainRequest
 
 

@@ -26,12 +26,13 @@ opening holds. The dense model copies them; a router that dropped the opening ca
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first tensor: checking a source needs none
+    import torch
 
 BUILTIN_PYDOC = "builtin:pydoc"
 HELDOUT_SHARE = 0.2
@@ -92,27 +93,54 @@ def check_source(source: str) -> None:
         raise DataSpecError(f"calibration file not found: {source}")
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a file a user named; :class:`DataSpecError` (one line naming
+    ``what`` and the file) when it cannot be read or is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataSpecError(
+            f"{what} {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} "
+            f"at offset {error.start})"
+        ) from None
+    except OSError as error:
+        raise DataSpecError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def check_text(source: str) -> None:
+    """:func:`check_source`, and raise :class:`DataSpecError` unless the source reads (UTF-8,
+    a ``.jsonl`` of ``text`` objects) and holds some text."""
+    if not any(doc.strip() for doc in documents(source)):
+        raise DataSpecError(f"calibration file {source} holds no text")
+
+
 def documents(source: str) -> list[str]:
-    """The source's documents, in a fixed order."""
+    """The source's documents, in a fixed order; :class:`DataSpecError` for a file that
+    cannot be read, is not UTF-8 or (``.jsonl``) holds a line that is no JSON object with
+    a ``text`` string."""
     check_source(source)
     if source == BUILTIN_PYDOC:
         from pydoc_data.topics import topics
 
         return [topics[name] for name in sorted(topics)]
     path = Path(source)
+    text = read_text_file(path, "calibration file")
     if path.suffix == ".jsonl":
         docs = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for line_no, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                docs.append(str(json.loads(line)["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
+                value = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+                value = None
+            if not isinstance(value, str):
                 raise DataSpecError(
                     f"{source}:{line_no}: expected a JSON object with a 'text' field"
                 ) from None
+            docs.append(value)
         return docs
-    return [doc for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+    return [doc for doc in text.split("\n\n") if doc.strip()]
 
 
 def split_documents(source: str) -> dict[Split, list[int]]:
@@ -141,9 +169,32 @@ def build_sequences(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
 
     Raises :class:`DataSpecError` when the split holds too few tokens.
     """
-    tokens = _split_tokens(spec, tokenizer)
+    return as_tensors(sequence_ids(spec, hf_encoder(tokenizer)))
+
+
+def sequence_ids(spec: DataSpec, encode: Callable[[str], list[int]]) -> list[list[int]]:
+    """The token ids of :func:`build_sequences`' sequences, as plain lists, with the split's
+    text tokenized by ``encode`` (e.g. :func:`router.loading.token_encoder`); needs no
+    torch. Raises :class:`DataSpecError` when the split holds too few tokens."""
+    tokens = encode(split_text(spec.source, spec.split))
     spans = _spans(spec, len(tokens))
-    return [_sequence(tokens[a:b], spec, i) for i, (a, b) in enumerate(spans)]
+    return [_window(tokens[a:b], spec, i) for i, (a, b) in enumerate(spans)]
+
+
+def as_tensors(sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Each id list as a 1-D long tensor (on the CPU)."""
+    import torch
+
+    return [torch.tensor(list(ids), dtype=torch.long) for ids in sequences]
+
+
+def hf_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    """A transformers tokenizer as an encoder: ids without special tokens."""
+    return lambda text: list(
+        tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+            "input_ids"
+        ]
+    )
 
 
 def disjoint_sequences(spec: DataSpec, avoid: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
@@ -153,10 +204,10 @@ def disjoint_sequences(spec: DataSpec, avoid: DataSpec, tokenizer: Any) -> list[
     """
     if (spec.source, spec.split) != (avoid.source, avoid.split):
         raise ValueError("disjoint_sequences compares layouts of one source and split")
-    tokens = _split_tokens(spec, tokenizer)
+    tokens = hf_encoder(tokenizer)(split_text(spec.source, spec.split))
     taken = _spans(avoid, len(tokens))
     return [
-        _sequence(tokens[a:b], spec, i)
+        as_tensors([_window(tokens[a:b], spec, i)])[0]
         for i, (a, b) in enumerate(_spans(spec, len(tokens)))
         if all(b <= lo or hi <= a for lo, hi in taken)
     ]
@@ -190,17 +241,10 @@ def is_recall(spec: DataSpec, index: int) -> bool:
     return share > 0 and int((index + 1) * share + 1e-9) > int(index * share + 1e-9)
 
 
-def _sequence(window: list[int], spec: DataSpec, index: int) -> torch.Tensor:
+def _window(window: list[int], spec: DataSpec, index: int) -> list[int]:
     if is_recall(spec, index):
         window = window[: len(window) - spec.recall_len] + window[: spec.recall_len]
-    return torch.tensor(window, dtype=torch.long)
-
-
-def _split_tokens(spec: DataSpec, tokenizer: Any) -> list[int]:
-    text = split_text(spec.source, spec.split)
-    return tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)[
-        "input_ids"
-    ]
+    return window
 
 
 def _spans(spec: DataSpec, total: int) -> list[tuple[int, int]]:

@@ -8,12 +8,13 @@ and without replacing the worker, which is healthy and scores the next request; 
 worker loads the model once, on the settings' device, and keeps it for the pool's
 lifetime; :meth:`EvaluationPool.train` trains a router on a worker (its model, device and
 data), never in the calling process, and returns it as plain data.
-The Ray pool tokenizes the calibration and held-out text once, in this process (tokenizer
-only, no model), and puts the sequences into Ray's object store once; every actor, a
-replacement included, reads that one object. It survives workers that die or hang: their
-tasks are retried on a fresh actor (scoring and seeded training are idempotent), and a
-result is never delivered twice. Its actors run with the tuned heap of :mod:`workers.heap`,
-like the CLI process.
+Every pool takes the calibration and held-out sequences already tokenized (``sequences``,
+as a run's checks made them) or tokenizes the text once itself; the Ray pool does that in
+this process (tokenizer only, no model) and puts the sequences into Ray's object store
+once; every actor, a replacement included, reads that one object. It survives workers
+that die or hang: their tasks are retried on a fresh actor (scoring and seeded training
+are idempotent), and a result is never delivered twice. Its actors run with the tuned heap
+of :mod:`workers.heap`, like the CLI process.
 """
 
 from __future__ import annotations
@@ -162,8 +163,13 @@ class LocalPool(EvaluationPool):
     """One scorer in this process; requests are scored one after another, and routers
     train on that scorer (this process is the worker)."""
 
-    def __init__(self, settings: ScorerSettings, scorer_factory: ScorerFactory = Scorer) -> None:
-        self.scorer = scorer_factory(settings, None)
+    def __init__(
+        self,
+        settings: ScorerSettings,
+        scorer_factory: ScorerFactory = Scorer,
+        sequences: SplitSequences | None = None,
+    ) -> None:
+        self.scorer = scorer_factory(settings, sequences)
         self.num_blocks, self.num_sequences = _describe(self.scorer)
 
     def evaluate(
@@ -214,6 +220,7 @@ class RayPool(EvaluationPool):
         task_timeout_s: float | None = None,
         max_retries: int = 3,
         scorer_factory: ScorerFactory = Scorer,
+        sequences: SplitSequences | None = None,
     ) -> None:
         import ray
 
@@ -231,7 +238,9 @@ class RayPool(EvaluationPool):
         )
         self._settings = replace(settings, threads=threads)
         self._scorer_factory = scorer_factory
-        self.sequences_ref = ray.put(build_splits(settings, load_tokenizer(settings.model)))
+        if sequences is None:
+            sequences = build_splits(settings, load_tokenizer(settings.model))
+        self.sequences_ref = ray.put(dict(sequences))
         self.task_timeout_s = task_timeout_s
         self.max_retries = max_retries
         self.replaced = 0
@@ -550,10 +559,12 @@ def make_pool(
     task_timeout_s: float | None = None,
     max_retries: int = 3,
     scorer_factory: ScorerFactory = Scorer,
+    sequences: SplitSequences | None = None,
 ) -> EvaluationPool:
-    """The pool a run config asks for: ``local`` or ``ray``."""
+    """The pool a run config asks for: ``local`` or ``ray``, on ``sequences`` if given
+    (both splits, as :func:`workers.scoring.build_splits` makes them)."""
     if kind == "local":
-        return LocalPool(settings, scorer_factory)
+        return LocalPool(settings, scorer_factory, sequences)
     if kind == "ray":
         return RayPool(
             settings,
@@ -564,5 +575,6 @@ def make_pool(
             task_timeout_s,
             max_retries,
             scorer_factory,
+            sequences,
         )
     raise ValueError(f"unknown pool {kind!r}; choose 'local' or 'ray'")

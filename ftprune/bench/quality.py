@@ -114,7 +114,7 @@ def run_quality(
             outcome = run_pipeline(config, store, 1, show_progress=False, pool=pool, echo=progress)
             store.close()
             last = outcome.rounds[-1]
-            searched = outcome.search.search.best_schedule
+            searched = outcome.search.best_schedule
             uniform = [config.target_sparsity] * pool.num_blocks
             dynamic = checkpoint_spec(last.checkpoint)
             rows += _rows(
@@ -126,7 +126,7 @@ def run_quality(
                     ("block_influence", "static", "static", influence_allocation(pool, config)),
                     ("searched", "static", "static", searched),
                     ("searched", "dynamic", dynamic, searched),
-                    ("finetuned", "dynamic", dynamic, last.finetune.search.best_schedule),
+                    ("finetuned", "dynamic", dynamic, last.finetune.best_schedule),
                 ],
             )
             progress(format_table([r for r in rows if r["seed"] == seed]))

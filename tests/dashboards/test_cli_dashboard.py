@@ -5,9 +5,12 @@ bound to the address asked for (127.0.0.1 by default), headless, without usage s
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -54,7 +57,7 @@ def test_it_serves_the_app_headless_on_loopback_by_default(filled, monkeypatch):
     environments: list[dict[str, str]] = []
 
     class Server:
-        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        def __init__(self, command: list[str], env: dict[str, str], **_options: object) -> None:
             started.append(command)
             environments.append(env)
 
@@ -113,3 +116,52 @@ def test_its_help_starts_without_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "Usage" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_server_with_the_dashboard(filled):
+    """A supervisor's stop (SIGTERM to ``ftprune dashboard``) stops the Streamlit server
+    too: nothing is left serving on the port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "ftprune.cli", "dashboard", "--db", filled.url]
+    process = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "no server"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        servers = _children(process.pid)
+        assert servers and all(_alive(pid) for pid in servers)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in servers)
+        with socket.socket() as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))  # free: nothing serves there any more
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -124,7 +124,7 @@ def test_unknown_states_are_refused_and_left_alone(db_url):
         connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
     result = runner.invoke(app, ["db", "upgrade", "--db", db_url])
     assert result.exit_code == 2
-    assert "cannot migrate" in _one_line(result.stderr) and "9999" in result.stderr
+    assert "written by a newer ftprune" in _one_line(result.stderr) and "9999" in result.stderr
 
 
 def test_migration_0007_fills_each_runs_plan_from_its_stored_config(db_url):

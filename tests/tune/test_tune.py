@@ -186,7 +186,7 @@ def test_check_refuses_a_study_whose_best_is_its_first_trial():
     [
         (["--workers", "2"], "parallel Optuna workers need PostgreSQL"),
         (["--objectives", "latency"], "--objectives must be"),
-        (["--workers", "0"], "at least 1"),
+        (["--workers", "0"], "--workers must lie in 1.."),
     ],
 )
 def test_bad_input_is_one_line_before_the_database(tmp_path, args, message):
