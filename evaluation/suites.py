@@ -4,7 +4,8 @@
   zero-shot with lm-eval's prompts and metrics (:mod:`evaluation.olmo`), on fixed subsets
   sized for 2 CPU cores: the first ``n`` of each task's fixed order (a seeded permutation;
   MMLU stratified, 6 questions of each of its 57 subjects). ``--limit`` takes fewer (a
-  smoke run); on a cluster, :data:`FULL` gives every example.
+  smoke run); ``paper-full`` is every example of the same splits (ARC-E 2376, ARC-C 1172,
+  HellaSwag 10042, WinoGrande 1267, MMLU 14042), for a GPU.
 - ``dev``: the development set for choosing between designs, passage-first tasks on which
   the dense model is clearly capable; ``configs/devsuite.yaml`` documents it (with the
   measurements behind each choice) and a test keeps it equal to :data:`DEV`.
@@ -75,7 +76,8 @@ DEV = Suite(
     (SuiteTask("olmo:sciq", 1000),),
     RetrievalGrid(("niah_multikey", "qa"), (1024,), DEPTHS, 28),
 )
-SUITES = {suite.name: suite for suite in (PAPER, DEV)}
+PAPER_FULL = Suite("paper-full", tuple(SuiteTask(t.spec, FULL) for t in PAPER.tasks))
+SUITES = {suite.name: suite for suite in (PAPER, PAPER_FULL, DEV)}
 
 
 def load_suite(spec: str) -> Suite:
