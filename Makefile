@@ -22,11 +22,13 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/ftprune demo
 
-# PostgreSQL's server programs (the storage tests' throwaway server) and Debian's headless
-# Chromium (the dashboard's real-browser test).
+# PostgreSQL's server programs (the storage tests' throwaway server), Debian's headless
+# Chromium (the dashboard's real-browser test) and iproute2 (the cluster tests' hosts are
+# network namespaces).
 system-deps:
 	sh scripts/ensure-postgres.sh
 	sh scripts/ensure-chromium.sh
+	sh scripts/ensure-iproute2.sh
 
 # The linter, the formatter's check and the type checker, then the whole suite (which also
 # checks the import layers).

@@ -4,7 +4,6 @@ seed (run alone, in this process, into SQLite)."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from search.coordinator import launch
 from search.settings import scorer_settings
 from storage import Store
 from tests.cluster.conftest import GENERATIONS, ClusterDb
-from tests.cluster.loopback import BIN, ROOT, LoopbackCluster
+from tests.cluster.hosts import Cluster
 from tests.cluster.test_jobs import rows
 from workers.pool import LocalPool
 
@@ -49,28 +48,23 @@ def solo_runs(config_file: Path, db_url: str) -> dict[int, int]:
         torch.set_num_threads(threads)
 
 
-def launch_command(cluster: LoopbackCluster, config: Path, seed: int) -> list[str]:
+def launch_command(cluster: Cluster, config: Path, seed: int) -> list[str]:
     """``ftprune search launch`` of one Ray worker, joining the cluster by its address (the
     database: ``FTPRUNE_DB``)."""
     return [
-        str(BIN / "ftprune"), "search", "launch", "--config", str(config),
+        "ftprune", "search", "launch", "--config", str(config),
         "--ray-address", cluster.gcs_address, "--workers", "1",
         "--seed", str(seed), "--run-name", f"load-{seed}", "--quiet",
     ]  # fmt: skip
 
 
 def test_four_searches_at_once_each_reach_their_solo_result(
-    cluster: LoopbackCluster, job_dir: Path, cluster_db: ClusterDb, tmp_path: Path
+    cluster: Cluster, job_dir: Path, cluster_db: ClusterDb, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    launches = {
-        seed: subprocess.Popen(
-            launch_command(cluster, job_dir / "cluster.yaml", seed),
-            cwd=ROOT,
-            env=cluster.env(**cluster_db.env()),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    launches = {  # on the head, whose raylet the drivers use
+        seed: cluster.command(
+            "head", launch_command(cluster, job_dir / "cluster.yaml", seed), **cluster_db.env()
         )
         for seed in SEEDS
     }

@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from storage import StorageError, Store
-from tests.cluster.conftest import GENERATIONS, WORKER_NODE, ClusterDb, Job, submit
-from tests.cluster.loopback import LoopbackCluster
+from tests.cluster.conftest import GENERATIONS, ClusterDb, Job, submit
+from tests.cluster.hosts import WORKER_NODE, Cluster
 from tests.cluster.test_jobs import rows, worker_pid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.fault]
@@ -31,31 +31,28 @@ def wait_for_generation(store: Store, job: Job, deadline_s: float = 240) -> None
     raise AssertionError(f"no generation stored (job exit status {job.process.poll()})")
 
 
-def job_drivers(job: Job) -> list[psutil.Process]:
-    """The processes running the job's ``ftprune search launch`` on the head (not the
-    ``ray job submit`` process that tails it)."""
+def job_drivers(cluster: Cluster, job: Job) -> list[psutil.Process]:
+    """The processes on the head that run the job's ``ftprune search launch``."""
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if (
-            process.info["pid"] != job.process.pid
-            and "submit" not in cmdline
-            and "launch" in cmdline
-            and job.run_name in cmdline
-        ):
+    for process in cluster.processes("head"):
+        try:
+            cmdline = process.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "launch" in cmdline and job.run_name in cmdline:
             found.append(process)
     return found
 
 
 def test_killed_worker_node_leaves_the_search_to_the_head(
-    cluster: LoopbackCluster, uninterrupted: Job, job_dir: Path, cluster_db: ClusterDb
+    cluster: Cluster, uninterrupted: Job, job_dir: Path, cluster_db: ClusterDb
 ) -> None:
     store = Store(cluster_db.admin_url, create=False)
-    job = submit(cluster, job_dir, cluster_db, "node-killed")
+    job = submit(cluster, cluster_db, "node-killed")
     wait_for_generation(store, job)
     # The coordinator pauses while the node dies, so the kill lands mid-run however fast the
     # search is; it then finds the node's workers dead.
-    drivers = job_drivers(job)
+    drivers = job_drivers(cluster, job)
     assert drivers
     for process in drivers:
         process.suspend()
@@ -76,8 +73,8 @@ def test_killed_worker_node_leaves_the_search_to_the_head(
     assert rows(store, job.run_id) == rows(store, uninterrupted.run_id)  # each candidate once
 
     actors = cluster.actor_nodes(job.submission_id)
-    on_b = {pid for pid, node in actors.items() if node == WORKER_NODE}
-    assert on_b and on_b <= set(killed)  # the search had a worker on b, and b's died
+    on_worker = {pid for pid, node in actors.items() if node == WORKER_NODE}
+    assert on_worker and on_worker <= set(killed)  # it had a worker there, which died
     assert "head" in actors.values()  # a replacement is placed only where there is room
     later = [
         r for r in store.evaluations(job.run_id) if r.generation > at_kill["generations"]

@@ -1,13 +1,16 @@
 """A throwaway PostgreSQL server for the storage tests.
 
-``initdb`` into a fresh temporary directory, listen only on 127.0.0.1 at a free port, and
-delete everything on :meth:`PostgresServer.stop`; :meth:`PostgresServer.halt` and
+``initdb`` into a fresh temporary directory, listen only on 127.0.0.1 at a free port (or on
+the address and port given, with the server's commands behind a prefix such as ``ip netns exec
+NAME``), and delete everything on :meth:`PostgresServer.stop`; :meth:`PostgresServer.halt` and
 :meth:`PostgresServer.start` stop and start it again on the same port and data directory (a
 restarted database, for the fault tests). The server binaries are looked up on PATH,
 then in Debian's ``/usr/lib/postgresql/<version>/bin`` (newest first). PostgreSQL refuses to
 run as root, so under root the server runs as ``nobody`` (through ``runuser``) in a directory
-owned by that user. Connections from 127.0.0.1 as ``postgres`` are trusted; every other role
-authenticates with a password (scram-sha-256).
+owned by that user. Connections through the server's Unix socket (in its directory, which
+:meth:`PostgresServer.admin` and :meth:`PostgresServer.socket_url` use) and, on 127.0.0.1, as
+``postgres`` are trusted; every other connection authenticates with a password
+(scram-sha-256), from 127.0.0.1 or, on another address, from the subnets the server is on.
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ import psycopg
 from psycopg import sql
 
 SERVER_USER = "nobody"
+LOOPBACK = "127.0.0.1"
 HBA = """\
 local all all trust
 host all postgres 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
+"""
+HBA_SUBNETS = """\
+local all all trust
+host all all samenet scram-sha-256
 """
 
 
@@ -71,16 +79,26 @@ class PostgresServer:
     port: int
     pg_ctl: str
     as_user: list[str]
+    host: str = LOOPBACK
+    prefix: tuple[str, ...] = ()  # runs the server's commands (e.g. in a network namespace)
 
     def url(
         self, database: str = "postgres", user: str = "postgres", password: str | None = None
     ) -> str:
         secret = f":{quote(password, safe='')}" if password else ""
-        return f"postgresql+psycopg://{user}{secret}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://{user}{secret}@{self.host}:{self.port}/{database}"
+
+    def socket_url(self, database: str, user: str, password: str | None = None) -> str:
+        """Like :meth:`url`, through the server's Unix socket: reachable from this machine
+        wherever the server's address is (a socket file crosses network namespaces)."""
+        secret = f":{quote(password, safe='')}" if password else ""
+        socket_dir = quote(str(self.root), safe="")
+        return f"postgresql+psycopg://{user}{secret}@/{database}?host={socket_dir}&port={self.port}"
 
     def admin(self) -> psycopg.Connection:
+        """A connection as ``postgres`` through the Unix socket (trusted)."""
         return psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+            host=str(self.root), port=self.port, user="postgres", dbname="postgres", autocommit=True
         )
 
     def create_database(self, name: str, owner: str = "postgres") -> None:
@@ -107,8 +125,9 @@ class PostgresServer:
 
     def halt(self) -> None:
         """Stop the server (fast shutdown: open connections are cut), keeping its data."""
+        stop = [self.pg_ctl, "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"]
         subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"],
+            [*self.prefix, *self.as_user, *stop],
             cwd=self.root,
             capture_output=True,
             check=False,
@@ -129,9 +148,10 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
-        options = f"-F -h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        options = f"-F -h {self.host} -p {self.port} -k {self.root} -c max_connections=200"
         return subprocess.run(
             [
+                *self.prefix,
                 *self.as_user,
                 self.pg_ctl,
                 "-D",
@@ -156,8 +176,15 @@ class PostgresServer:
         return text[-500:].strip()
 
 
-def start_server(attempts: int = 3) -> PostgresServer:
-    """Initialize and start a server; raises :class:`PostgresUnavailable` with the reason."""
+def start_server(
+    attempts: int = 3,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    prefix: tuple[str, ...] = (),
+) -> PostgresServer:
+    """Initialize and start a server listening on ``host`` only, at ``port`` (default: a free
+    loopback port, tried ``attempts`` times), its commands run behind ``prefix``; raises
+    :class:`PostgresUnavailable` with the reason."""
     initdb, pg_ctl = find_binaries()
     root = Path(tempfile.mkdtemp(prefix="ftprune-pg-"))
     as_user: list[str] = []
@@ -185,9 +212,9 @@ def start_server(attempts: int = 3) -> PostgresServer:
         root,
         "initdb",
     )
-    (data / "pg_hba.conf").write_text(HBA)
+    (data / "pg_hba.conf").write_text(HBA if host == LOOPBACK else HBA_SUBNETS)
     for _ in range(attempts):
-        server = PostgresServer(root, _free_port(), pg_ctl, as_user)
+        server = PostgresServer(root, port or _free_port(), pg_ctl, as_user, host, prefix)
         started = server._pg_ctl_start()
         if started.returncode == 0:
             return server
