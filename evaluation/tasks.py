@@ -190,8 +190,8 @@ def load_task_file(
 def check_fits(tasks: Sequence[ChoiceTask], model: str) -> None:
     """Raise :class:`TaskError` when an example's prompt and one of its choices are more
     tokens than ``model`` reads (the scorer would cut the prompt from the left). Reads the
-    model's config and tokenizer, no weights (:mod:`router.loading`)."""
-    from router.loading import model_facts, token_encoder
+    model's config and tokenizer, no weights (:mod:`router.facts`)."""
+    from router.facts import model_facts, token_encoder
 
     limit = model_facts(model).context or DEFAULT_CONTEXT
     encode = token_encoder(model)

@@ -360,7 +360,11 @@ def _run_and_report(cfg: RunConfig, url: str, quiet: bool) -> None:
     finally:
         if reader is not None:
             reader.close()
+    from ftprune.pipeline import pool_line
+
     store = open_store(url)
+    if not quiet:
+        typer.echo(f"== {pool_line(cfg)}", err=True)
     started = time.perf_counter()
     outcome = launch(checked, store, show_progress=not quiet)
     _report(cfg, outcome, url, time.perf_counter() - started)

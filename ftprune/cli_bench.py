@@ -135,7 +135,7 @@ def routing(
     if device != "cpu" and clock == "cpu":
         fail("--clock cpu measures this process's CPU time: use --clock wall on a GPU")
     check_output_file(json_out, "--json")
-    from router.loading import model_facts
+    from router.facts import model_facts
     from workers.devices import check_device_available
 
     with user_errors():

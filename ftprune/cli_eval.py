@@ -255,7 +255,7 @@ def _prepare(
         def targets(blocks: int) -> Target:
             return Target("export", schedule_values, spec)
     else:
-        from router.loading import model_facts
+        from router.facts import model_facts
         from search.config import ConfigError
 
         assert model is not None

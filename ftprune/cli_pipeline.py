@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from search.preflight import CheckedRun
     from search.records import RouterLabel
     from storage import Store
+    from storage.records import StoredRun
 
 router_app = typer.Typer(help="Train learned routers.", no_args_is_help=True)
 Weights = Annotated[
@@ -199,7 +200,6 @@ def router_train(
         check_training_schedule,
         complete,
     )
-    from search.stored import load_run_config
 
     with user_errors():
         if steps is not None and not 1 <= steps <= MAX_STEPS:
@@ -209,27 +209,14 @@ def router_train(
         chosen = _parse_schedule(schedule) if schedule else None
         store = open_store(db, create=False)
         row = store.find_run(run)
-        cfg = on_device(load_run_config(row), device)
-        if steps is not None:
-            cfg = cfg.model_copy(
-                update={"router_training": cfg.router_training.model_copy(update={"steps": steps})}
-            )
-        if _tuned(weights):
-            from ftprune.tune import tuned_config
-
-            cfg = tuned_config(cfg, store, row.id)
+        cfg = _training_config(store, row, device, steps, weights)
         chosen = chosen or row.best_schedule
         if not chosen:
             raise ConfigError(f"run {row.name!r} has no best schedule yet: pass --schedule")
         facts = check_basics(cfg)
         what = "--schedule" if schedule else "the run's best schedule"
         check_training_schedule(chosen, cfg, facts, what, any_mean)
-        existing = store.routers(row.id)
-        chosen_label = _router_label(label, len(existing))
-        if any(r.label == chosen_label.to_json() for r in existing):
-            raise ConfigError(
-                f"run {row.name!r} already has a router labelled {chosen_label.to_json()!r}"
-            )
+        chosen_label = _router_label(label, [r.label for r in store.routers(row.id)], row.name)
         check_checkpoint_dirs(cfg, row.name, [chosen_label.to_json()])
         with complete(cfg, facts).open_pool(workers=1) as pool:
             stored = train_router_step(
@@ -270,7 +257,7 @@ def export(
     ``router.checkpoint.load_routed(DIR)`` loads the directory into a working routed model.
     The line it prints names the router and the schedule it wrote.
     """
-    from ftprune.export import check_choice, check_out, plan_export, write_export
+    from ftprune.export import SCHEDULE_WORDS, check_choice, check_out, plan_export, write_export
     from storage import open_reader
 
     with user_errors():
@@ -282,7 +269,7 @@ def export(
     mean = sum(plan.schedule) / len(plan.schedule)
     typer.echo(
         f"wrote {out}: router {plan.router_label} (id {plan.router_id}) of run "
-        f"{plan.run_name} with its {plan.schedule_kind} schedule "
+        f"{plan.run_name} with its {SCHEDULE_WORDS[plan.schedule_kind]} schedule "
         f"{format_schedule(plan.schedule)} (mean {mean:.3f})\n"
         f"load it with:\n  from router.checkpoint import load_routed\n"
         f"  model, tokenizer, routing = load_routed({str(out)!r})"
@@ -297,18 +284,40 @@ def _tuned(weights: str) -> bool:
     return weights == "best"
 
 
-def _router_label(text: str | None, existing: int) -> RouterLabel:
+def _training_config(
+    store: Store, row: StoredRun, device: str | None, steps: int | None, weights: str
+) -> RunConfig:
+    """The stored run's config as ``router train`` trains with it: ``--device``,
+    ``--steps`` and ``--weights best`` applied."""
+    from search.stored import load_run_config
+
+    cfg = on_device(load_run_config(row), device)
+    if steps is not None:
+        training = cfg.router_training.model_copy(update={"steps": steps})
+        cfg = cfg.model_copy(update={"router_training": training})
+    if _tuned(weights):
+        from ftprune.tune import tuned_config
+
+        cfg = tuned_config(cfg, store, row.id)
+    return cfg
+
+
+def _router_label(text: str | None, existing: list[str], run: str) -> RouterLabel:
     """``--label`` (a plain name: :func:`search.names.check_name`, checked already) as a
-    RouterLabel (default: the next round); ConfigError if it reads as a held-out label."""
+    RouterLabel (default: the next round); ConfigError if it reads as a held-out label or
+    the run has a router of that label."""
     from search.config import ConfigError
     from search.records import RouterLabel
 
-    if text is None:
-        return RouterLabel(round=existing + 1)
     try:
-        return RouterLabel.from_json(text)
+        chosen = (
+            RouterLabel(round=len(existing) + 1) if text is None else RouterLabel.from_json(text)
+        )
     except ValueError as error:
         raise ConfigError(f"--label: {error}") from None
+    if chosen.to_json() in existing:
+        raise ConfigError(f"run {run!r} already has a router labelled {chosen.to_json()!r}")
+    return chosen
 
 
 def _parse_schedule(text: str) -> list[float]:

@@ -6,7 +6,10 @@ schedule (``--schedule finetuned``: the schedule the pipeline fine-tuned for tha
 ``finetuned-<round>``; ``--schedule trained``: the schedule the router was trained for).
 By default the router is the newest one the pipeline fine-tuned a schedule for (its last
 round), with that fine-tuned schedule; a run whose routers were all trained by ``router
-train`` exports its newest router with the schedule it was trained for.
+train`` exports its newest router with the schedule it was trained for. A router named
+with ``--router`` by a round label (``round-N``) and no ``--schedule`` exports round N's
+fine-tuned schedule, and is refused in one line if that round has none; a router with
+another label (``router train --label``) exports the schedule it was trained for.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from storage.schema import RouterRow
 
 SCHEDULE_CHOICES = ("finetuned", "trained")
+SCHEDULE_WORDS = {"finetuned": "fine-tuned", "trained": "trained"}  # as output names them
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,10 @@ def plan_export(
     row = _chosen_router(run.name, routers, finetuned, router, schedule)
     wanted = RouterLabel.from_json(row.label).finetuned
     own = finetuned.get(wanted.to_json()) if wanted is not None else None
-    kind = schedule or ("finetuned" if own is not None else "trained")
+    # A router named by a round label exports that round's fine-tuned schedule unless
+    # --schedule trained asks for the one it was trained for; other routers fall back to it.
+    named_round = router is not None and wanted is not None
+    kind = schedule or ("finetuned" if own is not None or named_round else "trained")
     if kind == "finetuned" and own is None:
         raise ConfigError(
             f"router {row.label!r} of run {run.name!r} has no fine-tuned schedule (only the "

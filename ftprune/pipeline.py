@@ -177,6 +177,8 @@ def run_pipeline(
     name = checked.config.run_name
     try:
         with Interruptible() as signals:
+            if pool is None:
+                echo(pool_line(checked.config))
             workers = pool or checked.open_pool()
             signals.install()  # after the pool: ray.init replaces the SIGTERM handler
             try:
@@ -193,6 +195,28 @@ def run_pipeline(
             f"`ftprune pipeline --resume {name} --rounds {rounds}` continues it",
             number,
         ) from None
+
+
+def pool_line(config: RunConfig) -> str:
+    """What opening the config's pool does, in one line: the wait it announces can be long
+    (Ray's start, each worker's model load, converting a GGUF on its first use)."""
+    from router.loading import needs_conversion
+
+    if config.pool == "ray":
+        workers = f"{config.workers} Ray worker{'s' if config.workers != 1 else ''}"
+        where = f"starting {workers}; each loads {config.model} once"
+    else:
+        where = f"starting the in-process worker; it loads {config.model} once"
+    copy = needs_conversion(config.model)
+    if copy is None:
+        return where
+    return f"{where} (first use: its GGUF is converted to {copy}, about half a minute)"
+
+
+def checkpoint_dir(config: RunConfig, run_name: str, label: RouterLabel) -> Path:
+    """Where router ``label`` of run ``run_name`` is written: ``artifacts_dir/<run>/<label>``
+    (the database records the path; export and eval read the checkpoint there)."""
+    return (Path(config.artifacts_dir) / run_name / label.to_json()).resolve()
 
 
 def _steps(
@@ -213,8 +237,11 @@ def _steps(
     outcomes: list[RoundOutcome] = []
     parent, schedule = first.run_name, first.best_schedule
     for round_ in range(1, rounds + 1):
-        echo(f"round {round_}, step 2: train the {config.router_training.kind} router")
         label = RouterLabel(round=round_)
+        echo(
+            f"round {round_}, step 2: train the {config.router_training.kind} router on a "
+            f"worker; its checkpoint goes to {checkpoint_dir(config, first.run_name, label)}"
+        )
         stored = {r.label: r for r in store.routers(first.run_id)} if resuming else {}
         if label.to_json() in stored:
             trained = _stored_router(stored[label.to_json()])
@@ -313,7 +340,7 @@ def train_router_step(
 
     settings = config.router_training
     trained = pool.train(training_request(config, schedule, show_progress))
-    checkpoint = (Path(config.artifacts_dir) / run_name / label.to_json()).resolve()
+    checkpoint = checkpoint_dir(config, run_name, label)
     save_router(checkpoint, trained.router(), schedule, config.model, config.dtype)
     history = trained.history
     curves: dict[str, Sequence[float]] = {

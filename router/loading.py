@@ -24,13 +24,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,8 +40,6 @@ CausalLM = Any
 DTYPES = ("float32", "bfloat16", "float16")
 NO_REMOTE_CODE = {"trust_remote_code": False}  # passed to every from_pretrained (see above)
 RANDOM_CONTEXT = 4096  # max_position_embeddings of the random presets
-# transformers tokenizer classes that use a tokenizer.json as it is (see token_encoder)
-PLAIN_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast", "GPT2TokenizerFast")
 
 # Decoder shapes of the random presets: (hidden, layers, heads, kv_heads, intermediate, vocab).
 _RANDOM_SHAPES: dict[str, tuple[int, int, int, int, int, int | None]] = {
@@ -60,30 +56,6 @@ _RANDOM_FAMILIES = {
 
 class ModelSpecError(ValueError):
     """A model spec that cannot be resolved; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What checks need of a model, read from its config without its weights: the family
-    (``model_type``), the decoder blocks, the context (``max_position_embeddings``, None
-    when the config has none) and the hidden size."""
-
-    spec: str
-    family: str
-    blocks: int
-    context: int | None
-    hidden_size: int
-
-    def check_fits(self, longest: int, what: str) -> None:
-        """Raise :class:`ModelSpecError` unless ``longest`` positions fit the context."""
-        if self.context is not None and longest > self.context:
-            raise ModelSpecError(
-                f"{what} {longest} exceeds the context of model {self.spec!r} "
-                f"({self.context} positions)"
-            )
-
-
-Encoder = Callable[[str], list[int]]  # text -> token ids, no special tokens added
 
 
 def cache_dir() -> Path:
@@ -149,7 +121,7 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, attn_implementation="sdpa", **NO_REMOTE_CODE
         )
-    _check_family(model.config)
+    check_family_name(getattr(model.config, "model_type", "?"), spec)
     model.to(device).eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
@@ -195,83 +167,8 @@ def model_config(spec: str) -> Any:
         except (OSError, ValueError, KeyError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise ModelSpecError(f"cannot read the config of model {spec!r}: {reason}") from None
-    _check_family(config)
+    check_family_name(getattr(config, "model_type", "?"), spec)
     return config
-
-
-def model_facts(spec: str) -> ModelFacts:
-    """The :class:`ModelFacts` of ``spec``. A random preset's come from its shape, a
-    directory's (or a GGUF's converted copy's) from its ``config.json`` read as JSON; other
-    specs go through :func:`model_config` (transformers). Raises :class:`ModelSpecError`
-    as :func:`model_config` does, and for an unsupported family."""
-    check_model_spec(spec)
-    if spec.startswith("random:"):
-        family, (hidden, layers, *_rest) = _parse_random(spec)
-        model_type = "llama" if family.startswith("llama") else family
-        return ModelFacts(spec, model_type, layers, RANDOM_CONTEXT, hidden)
-    source, options = _unconverted_source(spec)
-    path = Path(source) / "config.json"
-    if not options and path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            family = str(data.get("model_type", "?"))
-            _check_family_name(family)
-            context = data.get("max_position_embeddings")
-            return ModelFacts(
-                spec,
-                family,
-                int(data["num_hidden_layers"]),
-                context if isinstance(context, int) else None,
-                int(data["hidden_size"]),
-            )
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ModelSpecError(f"cannot read the config of model {spec!r}: {error}") from None
-    config = model_config(spec)
-    context = getattr(config, "max_position_embeddings", None)
-    return ModelFacts(
-        spec,
-        config.model_type,
-        int(config.num_hidden_layers),
-        context if isinstance(context, int) else None,
-        int(config.hidden_size),
-    )
-
-
-def token_encoder(spec: str) -> Encoder:
-    """A function giving the token ids that ``load_tokenizer(spec)(text,
-    add_special_tokens=False)["input_ids"]`` gives, built without transformers (and torch)
-    where the tokenizer is a plain ``tokenizers`` one: the random presets' byte-level
-    tokenizer, and a ``tokenizer.json`` of a local directory or a GGUF's converted copy
-    (equality is tested for the shipped models); otherwise the transformers tokenizer's."""
-    check_model_spec(spec)
-    if spec.startswith("random:"):
-        core = byte_tokenizer_core()
-    else:
-        source, options = _unconverted_source(spec)
-        path = Path(source) / "tokenizer.json"
-        if options or not path.is_file() or not _plain_tokenizer(Path(source)):
-            tokenizer = load_tokenizer(spec)
-            return lambda text: list(
-                tokenizer(
-                    text, add_special_tokens=False, return_attention_mask=False, verbose=False
-                )["input_ids"]
-            )
-        from tokenizers import Tokenizer
-
-        core = Tokenizer.from_file(str(path))
-    return lambda text: list(core.encode(text, add_special_tokens=False).ids)
-
-
-def _plain_tokenizer(directory: Path) -> bool:
-    """Whether transformers would use ``tokenizer.json`` as it is: a tokenizer class of
-    :data:`PLAIN_TOKENIZER_CLASSES`, which rewrites neither normalizer nor pre-tokenizer."""
-    try:
-        settings = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return settings.get("tokenizer_class") in PLAIN_TOKENIZER_CLASSES and not (
-        settings.get("add_prefix_space")
-    )
 
 
 def _unconverted_source(spec: str) -> tuple[str | Path, dict[str, str]]:
@@ -287,14 +184,13 @@ def _unconverted_source(spec: str) -> tuple[str | Path, dict[str, str]]:
     return gguf.parent, {"gguf_file": gguf.name}
 
 
-def _check_family(config: Any) -> None:
-    _check_family_name(getattr(config, "model_type", "?"))
-
-
-def _check_family_name(family: str) -> None:
+def check_family_name(family: str, spec: str) -> None:
+    """ModelSpecError naming model ``spec`` unless ``family`` (its config's ``model_type``)
+    is one the router supports."""
     if family not in SUPPORTED_FAMILIES:
         raise ModelSpecError(
-            f"model family {family!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}"
+            f"model {spec}: family {family!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_FAMILIES)}"
         )
 
 

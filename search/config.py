@@ -7,7 +7,7 @@ keeps the two equal).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -284,7 +284,9 @@ class RunConfig(BaseModel):
             keeps = [stage.keep for stage in self.stages]
             if any(a >= b for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[-1] > pool:
                 raise ValueError(
-                    f"stage sequences must grow and stay within the {pool} calibration sequences"
+                    f"stages read {sizes} calibration sequences: they must grow and stay "
+                    f"within the {pool} that seq_lens {self.seq_lens} x sequences_per_length "
+                    f"{self.sequences_per_length} give"
                 )
             if keeps != sorted(keeps, reverse=True) or keeps[-1] < self.parents:
                 raise ValueError("stage keep counts must shrink and end at least at parents")
@@ -362,12 +364,17 @@ def override(config: RunConfig, **overrides: Any) -> RunConfig:
         raise ConfigError(f"config: {one_line(exc)}") from None
 
 
-def build_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
+def build_config(
+    path: str | Path | None = None,
+    option_names: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> RunConfig:
     """Load ``path`` (if given), apply the non-None ``overrides``, validate, and check a
     given run name (:func:`check_run_name`).
 
     Raises :class:`ConfigError` with a one-line message on any problem: among them an
-    empty file and a repeated key.
+    empty file and a repeated key. A bad overridden value is blamed on its command-line
+    option: ``option_names`` maps a field to it where it is not :func:`option_name`'s.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -375,10 +382,38 @@ def build_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields")
         data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     if data.get("run_name") is not None:
         check_run_name(data["run_name"])
     try:
         return RunConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{path or 'config'}: {one_line(exc)}") from None
+        names = {field: (option_names or {}).get(field) or option_name(field) for field in given}
+        raise ConfigError(_blamed(exc, path, names)) from None
+
+
+# Override fields whose command-line option is not the field's name with dashes.
+OPTION_NAMES = {"seq_lens": "--seq-len"}
+
+
+def option_name(field: str) -> str:
+    """The command-line option that overrides run config field ``field``."""
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _blamed(error: ValidationError, path: str | Path | None, overridden: dict[str, str]) -> str:
+    """The one line for a config that does not validate, naming where the bad value came
+    from: the option when the failing field was overridden (``--target-sparsity: ...``),
+    the file (or ``config``, the defaults) otherwise, and for a rule across fields the file
+    with the options that changed it (``configs/tiny.yaml with --seq-len: ...``)."""
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else None
+    source = str(path) if path is not None else "config"
+    if field is not None and field in overridden:
+        where = ".".join(str(part) for part in first["loc"][1:])
+        message = first["msg"].removeprefix("Value error, ")
+        return f"{overridden[field]}: {f'{where}: ' if where else ''}{message}"
+    if field is None and overridden:
+        source += " with " + ", ".join(overridden.values())
+    return f"{source}: {one_line(error)}"

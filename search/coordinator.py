@@ -193,7 +193,9 @@ def _drive(
                 progress = run_search(
                     checked.config, store, workers, run_id, show_progress, lease=lease
                 )
-                heldout = _score_heldout(checked.config, workers, progress.best_schedule)
+                heldout = _score_heldout(
+                    checked.config, workers, progress.best_schedule, show_progress
+                )
             finally:
                 if pool is None:
                     workers.close()
@@ -223,19 +225,27 @@ def _drive(
 
 
 def _score_heldout(
-    config: RunConfig, pool: EvaluationPool, best: list[float]
+    config: RunConfig, pool: EvaluationPool, best: list[float], show_progress: bool = False
 ) -> dict[HeldoutLabel, Evaluation]:
-    """The best and the uniform schedule on the held-out split; SearchFailure if either
-    could not be scored."""
+    """The best and the uniform schedule on the held-out split (a progress bar with
+    ``show_progress``); SearchFailure if either could not be scored."""
+    from tqdm.auto import tqdm
+
     from workers.pool import ScoreRequest
 
     uniform = [config.target_sparsity] * pool.num_blocks
-    results = pool.evaluate(
-        [
-            ScoreRequest(best, "heldout", config.router),
-            ScoreRequest(uniform, "heldout", config.router),
-        ]
-    )
+    requests = [
+        ScoreRequest(best, "heldout", config.router),
+        ScoreRequest(uniform, "heldout", config.router),
+    ]
+    with tqdm(
+        total=len(requests),
+        desc="held-out text: best and uniform",
+        unit="schedule",
+        disable=not show_progress,
+        leave=False,
+    ) as bar:
+        results = pool.evaluate(requests, on_result=lambda _: bar.update())
     heldout = {BEST: results[0], UNIFORM: results[1]}
     for label, evaluation in heldout.items():
         if evaluation.error is not None:
@@ -302,7 +312,14 @@ def run_search(
             parents = EvolutionarySearch.from_state(seed_state).parents
             search = EvolutionarySearch(params, seed_parents=parents)
         else:
-            influence = pool.block_influence() if config.block_influence_profile else None
+            influence = None
+            if config.block_influence_profile:
+                if show_progress:
+                    tqdm.write(
+                        f"Block Influence of {pool.num_blocks} blocks: one dense pass over "
+                        f"{num_sequences} calibration sequences"
+                    )
+                influence = pool.block_influence()
             search = EvolutionarySearch(params, influence)
     else:
         search = EvolutionarySearch.from_state(stored_state)

@@ -11,7 +11,7 @@ tokenized once per command.
 Guarantees:
 
 - Nothing here writes anything or loads model weights: a model's facts come from its config
-  file, the tokens from its tokenizer (:func:`router.loading.token_encoder`, which needs
+  file, the tokens from its tokenizer (:func:`router.facts.token_encoder`, which needs
   neither transformers nor torch for the shipped models), a router checkpoint's metadata and
   tensor shapes from its JSON and its safetensors header.
 - The checks run cheapest first: the model spec, the text source (readable, UTF-8, holding
@@ -32,7 +32,7 @@ from search.config import DEFAULT_LEARNED_FROM, DEFAULT_ROUTER_KIND, ConfigError
 from search.settings import check_device, open_pool, scorer_settings
 
 if TYPE_CHECKING:
-    from router.loading import ModelFacts
+    from router.facts import ModelFacts
     from storage import RunStore
     from workers.data import Split
     from workers.pool import EvaluationPool
@@ -83,7 +83,7 @@ def check_basics(
     """The checks that need neither torch nor the text's tokens: :func:`check_inputs`,
     the names (with ``store``), the model's facts from its config file and the sequence
     lengths against its context. Returns the facts."""
-    from router.loading import model_facts
+    from router.facts import model_facts
 
     check_inputs(config)
     if store is not None:
@@ -128,7 +128,7 @@ def check_names(config: RunConfig, store: RunStore, new_runs: Sequence[str] = ()
 def token_ids(config: RunConfig) -> dict[Split, list[list[int]]]:
     """Each split's token ids, as the workers would build them; DataSpecError when the text
     holds too few tokens for the sequences the config asks for."""
-    from router.loading import token_encoder
+    from router.facts import token_encoder
     from workers.data import SPLITS, sequence_ids
 
     settings = scorer_settings(config)

@@ -4,11 +4,14 @@ one line)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydantic import ValidationError
 
 from search.config import ConfigError, RunConfig, one_line
+
+if TYPE_CHECKING:
+    from storage.records import StoredRun
 
 CONFIG_VERSION = 2  # of a stored run config; see load_config
 
@@ -50,13 +53,6 @@ def load_config(data: Mapping[str, Any], owner: str) -> RunConfig:
         raise ConfigError(
             f"{owner}: its stored config (version {version}) cannot be used: {one_line(exc)}"
         ) from None
-
-
-class StoredRun(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def config(self) -> dict[str, Any]: ...
 
 
 def load_run_config(row: StoredRun) -> RunConfig:

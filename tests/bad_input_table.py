@@ -97,12 +97,12 @@ CASES = [
     Case(
         "launch-sparsity-out-of-range",
         L + " --target-sparsity 1.5",
-        "target_sparsity: Input should be less than 1",
+        "--target-sparsity: Input should be less than 1",
     ),
     Case(
         "launch-sparsity-negative",
         L + " --target-sparsity -0.1",
-        "target_sparsity: Input should be greater than or equal to 0",
+        "--target-sparsity: Input should be greater than or equal to 0",
     ),
     Case(
         "launch-sparsity-not-a-number",
@@ -134,7 +134,7 @@ CASES = [
     Case(
         "launch-unsupported-architecture",
         L + " --model {in}/gpt2",
-        "model family 'gpt2' is not supported",
+        "gpt2: family 'gpt2' is not supported",
     ),
     Case(
         "launch-missing-calibration",
@@ -323,7 +323,7 @@ CASES = [
     Case(
         "eval-unsupported-architecture",
         "eval --model {in}/gpt2 --sparsity 0.3",
-        "model family 'gpt2'",
+        "gpt2: family 'gpt2'",
     ),
     Case("eval-export-corrupted", "eval --export {in}/corrupt", "router.json: invalid JSON"),
     Case("eval-unknown-run", "eval --run ghost --db {db}", "no run 'ghost'", db="run"),
@@ -396,7 +396,7 @@ CASES = [
     Case(
         "bench-routing-unsupported-architecture",
         "bench routing --model {in}/gpt2",
-        "model family 'gpt2'",
+        "gpt2: family 'gpt2'",
     ),
     Case(
         "bench-routing-json-on-full-disk",
@@ -496,7 +496,7 @@ CASES = [
     Case(
         "launch-seq-len-absurd",
         L + " --seq-len 64 --seq-len 99999999999",
-        r"seq_lens.1: Input should be less than or equal to 1048576",
+        r"--seq-len: 1: Input should be less than or equal to 1048576",
     ),
     # run names: ids, generated forms, paths, control characters, length
     Case("launch-run-name-like-an-id", L + " --run-name 1", "'1' looks like a run id"),

@@ -102,6 +102,7 @@ def test_tiny_search_end_to_end_then_status_json(db_url):
     result = runner.invoke(app, [*launch, "--quiet"])
     assert result.exit_code == 0, result.output
     assert "best schedule" in result.output and "uniform + static router" in result.output
+    assert result.stderr == ""  # --quiet: no bars, no announcement of the worker's start
     status = runner.invoke(app, ["search", "status", "smoke", "--json", "--db", db_url])
     data = json.loads(status.output)
     assert {
@@ -119,6 +120,7 @@ def test_tiny_search_end_to_end_then_status_json(db_url):
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 def test_bench_coordinator_writes_its_row(tmp_path):
     out = tmp_path / "coordinator.json"
     result = runner.invoke(

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ftprune.cli import app
 from storage import Store
 
-pytestmark = [pytest.mark.model, pytest.mark.ray]
+pytestmark = [pytest.mark.model, pytest.mark.ray, pytest.mark.usefixtures("ray_instance")]
 
 
 @pytest.fixture(scope="module")

@@ -177,6 +177,7 @@ def test_local_pool_trains_on_its_own_scorer():
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 def test_ray_worker_trains_in_its_own_process_and_matches_in_process_training(capsys):
     with LocalPool(_settings("cpu")) as local:
         expected = local.train(_request())
@@ -220,6 +221,7 @@ def test_scorer_teacher_cache_and_training_on_cuda():
 
 @pytest.mark.gpu
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 @needs_cuda
 def test_ray_actors_with_fractional_gpus_load_their_models_there():
     pool = RayPool(_settings("cuda"), workers=2, gpus_per_worker=0.5)

@@ -66,6 +66,8 @@ def tiny_pipeline(tmp_path_factory):
 def test_pipeline_records_each_step_and_round(tiny_pipeline):
     db_url, output, root = tiny_pipeline
     assert "fine-tuned + dynamic router" in output
+    # What takes a while is announced: the worker's start, where each checkpoint goes.
+    assert "== starting the in-process worker; it loads random:llama-tiny once\n" in output
     store = Store(db_url, create=False)
     main = store.find_run("tiny")
     first, second = store.find_run("tiny-finetune-1"), store.find_run("tiny-finetune-2")
@@ -79,6 +81,8 @@ def test_pipeline_records_each_step_and_round(tiny_pipeline):
     for router, child in zip(routers, (first, second), strict=True):
         assert child.config["router"] == f"dynamic:{router.checkpoint}"
         assert Path(router.checkpoint).is_relative_to(root / "ftprune-artifacts" / "tiny")
+        announced = f"router on a worker; its checkpoint goes to {router.checkpoint}\n"
+        assert announced in output
         assert (router.lambda_guide, router.lambda_sparse, router.lambda_distill) == (1, 1, 1)
         assert router.curves["step"] == [0, 1, 2, 3]
         assert router.curves["lambda_guide"] == [1.0, 0.5, 0.0, 0.0]
@@ -184,12 +188,13 @@ def test_router_train_and_export_round_trip(tiny_pipeline, tmp_path):
 def test_export_refuses_a_changed_checkpoint(tiny_pipeline, tmp_path):
     db_url, _, _ = tiny_pipeline
     store = Store(db_url, create=False)
-    latest = store.routers(store.find_run("tiny").id)[-1]
-    weights = Path(latest.checkpoint) / "router.safetensors"
+    routers = store.routers(store.find_run("tiny").id)
+    exported = next(r for r in routers if r.label == "round-2")  # a plain export's router
+    weights = Path(exported.checkpoint) / "router.safetensors"
     original = weights.read_bytes()
     before = _dump(db_url)
     try:
-        weights.write_bytes(original[:-4] + b"\0\0\0\0")
+        weights.write_bytes(original[:-4] + bytes(b ^ 0xFF for b in original[-4:]))
         result = runner.invoke(
             app, ["export", "--run", "tiny", "--out", str(tmp_path / "out"), "--db", db_url]
         )

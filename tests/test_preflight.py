@@ -24,7 +24,8 @@ def test_the_torch_free_names_are_the_registrys():
 
 @pytest.mark.parametrize("spec", ["random:llama-tiny", "random:qwen2-tiny"])
 def test_model_facts_and_tokens_without_the_model(spec):
-    from router.loading import load_tokenizer, model_config, model_facts, token_encoder
+    from router.facts import model_facts, token_encoder
+    from router.loading import load_tokenizer, model_config
     from workers.data import split_text
 
     facts, config = model_facts(spec), model_config(spec)
@@ -40,13 +41,8 @@ def test_model_facts_and_tokens_without_the_model(spec):
 
 @pytest.mark.model
 def test_the_embedded_models_facts_and_tokens_match_transformers():
-    from router.loading import (
-        SMOLLM2_ALIAS,
-        load_tokenizer,
-        model_config,
-        model_facts,
-        token_encoder,
-    )
+    from router.facts import model_facts, token_encoder
+    from router.loading import SMOLLM2_ALIAS, load_tokenizer, model_config
     from workers.data import split_text
 
     facts, config = model_facts(SMOLLM2_ALIAS), model_config(SMOLLM2_ALIAS)
@@ -105,7 +101,7 @@ def test_a_checkpoint_is_checked_from_its_header_without_reading_weights(tmp_pat
     import router.checkpoint
     from router.checkpoint import save_router
     from router.dynamic import DynamicRouter
-    from router.loading import model_facts
+    from router.facts import model_facts
     from router.specs import CheckpointError
 
     directory = save_router(tmp_path / "r", DynamicRouter(), [0.3] * 4, "random:llama-tiny")
@@ -143,7 +139,7 @@ def test_a_checked_run_without_tokens_opens_no_sequences():
 
 
 def _facts():
-    from router.loading import model_facts
+    from router.facts import model_facts
 
     return model_facts("random:llama-tiny")
 

@@ -97,6 +97,7 @@ def test_parents_skip_the_screen_so_the_best_never_gets_worse():
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 @pytest.mark.fault
 def test_killed_worker_is_replaced_and_every_candidate_recorded_once(db_url):
     config = build_config(TINY, pool="ray", workers=2, run_name="kill-worker", generations=2)
@@ -196,3 +197,15 @@ def test_coordinator_killed_mid_run_resumes_to_the_identical_result(tmp_path):
     assert final["best_fitness"] == expected.search.best_fitness
     run_id = store.find_run("crash").id
     assert _rows(store, run_id) == _rows(reference, expected.run_id)
+
+
+def test_a_search_says_what_it_is_doing_while_it_waits(capsys):
+    """With progress shown, every stretch of work says what it is: Block Influence's dense
+    pass, each stage's candidates, the held-out scoring of the result."""
+    config = build_config(TINY, generations=1, run_name="shown")
+    launch(config, MemoryStore(), show_progress=True)
+    captured = capsys.readouterr()
+    err = captured.out + captured.err  # tqdm.write's lines go to stdout, the bars to stderr
+    assert "Block Influence of 4 blocks: one dense pass over 6 calibration sequences" in err
+    assert "generation 1 stage 1" in err and "generation 1/1:" in err
+    assert "held-out text: best and uniform" in err

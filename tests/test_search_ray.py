@@ -13,7 +13,7 @@ from typing import Sequence
 import pytest
 
 from search.config import build_config
-from search.coordinator import launch, resume, run_search
+from search.coordinator import RunFinished, launch, resume, run_search
 from search.ga import is_feasible
 from search.settings import scorer_settings
 from storage import Store
@@ -73,6 +73,7 @@ def _rows(store: Store, run_id: int) -> list[tuple]:
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 def test_search_on_local_ray_stores_every_evaluation(db_url):
     config = build_config(TINY, pool="ray", workers=2, run_name="ray-e2e", generations=3)
     store = Store(db_url)
@@ -96,6 +97,7 @@ def test_search_on_local_ray_stores_every_evaluation(db_url):
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 @pytest.mark.fault
 def test_hung_worker_is_replaced_after_the_task_timeout(tmp_path):
     """The worker that hangs on the victim is killed once its task has run longer than
@@ -127,6 +129,7 @@ def test_hung_worker_is_replaced_after_the_task_timeout(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 @pytest.mark.fault
 def test_a_request_whose_worker_dies_every_time_raises_worker_failure(tmp_path):
     """A worker that dies on the victim every time is replaced ``max_retries`` times, then
@@ -146,6 +149,7 @@ def test_a_request_whose_worker_dies_every_time_raises_worker_failure(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 def test_a_run_resumed_on_a_ray_pool_ends_like_an_uninterrupted_one(tmp_path):
     """Two of four generations stored (as a coordinator that died would leave them), the
     run resumes on two Ray workers to the result of an uninterrupted in-process run."""
@@ -176,8 +180,8 @@ def test_a_run_resumed_on_a_ray_pool_ends_like_an_uninterrupted_one(tmp_path):
 
 
 def test_resuming_a_finished_run_changes_no_stored_result(db_url):
-    """A finished run has nothing left to search: resuming it leaves its evaluations, its
-    best and its held-out rows as they were (no second copy of any)."""
+    """A finished run has nothing left to search: resuming it is refused in one line naming
+    ``search status``, and its evaluations, best and held-out rows stay as they were."""
     config = build_config(TINY, generations=2, run_name="done")
     store = Store(db_url)
     launch(config, store, show_progress=False)
@@ -192,8 +196,8 @@ def test_resuming_a_finished_run_changes_no_stored_result(db_url):
         return heldout, _rows(store, run_id), run.best_schedule, run.best_fitness
 
     before = stored()
-    outcome = resume("done", store, show_progress=False)
+    with pytest.raises(RunFinished, match="nothing to resume; `ftprune search status done`"):
+        resume("done", store, show_progress=False)
     assert stored() == before
     assert store.run_status("done")["status"] == "finished"
-    assert outcome.search.best_schedule == before[2]
     assert [label for _, label, *_ in before[0]] == ["best", "uniform"]

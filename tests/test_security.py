@@ -111,7 +111,7 @@ def test_the_dashboard_server_gets_the_url_outside_its_command_line(monkeypatch)
     seen: dict[str, object] = {}
 
     class Server:
-        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        def __init__(self, command: list[str], env: dict[str, str], **_options: object) -> None:
             seen.update(command=command, env=env)
 
         def wait(self, timeout: float | None = None) -> int:

@@ -174,7 +174,7 @@ def build_sequences(spec: DataSpec, tokenizer: Any) -> list[torch.Tensor]:
 
 def sequence_ids(spec: DataSpec, encode: Callable[[str], list[int]]) -> list[list[int]]:
     """The token ids of :func:`build_sequences`' sequences, as plain lists, with the split's
-    text tokenized by ``encode`` (e.g. :func:`router.loading.token_encoder`); needs no
+    text tokenized by ``encode`` (e.g. :func:`router.facts.token_encoder`); needs no
     torch. Raises :class:`DataSpecError` when the split holds too few tokens."""
     tokens = encode(split_text(spec.source, spec.split))
     spans = _spans(spec, len(tokens))

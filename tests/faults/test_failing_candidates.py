@@ -77,6 +77,7 @@ def test_every_candidate_failing_stops_the_run_with_the_reason(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
 def test_failing_candidates_on_ray_keep_their_worker_and_match_the_local_run(tmp_path):
     import ray
 
