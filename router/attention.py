@@ -6,7 +6,8 @@ plus, for the calls that carry an :class:`AttentionProbe`, a measurement from th
 key states SDPA was given (after rotary embedding and the cache update). In unpadded causal
 self-attention (prefill without padding) the probe computes its own rows' attention output
 from the probabilities it measures, and SDPA the rows before them; elsewhere (padding,
-sliding-window masks, decoding) the probe recomputes its rows' scores beside SDPA.
+sliding-window masks, decoding) the probe recomputes its rows' scores beside SDPA. The same
+implementation carries router training's key gate (:mod:`router.gate`).
 
 What is measured, per key token j: the attention it receives, summed over the probe's
 queries and averaged over heads, divided by the number of those queries that can see j.
@@ -25,6 +26,8 @@ from torch import Tensor
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from router.gate import KeyGate
 
 ROUTED_ATTENTION = "ftprune_sdpa"
 
@@ -186,17 +189,24 @@ def routed_sdpa(
     value: Tensor,
     attention_mask: Tensor | None,
     ftprune_probe: AttentionProbe | None = None,
+    ftprune_gate: KeyGate | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
     """transformers' SDPA attention, plus the probe's measurement when one is attached
-    (taken from the attention's own probabilities where the probe can compute its rows)."""
+    (taken from the attention's own probabilities where the probe can compute its rows),
+    and a training forward's key gate when one is attached (same output values, the gate's
+    gradient in the backward: see :mod:`router.gate`)."""
     probe = ftprune_probe
     if probe is not None and probe.fuses(module, query, key, attention_mask, kwargs):
+        if ftprune_gate is not None:
+            raise ValueError("a key gate needs the masked attention call of a routed block")
         return probe.attend(module, query, key, value, kwargs), None
-    output = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if probe is not None:
         probe.measure(query, key, attention_mask, _scaling(query, kwargs))
-    return output
+    if ftprune_gate is not None:
+        output = ftprune_gate.attend(output, query, key, value, kwargs)
+    return output, None
 
 
 # transformers builds masks through the mask interface of the same name: register both.

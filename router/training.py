@@ -19,12 +19,21 @@ instead of k_i) plus a backward through the activations of all blocks; the model
 get no gradients. Attention features are measured on the kept queries exactly as the
 engine measures them. Training batches are unpadded.
 
-What the estimator cannot see: the decision reaches the loss only through the token's
-own update, so a token that block i skips and that no later block computes, and that is
-not scored, gets exactly zero gradient at block i (it is invisible as a key everywhere
-after). On a uniform schedule with the static ranking every skipped token is such a
-token: training can reorder the kept tokens and push them out, but never finds that a
-skipped token should have been kept.
+What the estimator sees: the residual gate alone reaches a decision only through the
+token's own update, so a token that block i skips, that no later block computes and that is
+not scored would get exactly zero gradient at block i (it is invisible as a key everywhere
+after): training could reorder the kept tokens and push them out, but never find that a
+skipped token should have been kept. The key gate (``key_gate=True``; off by default, see
+:mod:`router.gate`) also gates every learned block's keys with G_j = hard_j + π_j − π_j.detach()
+in a renormalised softmax. Its value is the hard mask, so the forward is unchanged (the
+training forward's logits are bit for bit those without it); its gradient gives every
+skipped token ∂L/∂G_j, the first-order change of the loss from admitting it as a key of that
+block. Measured on smollm2-135m (scripts/key_gate_linearisation.py, docs/measurements.md):
+the never-computed decisions with a non-zero gradient go from none to all of them, but the
+gradient does not rank the actual change from keeping a skipped token (Spearman 0.13 and
+-0.17 at blocks 10 and 20), which is why it is not the default.
+The decision's gradient is the sum of both gates' (they share π); the backward costs one
+more pass over each gated block's attention scores, in chunks of queries.
 
 :func:`train_router` loops over calibration batches against dense teacher outputs
 computed once (or given: a scorer that holds the dense window log-probs already passes
@@ -36,14 +45,16 @@ optional ``on_step(step)`` after each step, and returns a loss history.
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence, cast
+from typing import Any, Callable, Iterator, Literal, Sequence, cast
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from transformers import PretrainedConfig
 
-from router.attention import AttentionProbe
+from router.attention import ROUTED_ATTENTION, AttentionProbe
 from router.engine import (
     Routing,
     causal_mask,
@@ -56,6 +67,7 @@ from router.engine import (
     select_tokens,
     unroute,
 )
+from router.gate import KeyGate
 from router.loading import CausalLM
 from router.losses import (
     LossWeights,
@@ -95,13 +107,15 @@ class TrainingOutput:
 
 
 def training_forward(
-    model: CausalLM, routing: Routing, input_ids: Tensor, window: int
+    model: CausalLM, routing: Routing, input_ids: Tensor, window: int, key_gate: bool = True
 ) -> TrainingOutput:
     """The routed forward of ``input_ids`` (batch, L), differentiable in the router.
 
     ``routing`` is the model's handle from ``route(model, schedule, router)``. Values equal
     the routed model's ``model(input_ids)`` for the same router decisions (see the module
-    docstring).
+    docstring), with or without ``key_gate``: learned decisions also gate their block's keys
+    (:mod:`router.gate`), so a skipped token's score gets the gradient of admitting it as a
+    key; without it only the token's own residual update carries the decision.
     """
     base = model.model
     batch, length = input_ids.shape
@@ -118,17 +132,61 @@ def training_forward(
     hidden = base.embed_tokens(input_ids)
     rotary = base.rotary_emb(hidden, position_ids=cols)
     decisions: list[BlockDecision] = []
-    mandatory = row_ends(length, input_ids.device)
-    for index, layer in enumerate(decoder_layers(model)):
-        sparsity, sliding = routing.schedule[index], routing.windows[index]
-        hard = scores = None
+    with _attention_implementation(model, ROUTED_ATTENTION if key_gate else None):
+        for index, layer in enumerate(decoder_layers(model)):
+            block = _TrainingBlock(routing, index, state, cols, key_gate)
+            hidden = block.run(layer, hidden, rotary, decisions)
+    hidden = base.norm(hidden[:, -window:])
+    return TrainingOutput(model.lm_head(hidden), hidden, decisions)
+
+
+@contextmanager
+def _attention_implementation(model: CausalLM, name: str | None) -> Iterator[None]:
+    """Run ``model``'s attention under the registered implementation ``name`` (None: as it
+    is), restoring the model's own afterwards."""
+    config = cast(PretrainedConfig, model.config)
+    before = config._attn_implementation
+    if name is not None:
+        config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+@dataclass
+class _TrainingBlock:
+    """One decoder block of :func:`training_forward`."""
+
+    routing: Routing
+    index: int
+    state: ForwardState
+    cols: Tensor
+    key_gate: bool
+
+    def run(
+        self,
+        layer: nn.Module,
+        hidden: Tensor,
+        rotary: tuple[Tensor, Tensor],
+        decisions: list[BlockDecision],
+    ) -> Tensor:
+        """The block's output for ``hidden``; appends its learned decision, if any."""
+        routing, state, cols = self.routing, self.state, self.cols
+        sparsity, sliding = routing.schedule[self.index], routing.windows[self.index]
+        length = hidden.shape[1]
+        hard = straight = None
         k = keep_count(sparsity, length)
         if k < length:
             alive = state.alive
-            scores = router_scores(routing, index, hidden, state)
+            scores = router_scores(routing, self.index, hidden, state)
             hard = keep_mask(select_tokens(scores, k, None, sparsity)[0], length)
             if routing.nested:
                 state.alive = hard
+            if scores.requires_grad:
+                prob = scores.sigmoid()
+                straight = _straight_through(prob, alive, length)
+                decisions.append(BlockDecision(self.index, prob, hard))
         mask = None
         if hard is not None or (sliding is not None and length > sliding):
             mask = causal_mask(cols, cols, hard, sliding)
@@ -136,6 +194,8 @@ def training_forward(
         probe = None
         if routing.needs_attention:
             probe = extra["ftprune_probe"] = AttentionProbe(routing.attention_window, hard)
+        if self.key_gate and hard is not None and straight is not None:
+            extra["ftprune_gate"] = KeyGate(hard, straight, sliding)
         out = type(layer).forward(
             layer,
             hidden,
@@ -148,21 +208,23 @@ def training_forward(
         )
         if probe is not None:
             state.update_attention(cols, probe.measurement(), hard)
-        if scores is None or hard is None:
-            hidden = out
-            continue
-        prob = scores.sigmoid()
-        # The first and last tokens are always kept: their decision carries no gradient
-        # (token 0's update is huge in most LLMs and would swamp the shared router's).
-        straight = (prob - prob.detach()).index_fill(1, mandatory, 0.0)
-        if alive is not None:  # nested: a token an earlier block skipped has no choice here
-            straight = straight.masked_fill(~alive, 0.0)
-        straight = straight.to(out.dtype)[..., None]
-        hidden = torch.where(hard[..., None], out, hidden) + straight * (out - hidden)
-        if scores.requires_grad:
-            decisions.append(BlockDecision(index, prob, hard))
-    hidden = base.norm(hidden[:, -window:])
-    return TrainingOutput(model.lm_head(hidden), hidden, decisions)
+        if hard is None:
+            return out
+        routed = torch.where(hard[..., None], out, hidden)
+        if straight is None:
+            return routed
+        return routed + straight.to(out.dtype)[..., None] * (out - hidden)
+
+
+def _straight_through(prob: Tensor, alive: Tensor | None, length: int) -> Tensor:
+    """prob - prob.detach() (value 0, gradient to the router) where the block's decision is
+    a choice: 0 for each row's first and last token, always kept (token 0's update is huge
+    in most LLMs and would swamp the shared router's gradient), and, under nested
+    selection, for the tokens an earlier block skipped."""
+    straight = (prob - prob.detach()).index_fill(1, row_ends(length, prob.device), 0.0)
+    if alive is not None:
+        straight = straight.masked_fill(~alive, 0.0)
+    return straight
 
 
 @torch.no_grad()
@@ -218,9 +280,11 @@ def router_losses(
 @dataclass(frozen=True)
 class TrainConfig:
     """Router training settings. ``distill`` is "kl" (window KL) or "mse" (final hidden).
-    Whoever builds the new router applies the last two: ``init`` is where it starts,
-    "random" weights or "static" (see :meth:`router.dynamic.DynamicRouter.start_at_static`),
-    and ``nested`` whether it routes with nested selection (see :mod:`router.engine`)."""
+    ``key_gate``: learned decisions gate their block's keys too (see :func:`training_forward`;
+    False trains with the residual gate alone). Whoever builds the new router applies the
+    last two: ``init`` is where it starts, "random" weights or "static" (see
+    :meth:`router.dynamic.DynamicRouter.start_at_static`), and ``nested`` whether it routes
+    with nested selection (see :mod:`router.engine`)."""
 
     steps: int = 200
     lr: float = 1e-3
@@ -232,6 +296,7 @@ class TrainConfig:
     eval_every: int = 50
     seed: int = 0
     progress: bool = True
+    key_gate: bool = False
     init: Literal["random", "static"] = "random"
     nested: bool = False
 
@@ -282,7 +347,9 @@ def train_router(
                 _evaluate(evaluate, router, step, history)
             routing = route(model, schedule, cast(TokenRouter, router))
             index = next(order)
-            output = training_forward(model, routing, batches[index], config.window)
+            output = training_forward(
+                model, routing, batches[index], config.window, config.key_gate
+            )
             losses = router_losses(
                 output, *teachers[index], schedule, config.distill, config.two_sided
             )

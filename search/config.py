@@ -80,6 +80,12 @@ class RouterTrainingConfig(BaseModel):
         description="nested selection: a token an earlier block skipped stays skipped "
         "(needs non-decreasing schedules)",
     )
+    key_gate: bool = Field(
+        False,
+        description="also gate each learned block's keys with a straight-through decision, "
+        "so a skipped token's score gets the gradient of admitting it as a key "
+        "(router.gate; off by default: see docs/measurements.md)",
+    )
 
     @model_validator(mode="after")
     def _static_start_fits(self) -> "RouterTrainingConfig":

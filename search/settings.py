@@ -124,6 +124,7 @@ def train_config(config: RunConfig, show_progress: bool = True) -> TrainConfig:
         eval_every=settings.eval_every,
         seed=config.seed,
         progress=show_progress,
+        key_gate=settings.key_gate,
         init=settings.init,
         nested=settings.nested,
     )

@@ -27,3 +27,23 @@ def test_demo_config_equals_defaults():
     defaults = RunConfig().model_dump()
     demo.setdefault("run_name", None)
     assert demo == defaults
+
+
+def test_router_training_settings_reach_the_training_library():
+    """Each ``router_training`` field a run config sets is the TrainConfig it trains with
+    (the key gate included: off unless the config asks for it)."""
+    from search.config import build_config
+    from search.settings import train_config
+
+    assert train_config(build_config()).key_gate is False
+    config = build_config(
+        monotone=True,
+        router_training={"key_gate": True, "nested": True, "init": "static", "steps": 7},
+    )
+    trained = train_config(config, show_progress=False)
+    assert (trained.key_gate, trained.nested, trained.init, trained.steps) == (
+        True,
+        True,
+        "static",
+        7,
+    )

@@ -114,7 +114,8 @@ def _distillation(model, router, batch, teacher_log_probs):
         unroute(model)
 
 
-def test_training_lowers_the_distillation_loss(tiny_llama, calibration):
+@pytest.mark.parametrize("key_gate", [False, True], ids=["residual-gate", "key-gate"])
+def test_training_lowers_the_distillation_loss(tiny_llama, calibration, key_gate):
     model, _ = tiny_llama
     batch = torch.stack(calibration)[:, :-1]
     teacher_log_probs, _ = teacher_outputs(model, batch, WINDOW)
@@ -122,7 +123,12 @@ def test_training_lowers_the_distillation_loss(tiny_llama, calibration):
     router = DynamicRouter()
     before = _distillation(model, router, batch, teacher_log_probs)
     config = TrainConfig(
-        steps=40, lr=1e-2, window=WINDOW, progress=False, weights=LossWeights(guide=0.0, sparse=0.0)
+        steps=40,
+        lr=1e-2,
+        window=WINDOW,
+        progress=False,
+        weights=LossWeights(guide=0.0, sparse=0.0),
+        key_gate=key_gate,
     )
     history = train_router(model, router, SCHEDULE, calibration, config=config)
     after = _distillation(model, router, batch, teacher_log_probs)
