@@ -301,6 +301,11 @@ def _quality_command(kind: str) -> Any:
         check_output_file(json_out, "--json")
         cfg = _checked_config(
             config,
+            option_names={
+                "target_sparsity": "--sparsity",
+                "heldout_seq_lens": "--seq-len",
+                "heldout_sequences_per_length": "--sequences",
+            },
             model=model,
             target_sparsity=sparsity,
             heldout_seq_lens=seq_len,
@@ -348,7 +353,8 @@ def eval_bench(
         Optional[list[str]],
         typer.Option(
             "--task-file",
-            help="BIG-bench task.json (or its directory) or bigbench:<name>; repeat for several.",
+            help="BIG-bench task.json (or its directory), bigbench:<name> or olmo:<task> "
+            "(lm-eval's stock task on the same rows); repeat for several.",
         ),
     ] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N examples of each task.")] = None,
@@ -382,7 +388,7 @@ def eval_bench(
 
     with user_errors():
         model_config(model)
-        tasks = load_choice_tasks(task_file or [], limit)
+        tasks = list(zip(task_file or [], load_choice_tasks(task_file or [], limit), strict=True))
     from ftprune.bench.eval import format_table, run
 
     rows = run(

@@ -26,11 +26,13 @@ text sources are never refused.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from evaluation.stats import paired_bootstrap, paired_bootstrap_tasks, retention
+from evaluation.suites import RetrievalGrid
 from evaluation.tasks import ChoiceTask, TaskError, resolve_task, task_name
 from router.specs import (
     CHECKPOINT_SPEC,
@@ -62,6 +64,11 @@ class Target:
     def router_kind(self) -> str:
         return router_kind(self.router)
 
+    @property
+    def name(self) -> str:
+        """The row's name: ``<schedule label>+<router kind>`` (``uniform+static``)."""
+        return f"{self.label}+{self.router_kind}"
+
 
 @dataclass
 class EvalPlan:
@@ -71,6 +78,7 @@ class EvalPlan:
     choice_tasks: list[ChoiceTask] = field(default_factory=list)
     lm_tasks: list[str] = field(default_factory=list)
     text: bool = False
+    retrieval: RetrievalGrid | None = None
     limit: int | None = None
     batch_size: int = 8
     resamples: int = 2000
@@ -140,12 +148,14 @@ def choice_scores(
     from evaluation.choice import TaskScores, score_choices
 
     run = score_choices(model, tokenizer, task.examples, batch_size, progress)
+    metrics = {"acc": run.acc, "acc_norm": run.acc_norm}
     return TaskScores(
         task.name,
-        {"acc": run.acc, "acc_norm": run.acc_norm},
+        {metric: metrics[metric] for metric in task.metrics},
         run.realized_sparsity,
         run.flop_saving,
         run.loglik,
+        task.primary,
     )
 
 
@@ -178,15 +188,24 @@ def task_rows(
 def summary_rows(
     dense: Sequence[TaskScores], routed: Sequence[TaskScores], resamples: int, seed: int
 ) -> list[dict[str, Any]]:
-    """``(mean)`` and ``(mean retention)`` rows per metric over two or more tasks."""
-    if len(dense) < 2:
+    """``(mean)`` and ``(mean retention)`` rows per metric over two or more tasks (the
+    multiple-choice tasks: retrieval cells are summarized per family and length), and, where
+    the tasks' primary metrics differ, for ``primary``: each task's own metric (a suite's
+    summary, as the paper's suite reports acc_norm for some tasks and acc for others)."""
+    tasks = [(d, r) for d, r in zip(dense, routed, strict=True) if not is_retrieval(d)]
+    if len(tasks) < 2:
         return []
+    dense, routed = [d for d, _ in tasks], [r for _, r in tasks]
     rows = []
-    for metric in CHOICE_METRICS:
+    # "primary" (each task's own metric) is a metric of its own only where tasks differ
+    mixed = len({d.primary for d in dense}) > 1
+    for metric in (*CHOICE_METRICS, "primary") if mixed else CHOICE_METRICS:
         pairs = [
-            (d.metrics[metric], r.metrics[metric])
-            for d, r in zip(dense, routed, strict=True)
-            if metric in d.metrics
+            (d.metrics[d.primary], r.metrics[d.primary])
+            if metric == "primary"
+            else (d.metrics[metric], r.metrics[metric])
+            for d, r in tasks
+            if metric == "primary" or metric in d.metrics
         ]
         if len(pairs) < 2:
             continue
@@ -228,6 +247,26 @@ def summary_rows(
                 "ci_low": ci["mean_retention"][0],
                 "ci_high": ci["mean_retention"][1],
             }
+        )
+    return rows
+
+
+def is_retrieval(scores: TaskScores) -> bool:
+    return scores.task.startswith("retrieval:")
+
+
+def retrieval_rows(
+    dense: Sequence[TaskScores], routed: Sequence[TaskScores], resamples: int, seed: int
+) -> list[dict[str, Any]]:
+    """Per retrieval family and length, the rows of all its depths together
+    (``retrieval:<family>/<length>``)."""
+    from ftprune.eval_compare import merged, retrieval_groups
+
+    routed_groups = retrieval_groups(routed)
+    rows = []
+    for group, cells in retrieval_groups(dense).items():
+        rows += task_rows(
+            merged(cells, group), merged(routed_groups[group], group), resamples, seed
         )
     return rows
 
@@ -281,6 +320,7 @@ class Evaluator:
         self.scorer = Scorer(plan.settings)
         self._dense: list[TaskScores] | None = None
         self._dense_ppl: float | None = None
+        self.scores: dict[str, list[TaskScores]] = {}  # per row (dense, <label>+<router>)
 
     @property
     def num_blocks(self) -> int:
@@ -291,12 +331,23 @@ class Evaluator:
         model, tokenizer, plan = self.scorer.model, self.scorer.tokenizer, self.plan
         scores = []
         for task in plan.choice_tasks:
-            self.echo(f"  {task.name}: {len(task.examples)} examples")
+            start = time.perf_counter()
             scores.append(choice_scores(model, tokenizer, task, plan.batch_size, self.progress))
+            elapsed = time.perf_counter() - start
+            self.echo(f"  {task.name}: {len(task.examples)} examples in {elapsed:.0f} s")
         if plan.lm_tasks:
             from evaluation.lmeval import lmeval_scores
 
             scores += lmeval_scores(model, tokenizer, plan.lm_tasks, plan.limit, plan.batch_size)
+        if plan.retrieval is not None:
+            from evaluation.continuation import score_retrieval
+
+            grid, start = plan.retrieval, time.perf_counter()
+            cells = score_retrieval(model, tokenizer, grid, self.progress)
+            prompts = sum(c.n for c in cells)
+            elapsed = time.perf_counter() - start
+            self.echo(f"  retrieval: {prompts} prompts in {elapsed:.0f} s")
+            scores += cells
         return scores
 
     def dense(self) -> list[TaskScores]:
@@ -306,6 +357,7 @@ class Evaluator:
             unroute(self.scorer.model)
             self.echo("dense model")
             self._dense = self._scores()
+            self.scores["dense"] = self._dense
         return self._dense
 
     def evaluate(self, target: Target) -> list[dict[str, Any]]:
@@ -323,9 +375,11 @@ class Evaluator:
                 routed = self._scores()
             finally:
                 unroute(self.scorer.model)
+            self.scores[target.name] = routed
         rows = []
         for d, r in zip(dense, routed, strict=True):
             rows += task_rows(d, r, plan.resamples, plan.seed)
+        rows += retrieval_rows(dense, routed, plan.resamples, plan.seed)
         rows += summary_rows(dense, routed, plan.resamples, plan.seed)
         if plan.text:
             if self._dense_ppl is None:
@@ -336,22 +390,30 @@ class Evaluator:
 
 
 # ----------------------------------------------------------------------------- output
+def _interval(row: Mapping[str, Any]) -> str:
+    return "" if math.isnan(row["ci_low"]) else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a terminal table."""
-    head = (
-        f"{'schedule':<16}{'router':<9}{'task':<30}{'metric':<16}{'dense':>10}{'routed':>10}"
-        f"{'retention':>10}{'95% CI':>17}{'n':>6}{'real S':>8}{'FLOP sv':>8}"
+    from ftprune.tables import Column, render
+
+    return render(
+        rows,
+        [
+            Column("schedule", "label"),
+            Column("router", "router"),
+            Column("task", "task"),
+            Column("metric", "metric"),
+            Column("dense", "dense", ".4g"),
+            Column("routed", "routed", ".4g"),
+            Column("retention", "retention", ".3f"),
+            Column("95% CI", _interval),
+            Column("n", "n", "d"),
+            Column("real S", "realized_sparsity", ".3f"),
+            Column("FLOP sv", "flop_saving", ".3f"),
+        ],
     )
-    lines = [head, "-" * len(head)]
-    for row in rows:
-        ci = "" if math.isnan(row["ci_low"]) else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-        kept = "" if math.isnan(row["retention"]) else f"{row['retention']:.3f}"
-        lines.append(
-            f"{row['label'][:15]:<16}{row['router']:<9}{row['task'][:29]:<30}"
-            f"{row['metric']:<16}{row['dense']:>10.4g}{row['routed']:>10.4g}{kept:>10}{ci:>17}"
-            f"{row['n']:>6}{row['realized_sparsity']:>8.3f}{row['flop_saving']:>8.3f}"
-        )
-    return "\n".join(lines)
 
 
 def json_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def make_run(db_url: str, name: str = "r1", **overrides) -> list[float]:
     [
         ("{not json", "not a JSON file"),
         (
-            json.dumps({"examples": [{"input": "q", "target_scores": {"a": 0}}]}),
+            json.dumps({"examples": [{"input": "q", "target_scores": {"a": 0, "b": 0}}]}),
             "no correct choice",
         ),
         (json.dumps({"examples": [{"input": "q", "target_scores": {}}]}), "has no choices"),
@@ -91,10 +91,10 @@ def test_bad_task_file_is_one_line_before_any_model(write_task, no_model_load, t
     "args, fragment",
     [
         (["--sparsity", "0.3"], "exactly one of"),
-        (["--model", "random:llama-tiny"], "exactly one of --sparsity and --schedule"),
+        (["--model", "random:llama-tiny"], "--model needs --sparsity, --schedule or both"),
         (
-            ["--model", "random:llama-tiny", "--sparsity", "0.3", "--schedule", "0,0,0,0"],
-            "exactly one of --sparsity and --schedule",
+            ["--model", "random:llama-tiny", "--sparsity", "0.3", "--router", "static,dynamic"],
+            "--router with --model must be static or random",
         ),
         (
             ["--model", "random:llama-tiny", "--schedule", "0.1,0.2"],
