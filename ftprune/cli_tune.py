@@ -142,7 +142,8 @@ def _cpus() -> int:
 def _run(spec: Any, store: Any, run_id: int | None, workers: int, quiet: bool) -> None:
     import optuna
 
-    from ftprune.tune import FINISHED, prepare_study, run_workers, tuned_rows
+    from ftprune.tune import FINISHED, prepare_study, tuned_rows
+    from ftprune.tune_trials import run_workers
     from storage import redact
     from storage.engine import optuna_url
 

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from ftprune.tune import SETTINGS, best_trials, measure, sparsity_miss
+from ftprune.tune import SETTINGS, best_trials
+from ftprune.tune_trials import measure, sparsity_miss
 from search.config import ConfigError
 from search.stored import load_config
 
