@@ -301,7 +301,7 @@ def _prepare(
 
         check_lm_tasks(lm_tasks)
     if text is not None:
-        check_text(text)
+        check_text(text, "--text file")
     view = store = None
     if ref is not None:
         from ftprune.eval import run_view

@@ -775,8 +775,16 @@ CASES = [
         "eval " + M + " --sparsity 0.3 --text {in}/latin1.txt",
         "latin1.txt is not UTF-8 text",
     ),
-    Case("eval-text-missing", "eval " + M + " --sparsity 0.3 --text {in}/none.txt", "not found"),
-    Case("eval-text-empty", "eval " + M + " --sparsity 0.3 --text {in}/empty.txt", "holds no text"),
+    Case(
+        "eval-text-missing",
+        "eval " + M + " --sparsity 0.3 --text {in}/none.txt",
+        "--text file not found",
+    ),
+    Case(
+        "eval-text-empty",
+        "eval " + M + " --sparsity 0.3 --text {in}/empty.txt",
+        "--text file .*empty.txt holds no text",
+    ),
     Case(
         "eval-unknown-router-word",
         "eval --run r1 --router learned --db {db}",

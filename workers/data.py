@@ -79,18 +79,19 @@ class DataSpec:
                 raise DataSpecError(str(error)) from None
 
 
-def check_source(source: str) -> None:
-    """Raise :class:`DataSpecError` unless ``source`` is readable. Reads no more than needed."""
+def check_source(source: str, what: str = "calibration file") -> None:
+    """Raise :class:`DataSpecError` unless ``source`` is readable, naming it as ``what``.
+    Reads no more than needed."""
     if source == BUILTIN_PYDOC:
         return
     path = Path(source)
     if path.suffix not in (".txt", ".jsonl"):
         raise DataSpecError(
-            f"calibration source {source!r}: use 'builtin:pydoc', a .txt "
+            f"{what} {source!r}: use 'builtin:pydoc', a .txt "
             "file or a .jsonl file with a 'text' field"
         )
     if not path.is_file():
-        raise DataSpecError(f"calibration file not found: {source}")
+        raise DataSpecError(f"{what} not found: {source}")
 
 
 def read_text_file(path: Path, what: str) -> str:
@@ -107,24 +108,24 @@ def read_text_file(path: Path, what: str) -> str:
         raise DataSpecError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
-def check_text(source: str) -> None:
+def check_text(source: str, what: str = "calibration file") -> None:
     """:func:`check_source`, and raise :class:`DataSpecError` unless the source reads (UTF-8,
-    a ``.jsonl`` of ``text`` objects) and holds some text."""
-    if not any(doc.strip() for doc in documents(source)):
-        raise DataSpecError(f"calibration file {source} holds no text")
+    a ``.jsonl`` of ``text`` objects) and holds some text; messages name it as ``what``."""
+    if not any(doc.strip() for doc in documents(source, what)):
+        raise DataSpecError(f"{what} {source} holds no text")
 
 
-def documents(source: str) -> list[str]:
+def documents(source: str, what: str = "calibration file") -> list[str]:
     """The source's documents, in a fixed order; :class:`DataSpecError` for a file that
     cannot be read, is not UTF-8 or (``.jsonl``) holds a line that is no JSON object with
     a ``text`` string."""
-    check_source(source)
+    check_source(source, what)
     if source == BUILTIN_PYDOC:
         from pydoc_data.topics import topics
 
         return [topics[name] for name in sorted(topics)]
     path = Path(source)
-    text = read_text_file(path, "calibration file")
+    text = read_text_file(path, what)
     if path.suffix == ".jsonl":
         docs = []
         for line_no, line in enumerate(text.splitlines(), 1):
