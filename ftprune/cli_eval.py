@@ -18,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from evaluation.suites import RetrievalGrid, Suite
+    from ftprune.eval_targets import RunView
 
 from evaluation.examples import TaskError
 from ftprune.cli_common import (
@@ -283,7 +284,8 @@ def _prepare(
     """Everything checked, nothing loaded: the plan, the targets (a function of the block
     count, or None for --compare), the run view and store (for runs)."""
     from evaluation.tasks import check_fits
-    from ftprune.eval import EvalPlan, Target, check_hygiene, load_choice_tasks, run_target
+    from ftprune.eval import EvalPlan, Target, load_choice_tasks
+    from ftprune.eval_targets import check_hygiene, run_target
     from workers import BUILTIN_PYDOC, ScorerSettings
     from workers.data import check_text
     from workers.devices import check_device_available, check_device_spec
@@ -304,7 +306,7 @@ def _prepare(
         check_text(text, "--text file")
     view = store = None
     if ref is not None:
-        from ftprune.eval import run_view
+        from ftprune.eval_targets import run_view
         from search.settings import scorer_settings
 
         store = open_store(db, create=False)
@@ -364,7 +366,11 @@ def _prepare(
         resamples=resamples,
         seed=seed,
     )
-    names = _compare_names(view) if comparing else [t.name for t in targets(1)]
+    if comparing:
+        assert view is not None  # --compare reads its run above
+        names = _compare_names(view)
+    else:
+        names = [t.name for t in targets(1)]
     for name in [*extras.rows, *([extras.baseline] if extras.baseline else [])]:
         if name != "dense" and name not in names:
             raise TaskError(f"no row {name!r} is evaluated here (rows: dense, {', '.join(names)})")
@@ -419,8 +425,9 @@ def _extras(
     return Extras(chosen, grid, baseline, picked, heatmap)
 
 
-def _compare_names(view: Any) -> list[str]:
-    """The rows ``--compare`` can evaluate for a run (see :func:`ftprune.eval.compare_targets`)."""
+def _compare_names(view: RunView) -> list[str]:
+    """The rows ``--compare`` can evaluate for a run (see
+    :func:`ftprune.eval_targets.compare_targets`)."""
     schedules = ["uniform", "block_influence"]
     schedules += ["searched"] if view.best is not None else []
     schedules += ["finetuned"] if view.finetuned is not None else []
@@ -438,7 +445,9 @@ def _execute(
     plot_out: Path | None,
     quiet: bool,
 ) -> None:
-    from ftprune.eval import Evaluator, compare_targets, format_table, json_rows, plot
+    from ftprune.eval import Evaluator
+    from ftprune.eval_rows import format_table, json_rows, plot
+    from ftprune.eval_targets import compare_targets
     from router.specs import checkpoint_dir
 
     def echo(line: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.choice import TaskScores
 from evaluation.stats import paired_bootstrap, paired_bootstrap_tasks, retention
-from ftprune.eval import summary_rows, task_rows
+from ftprune.eval_rows import summary_rows, task_rows
 
 
 def test_retention():
