@@ -161,3 +161,17 @@ def format_differences(rows: Sequence[dict[str, Any]]) -> str:
             Column("n", "n", "d"),
         ],
     )
+
+
+def differences(
+    scores: Mapping[str, Sequence[TaskScores]], baseline: str, resamples: int, seed: int
+) -> list[dict[str, Any]]:
+    """Every row's paired difference to ``baseline`` (rows keyed by name: ``dense``,
+    ``<schedule>+<router>``)."""
+    base = scores[baseline]
+    return [
+        row
+        for name, routed in scores.items()
+        if name != baseline
+        for row in difference_rows(name, baseline, base, routed, resamples, seed)
+    ]

@@ -155,3 +155,13 @@ def compare_targets(view: RunView, scorer: Scorer) -> list[Target]:
         schedules.append(("finetuned", view.finetuned))
     routers = ["static", "random"] + ([view.router] if view.router else [])
     return [Target(label, schedule, router) for label, schedule in schedules for router in routers]
+
+
+def compare_names(view: RunView) -> list[str]:
+    """The rows ``--compare`` can evaluate for a run (see
+    :func:`ftprune.eval_targets.compare_targets`)."""
+    schedules = ["uniform", "block_influence"]
+    schedules += ["searched"] if view.best is not None else []
+    schedules += ["finetuned"] if view.finetuned is not None else []
+    routers = ["static", "random"] + (["dynamic"] if view.router else [])
+    return [f"{s}+{r}" for s in schedules for r in routers]

@@ -71,6 +71,10 @@ def no_weights(monkeypatch) -> list[str]:
     """Every way ftprune reads model or router weights, made to record the read and fail:
     the table's rows are answered before any weight is read."""
     import safetensors.torch
+
+    # Every auto class is created now: one created while the patch is in place would copy
+    # the patched from_config into its own class dict and keep it after the test.
+    import transformers.models.auto.modeling_auto  # noqa: F401
     from transformers.models.auto import auto_factory
 
     import router.checkpoint
