@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
+from typer._click.core import Context
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand, TyperGroup
 
@@ -43,6 +44,9 @@ from ftprune.cli_tune import tune_app
 
 if TYPE_CHECKING:
     from search.config import RunConfig
+    from search.coordinator import SearchOutcome
+    from storage import Store
+    from storage.records import StoredRun
 
 
 class RootGroup(TyperGroup):
@@ -77,7 +81,7 @@ class RootGroup(TyperGroup):
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -89,7 +93,7 @@ class PlainUsageCommand(TyperCommand):
     """A command whose usage line names its arguments the usual way: ``RUN`` when required,
     ``[RUN]`` when optional."""
 
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, typer.core.TyperArgument):
@@ -235,7 +239,7 @@ def search_status(
         typer.echo(f"{key:>20}: {value}")
 
 
-def _pipeline_run(store: Any, row: Any) -> Any:
+def _pipeline_run(store: Store, row: StoredRun) -> StoredRun:
     """``row``, or for a pipeline's fine-tuning run (``<run>-finetune-<n>``, seeded from
     that pipeline) the pipeline's own run: the run a pipeline or the demo names."""
     from storage import StorageError
@@ -296,7 +300,7 @@ def _run_and_report(cfg: RunConfig, url: str, quiet: bool) -> None:
     _report(cfg, outcome, url, time.perf_counter() - started)
 
 
-def _report(cfg: Any, outcome: Any, url: str, elapsed: float) -> None:
+def _report(cfg: RunConfig, outcome: SearchOutcome, url: str, elapsed: float) -> None:
     from search.records import BEST, UNIFORM
     from storage import redact
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
@@ -23,6 +23,9 @@ from ftprune.cli_common import (
     fail,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from search.config import RunConfig
 
 # Upper bounds of what a user can mean (a value past one is a typo, refused in one line).
 MAX_BATCH = 65_536
@@ -190,7 +193,7 @@ def _write_json(rows: list[dict], json_out: Path | None) -> None:
         typer.echo(f"wrote {len(rows)} rows to {json_out}")
 
 
-def _checked_config(path: Path | None, **overrides: Any) -> Any:
+def _checked_config(path: Path | None, **overrides: Any) -> RunConfig:
     """The run config with ``overrides``, its model and data checked; exits 2 on bad input."""
     from search.config import build_config
     from search.preflight import preflight
@@ -271,7 +274,7 @@ def coordinator(
     _write_json([row], json_out)
 
 
-def _quality_command(kind: str) -> Any:
+def _quality_command(kind: str) -> Callable[..., None]:
     """``bench quality`` and ``bench ablation`` share their options and checks."""
 
     def command(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, NoReturn, Optional, Sequence
 
 import typer
 
 if TYPE_CHECKING:
     from search.config import RunConfig
+    from storage import Store
+    from storage.records import StoredHeldout
+    from workers.scoring import WindowMetrics
 
 Db = Annotated[
     Optional[str],
@@ -163,7 +166,7 @@ def checked_url(db: str | None, writes: bool = False) -> str:
     return url
 
 
-def open_store(db: str | None, create: bool = True) -> Any:
+def open_store(db: str | None, create: bool = True) -> Store:
     """The store of a command that writes, after :func:`storage.engine.check_writable`.
     Raises StorageError (one line)."""
     from storage import Store, default_url
@@ -178,7 +181,9 @@ def format_schedule(schedule: list[float]) -> str:
     return "[" + ", ".join(f"{s:.3f}" for s in schedule) + "]"
 
 
-def echo_heldout_table(cfg: Any, rows: list[tuple[str, Any]]) -> None:
+def echo_heldout_table(
+    cfg: RunConfig, rows: Sequence[tuple[str, WindowMetrics | StoredHeldout]]
+) -> None:
     """The held-out window metrics table: (what the row shows, metrics with ``kl``,
     ``top1``, ``ppl`` and ``realized_sparsity``) per row."""
     count = cfg.heldout_sequences_per_length * len(cfg.heldout_seq_lens)

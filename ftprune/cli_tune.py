@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -26,6 +26,13 @@ from ftprune.cli_common import (
     open_store,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ftprune.tune import TuneSpec
+    from search.config import RunConfig
+    from storage import Store
 
 MAX_TIMEOUT_S = 30 * 86_400  # --timeout: a month at most
 tune_app = typer.Typer(help="Tune the router's loss weights with Optuna (see `tune status`).")
@@ -122,7 +129,7 @@ def tune(
         _run(spec, store, run_id, workers, quiet)
 
 
-def _check(cfg: Any, objectives: tuple[str, ...]) -> None:
+def _check(cfg: RunConfig, objectives: tuple[str, ...]) -> None:
     """The config's inputs as tune uses them: every worker scores in its own process."""
     from ftprune.tune import check_tuning
     from search.preflight import preflight
@@ -139,7 +146,7 @@ def _cpus() -> int:
     )
 
 
-def _run(spec: Any, store: Any, run_id: int | None, workers: int, quiet: bool) -> None:
+def _run(spec: TuneSpec, store: Store, run_id: int | None, workers: int, quiet: bool) -> None:
     import optuna
 
     from ftprune.tune import FINISHED, prepare_study, tuned_rows
@@ -271,7 +278,7 @@ def tune_check(
         typer.echo(f"wrote {json_out}")
 
 
-def _load_study(db: str | None, study: str | None) -> Any:
+def _load_study(db: str | None, study: str | None) -> optuna.Study:
     """The named study (default: the newest) in the database; StorageError if absent."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
@@ -295,7 +302,7 @@ def _load_study(db: str | None, study: str | None) -> Any:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _counts(study: Any) -> str:
+def _counts(study: optuna.Study) -> str:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -308,7 +315,7 @@ def _counts(study: Any) -> str:
     )
 
 
-def _echo_table(study: Any, top: int) -> None:
+def _echo_table(study: optuna.Study, top: int) -> None:
     """Complete trials, feasible first and by held-out KL; ``*`` marks the stored best."""
     from optuna.trial import TrialState
 

@@ -31,7 +31,12 @@ from router.specs import (
 )
 
 if TYPE_CHECKING:  # torch loads with the scorer: checking the input needs none
+    from transformers import PreTrainedTokenizerBase
+
     from evaluation.choice import TaskScores
+    from router.loading import CausalLM
+    from workers.scoring import Scorer
+    from workers.settings import ScorerSettings
 
 Echo = Callable[[str], None]
 
@@ -59,7 +64,7 @@ class Target:
 class EvalPlan:
     """Everything an evaluation reads, resolved and checked before any model is loaded."""
 
-    settings: Any  # workers.ScorerSettings: the model, and the held-out text to score
+    settings: ScorerSettings  # the model, and the held-out text to score
     choice_tasks: list[ChoiceTask] = field(default_factory=list)
     lm_tasks: list[str] = field(default_factory=list)
     text: bool = False
@@ -85,7 +90,11 @@ def load_choice_tasks(specs: Sequence[str], limit: int | None) -> list[ChoiceTas
 
 # ----------------------------------------------------------------------------- scoring
 def choice_scores(
-    model: Any, tokenizer: Any, task: ChoiceTask, batch_size: int, progress: bool
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    task: ChoiceTask,
+    batch_size: int,
+    progress: bool,
 ) -> TaskScores:
     from evaluation.choice import TaskScores, score_choices
 
@@ -102,7 +111,7 @@ def choice_scores(
 
 
 def text_rows(
-    scorer: Any, target: Target, dense_ppl: float, resamples: int, seed: int
+    scorer: Scorer, target: Target, dense_ppl: float, resamples: int, seed: int
 ) -> list[dict[str, Any]]:
     """Held-out window metrics of ``target``: window KL (dense 0), top-1 agreement with the
     dense model (dense 1; retention is the agreement, its interval from resampling the

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -46,6 +46,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, RunConfig
 from search.stored import load_config
+
+if TYPE_CHECKING:
+    from storage import Store
 
 OBJECTIVES: dict[str, Literal["minimize", "maximize"]] = {
     "quality": "minimize",
@@ -249,7 +252,7 @@ def tuned_rows(study: optuna.Study, objectives: Sequence[str], model: str) -> li
     ]
 
 
-def tuned_config(config: RunConfig, store: Any, run_id: int | None = None) -> RunConfig:
+def tuned_config(config: RunConfig, store: Store, run_id: int | None = None) -> RunConfig:
     """``config`` with the best tuned router-training settings (:meth:`Store.tuned_weights`
     for the run, else for the config's model and target sparsity); StorageError if none."""
     from storage import StorageError

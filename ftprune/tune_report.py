@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -16,6 +17,9 @@ from ftprune.tune import SETTINGS, best_trials
 from ftprune.tune_trials import measure, sparsity_miss
 from search.config import ConfigError
 from search.stored import load_config
+
+if TYPE_CHECKING:
+    from workers.scoring import WindowMetrics
 
 
 def check_study(
@@ -99,7 +103,7 @@ def check_study(
     return rows
 
 
-def _window(metrics: Any, sequences: int) -> dict[str, Any]:
+def _window(metrics: WindowMetrics, sequences: int) -> dict[str, Any]:
     """A row's held-out fields from :class:`workers.scoring.WindowMetrics`."""
     return {
         "heldout_kl": metrics.kl,
@@ -128,7 +132,7 @@ def check_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def sensitivity_plot(study: optuna.Study, out: Any) -> None:
+def sensitivity_plot(study: optuna.Study, out: Path) -> None:
     """One PNG: held-out KL against each sampled setting (complete trials as dots, pruned
     ones at their last reported KL as crosses, trial numbers beside them, log axes for the
     log-sampled settings)."""

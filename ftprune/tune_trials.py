@@ -10,7 +10,7 @@ import os
 import socket
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -25,6 +25,13 @@ from ftprune.tune import (
     trial_schedule,
 )
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from router.routers import TokenRouter
+    from router.state import ForwardState
+    from workers.scoring import Scorer
+
 LATENCY_REPEATS = 3
 
 
@@ -35,7 +42,7 @@ class SurplusTrial(Exception):
 class Objective:
     """One trial: train a router with sampled settings, return the held-out objectives."""
 
-    def __init__(self, spec: TuneSpec, scorer: Any) -> None:
+    def __init__(self, spec: TuneSpec, scorer: Scorer) -> None:
         self.spec, self.config, self.scorer = spec, spec.run_config, scorer
         blocks = scorer.num_blocks
         self.base = spec.schedule or [self.config.target_sparsity] * blocks
@@ -128,13 +135,13 @@ class _Reporter:
 class _Recorder:
     """A router wrapper recording each block's mean keep probability (sigmoid of scores)."""
 
-    def __init__(self, router: Any, first_learned: int) -> None:
+    def __init__(self, router: TokenRouter, first_learned: int) -> None:
         self.router, self.first_learned = router, first_learned
         self.needs_attention = bool(getattr(router, "needs_attention", False))
         self.sums: dict[int, float] = {}
         self.counts: dict[int, int] = {}
 
-    def scores(self, block: int, hidden_states: Any, state: Any) -> Any:
+    def scores(self, block: int, hidden_states: Tensor, state: ForwardState) -> Tensor:
         scores = self.router.scores(block, hidden_states, state)
         if block >= self.first_learned:
             self.sums[block] = self.sums.get(block, 0.0) + scores.sigmoid().mean().item()
@@ -142,7 +149,9 @@ class _Recorder:
         return scores
 
 
-def measure(scorer: Any, schedule: Sequence[float], router: Any, latency: bool) -> dict[str, float]:
+def measure(
+    scorer: Scorer, schedule: Sequence[float], router: TokenRouter, latency: bool
+) -> dict[str, float]:
     """One routed pass over the held-out sequences (one at a time): the router's achieved
     sparsity (blocks it does not learn count at their scheduled sparsity), the FLOP-weighted
     saving, and with ``latency`` the median of a few timed passes in milliseconds."""

@@ -22,10 +22,15 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from evaluation.choice import TaskScores
 from evaluation.tasks import ChoiceTask, TaskError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from router.loading import CausalLM
 
 YAML = """task: {name}
 dataset_path: json
@@ -63,7 +68,11 @@ def lmeval_files(spec: str, task: ChoiceTask, directory: Path) -> list[tuple[Pat
 
 
 def lmeval_run(
-    model: Any, tokenizer: Any, files: list[tuple[Path, list[int]]], n: int, batch_size: int
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    files: list[tuple[Path, list[int]]],
+    n: int,
+    batch_size: int,
 ) -> TaskScores:
     """lm-eval's scores of the tasks in ``files``, reassembled in the examples' order."""
     from evaluation.lmeval import lmeval_scores
@@ -112,7 +121,7 @@ def run(
     sparsity: float,
     batch_size: int,
     dtype: str = "float32",
-    progress: Any = print,
+    progress: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """The rows of every (spec, task) pair (see the module docstring)."""
     from evaluation.choice import score_choices
@@ -143,14 +152,14 @@ def run(
 
 
 def _compare(
-    model: Any,
-    tokenizer: Any,
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
     task: ChoiceTask,
     files: list[tuple[Path, list[int]]],
     variant: str,
     sparsity: float,
     batch_size: int,
-    progress: Any,
+    progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """Both scorers on one task and model variant (dense, or routed at ``sparsity``)."""
     from evaluation.choice import score_choices

@@ -60,6 +60,7 @@ import torch
 
 from router import ForwardState, StaticRouter, decoder_layers, load_model, route, unroute
 from router.dynamic import DynamicRouter
+from router.loading import CausalLM
 from workers.heap import heap_mode
 
 SCOPES = ("blocks", "end_to_end", "features")
@@ -114,7 +115,7 @@ def run(bench: RoutingBench, show_progress: bool = False) -> list[dict[str, Any]
     return rows
 
 
-def _inputs(model: Any, bench: RoutingBench, batch: int, seq_len: int) -> torch.Tensor:
+def _inputs(model: CausalLM, bench: RoutingBench, batch: int, seq_len: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(bench.seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=generator)
     return ids.to(bench.device)
@@ -164,7 +165,7 @@ def _paired(
 
 @torch.inference_mode()
 def _prefill_rows(
-    model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str, show_progress: bool
+    model: CausalLM, bench: RoutingBench, batch: int, seq_len: int, desc: str, show_progress: bool
 ) -> list[dict[str, Any]]:
     ids = _inputs(model, bench, batch, seq_len)
     embeds = model.model.embed_tokens(ids)
@@ -253,7 +254,7 @@ def _prefill_rows(
 
 @torch.inference_mode()
 def _feature_row(
-    model: Any, bench: RoutingBench, batch: int, seq_len: int, desc: str, show_progress: bool
+    model: CausalLM, bench: RoutingBench, batch: int, seq_len: int, desc: str, show_progress: bool
 ) -> dict[str, Any]:
     """One mid-stack block at S = 0, without and with the attention features."""
     ids = _inputs(model, bench, batch, seq_len)
@@ -318,7 +319,7 @@ def median_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def _row(
-    model: Any,
+    model: CausalLM,
     bench: RoutingBench,
     batch: int,
     seq_len: int,

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from search.config import RunConfig
 from search.ga import repair
@@ -128,7 +128,7 @@ def ours(config: RunConfig, pool: EvaluationPool, token_budget: int, seed: int) 
 
 
 def run(
-    config: RunConfig, token_budget: int, seeds: list[int], progress: Any = print
+    config: RunConfig, token_budget: int, seeds: list[int], progress: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
     """Both methods for every seed on one pool; returns the benchmark rows."""
     from search.settings import open_pool
