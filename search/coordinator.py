@@ -41,7 +41,7 @@ import logging
 import math
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from search.config import RunConfig
@@ -296,40 +296,8 @@ def run_search(
 
     num_sequences = pool.num_sequences["calibration"]
     stages = config.resolved_stages()
-    stored_state = store.search_state(run_id)
-    cache = FitnessCache()
-    failed: dict[tuple[float, ...], str] = {}  # schedules that failed once: never scored again
-    for row in store.evaluations(run_id):
-        if row.error is not None:
-            failed[tuple(row.schedule)] = row.error
-        elif row.per_sequence is not None:
-            cache.add(row.schedule, row.router, stats_from_json(row.per_sequence))
-    if stored_state is None:
-        params = ga_params(config, pool.num_blocks)
-        if config.seed_run is not None:
-            seed_state = store.search_state(store.find_run(config.seed_run).id)
-            assert seed_state is not None  # preflight refused a seed run without one
-            parents = EvolutionarySearch.from_state(seed_state).parents
-            search = EvolutionarySearch(params, seed_parents=parents)
-        else:
-            influence = None
-            if config.block_influence_profile:
-                if show_progress:
-                    tqdm.write(
-                        f"Block Influence of {pool.num_blocks} blocks: one dense pass over "
-                        f"{num_sequences} calibration sequences"
-                    )
-                influence = pool.block_influence()
-            search = EvolutionarySearch(params, influence)
-    else:
-        search = EvolutionarySearch.from_state(stored_state)
-    params = search.params  # the budget every candidate keeps: the one the GA searches
-    if (params.target, params.s_max) != (config.target_sparsity, config.max_block_sparsity):
-        raise SearchFailure(
-            f"the run's stored search targets sparsity {params.target} (at most "
-            f"{params.s_max} per block), its config {config.target_sparsity} (at most "
-            f"{config.max_block_sparsity}): the config changed since the run started"
-        )
+    cache, failed = _stored_scores(store, run_id)
+    search = _start_search(config, store, pool, run_id, show_progress)
     run = store.find_run(run_id)
     best_schedule = run.best_schedule or []
     best_fitness = math.inf if run.best_fitness is None else run.best_fitness
@@ -337,61 +305,20 @@ def run_search(
     for generation in range(search.generation, config.generations):
         if token_budget is not None and tokens_used >= token_budget:
             break
-        candidates = search.ask()
-        if not all(is_feasible(s, params.target, params.s_max) for s in candidates):
-            raise RuntimeError("the search produced a schedule that breaks the budget")
-        order = minibatch_order(config.seed, generation, num_sequences)
-        records: list[EvaluationRecord] = []
-        survivors = candidates
-        parents = search.parents
-        incumbents = [s for s in candidates if s in parents]
         started = time.perf_counter()
-        for index, stage in enumerate(stages):
-            data = sorted(order[: stage.sequences])
-            fitness = score_stage(
-                pool,
-                cache,
-                failed,
-                survivors,
-                config.router,
-                data,
-                generation,
-                index,
-                records,
-                show_progress,
-            )
-            ranked = sorted(survivors, key=lambda s: fitness[tuple(s)])
-            scored = [s for s in ranked if tuple(s) not in failed]
-            if not scored:
-                reasons = sorted({failed[tuple(s)] for s in ranked})
-                raise SearchFailure(
-                    f"generation {generation + 1}, stage {index + 1}: none of the "
-                    f"{len(ranked)} candidates could be scored ({'; '.join(reasons[:3])})"
-                )
-            survivors = scored[: stage.keep]
-            if index < len(stages) - 1:
-                survivors += [
-                    s for s in incumbents if s not in survivors and tuple(s) not in failed
-                ]
-            best_fitness = fitness[tuple(survivors[0])]
-        # Parents come from the final stage's ranking; only when too few candidates survive
-        # (failures) do screened-out ones, then failed ones, fill the places.
-        search.tell(
-            survivors
-            + [s for s in candidates if s not in survivors and tuple(s) not in failed]
-            + [s for s in candidates if tuple(s) in failed]
-        )
-        best_schedule = survivors[0]
+        order = minibatch_order(config.seed, generation, num_sequences)
+        scored = _Generation(config, pool, cache, failed, generation, show_progress)
+        best_schedule, best_fitness = scored.run(search, order)
         store.record_generation(
-            run_id, generation, records, best_fitness, best_schedule, search.state(), lease
+            run_id, generation, scored.records, best_fitness, best_schedule, search.state(), lease
         )
-        tokens_used += sum(r.forward_tokens for r in records)
+        tokens = sum(r.forward_tokens for r in scored.records)
+        tokens_used += tokens
         if show_progress:
             tqdm.write(
                 f"generation {generation + 1}/{config.generations}: "
-                f"{len(records)} evaluations, {sum(r.forward_tokens for r in records)} "
-                f"forward tokens, best window KL {best_fitness:.4f} on "
-                f"{stages[-1].sequences} sequences "
+                f"{len(scored.records)} evaluations, {tokens} forward tokens, best window KL "
+                f"{best_fitness:.4f} on {stages[-1].sequences} sequences "
                 f"({time.perf_counter() - started:.0f} s)"
             )
         if after_generation:
@@ -400,3 +327,122 @@ def run_search(
     return SearchProgress(
         best_schedule, best_fitness, totals["evaluations"], totals["forward_tokens"], cache.hits
     )
+
+
+def _stored_scores(
+    store: RunStore, run_id: int
+) -> tuple[FitnessCache, dict[tuple[float, ...], str]]:
+    """The run's stored evaluations as a fitness cache, and the schedules that failed once
+    (never scored again) with their reasons."""
+    cache = FitnessCache()
+    failed: dict[tuple[float, ...], str] = {}
+    for row in store.evaluations(run_id):
+        if row.error is not None:
+            failed[tuple(row.schedule)] = row.error
+        elif row.per_sequence is not None:
+            cache.add(row.schedule, row.router, stats_from_json(row.per_sequence))
+    return cache, failed
+
+
+def _start_search(
+    config: RunConfig, store: RunStore, pool: EvaluationPool, run_id: int, show_progress: bool
+) -> EvolutionarySearch:
+    """The run's search: from its stored state, else new (seeded from ``seed_run``'s
+    parents, or with a Block-Influence profile). SearchFailure if the search keeps a
+    budget other than the config's."""
+    stored_state = store.search_state(run_id)
+    if stored_state is not None:
+        search = EvolutionarySearch.from_state(stored_state)
+    elif config.seed_run is not None:
+        seed_state = store.search_state(store.find_run(config.seed_run).id)
+        assert seed_state is not None  # preflight refused a seed run without one
+        parents = EvolutionarySearch.from_state(seed_state).parents
+        search = EvolutionarySearch(ga_params(config, pool.num_blocks), seed_parents=parents)
+    else:
+        influence = None
+        if config.block_influence_profile:
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                tqdm.write(
+                    f"Block Influence of {pool.num_blocks} blocks: one dense pass over "
+                    f"{pool.num_sequences['calibration']} calibration sequences"
+                )
+            influence = pool.block_influence()
+        search = EvolutionarySearch(ga_params(config, pool.num_blocks), influence)
+    params = search.params  # the budget every candidate keeps: the one the GA searches
+    if (params.target, params.s_max) != (config.target_sparsity, config.max_block_sparsity):
+        raise SearchFailure(
+            f"the run's stored search targets sparsity {params.target} (at most "
+            f"{params.s_max} per block), its config {config.target_sparsity} (at most "
+            f"{config.max_block_sparsity}): the config changed since the run started"
+        )
+    return search
+
+
+@dataclass
+class _Generation:
+    """One generation's multi-fidelity selection: each stage scores the survivors on more
+    calibration sequences and keeps the best; the current parents skip the screens."""
+
+    config: RunConfig
+    pool: EvaluationPool
+    cache: FitnessCache
+    failed: dict[tuple[float, ...], str]
+    generation: int
+    show_progress: bool
+    records: list[EvaluationRecord] = field(default_factory=list)
+
+    def run(self, search: EvolutionarySearch, order: list[int]) -> tuple[list[float], float]:
+        """Ask, score every stage, tell: the generation's best schedule and its fitness."""
+        params = search.params
+        candidates = search.ask()
+        if not all(is_feasible(s, params.target, params.s_max) for s in candidates):
+            raise RuntimeError("the search produced a schedule that breaks the budget")
+        failed = self.failed
+        incumbents = [s for s in candidates if s in search.parents]
+        survivors, best_fitness = candidates, math.inf
+        stages = self.config.resolved_stages()
+        for index, stage in enumerate(stages):
+            data = sorted(order[: stage.sequences])
+            survivors, best_fitness = self._stage(index, stage.keep, data, survivors)
+            if index < len(stages) - 1:
+                survivors += [
+                    s for s in incumbents if s not in survivors and tuple(s) not in failed
+                ]
+        # Parents come from the final stage's ranking; only when too few candidates survive
+        # (failures) do screened-out ones, then failed ones, fill the places.
+        search.tell(
+            survivors
+            + [s for s in candidates if s not in survivors and tuple(s) not in failed]
+            + [s for s in candidates if tuple(s) in failed]
+        )
+        return survivors[0], best_fitness
+
+    def _stage(
+        self, index: int, keep: int, data: list[int], survivors: list[list[float]]
+    ) -> tuple[list[list[float]], float]:
+        """Stage ``index`` on calibration sequences ``data``: the best ``keep`` scored
+        survivors and the best fitness; SearchFailure if none could be scored."""
+        fitness = score_stage(
+            self.pool,
+            self.cache,
+            self.failed,
+            survivors,
+            self.config.router,
+            data,
+            self.generation,
+            index,
+            self.records,
+            self.show_progress,
+        )
+        ranked = sorted(survivors, key=lambda s: fitness[tuple(s)])
+        scored = [s for s in ranked if tuple(s) not in self.failed]
+        if not scored:
+            reasons = sorted({self.failed[tuple(s)] for s in ranked})
+            raise SearchFailure(
+                f"generation {self.generation + 1}, stage {index + 1}: none of the "
+                f"{len(ranked)} candidates could be scored ({'; '.join(reasons[:3])})"
+            )
+        kept = scored[:keep]
+        return kept, fitness[tuple(kept[0])]
