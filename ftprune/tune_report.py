@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ftprune.tune import SETTINGS, best_trials
 from ftprune.tune_trials import measure, sparsity_miss
-from search.config import ConfigError
+from search.config import ConfigError, RunConfig
 from search.stored import load_config
 
 if TYPE_CHECKING:
-    from workers.scoring import WindowMetrics
+    from workers.scoring import Scorer, WindowMetrics
 
 
 def check_study(
@@ -41,12 +41,35 @@ def check_study(
     """
     from router import StaticRouter
     from router.loading import load_tokenizer
-    from search.settings import scorer_settings, train_config
+    from search.settings import scorer_settings
     from workers import Scorer
     from workers.data import disjoint_sequences
     from workers.scoring import merge_stats
-    from workers.training import train_on_scorer
 
+    config, chosen = _checked_study(study)
+    settings = scorer_settings(config)
+    fresh = dataclasses.replace(settings, heldout_per_length=heldout_per_length)
+    sequences = disjoint_sequences(
+        fresh.data_spec("heldout"), settings.data_spec("heldout"), load_tokenizer(config.model)
+    )
+    if not sequences:
+        raise ConfigError("no held-out sequence is disjoint from the study's: raise the count")
+    scorer = Scorer(settings, {"heldout": sequences})
+    schedule = study.user_attrs["schedule"] or [config.target_sparsity] * scorer.num_blocks
+    rows = [
+        _retrained(scorer, schedule, config, name, trial, seed, progress)
+        for seed in range(seeds)
+        for name, trial in chosen.items()
+    ]
+    per_sequence = scorer.comparator("heldout").compare(schedule, StaticRouter())
+    static = merge_stats(list(per_sequence.values())).metrics()
+    rows.append({"weights": "static", **_window(static, len(sequences))})
+    return rows
+
+
+def _checked_study(study: optuna.Study) -> tuple[RunConfig, dict[str, FrozenTrial]]:
+    """The study's config and the trials ``tune check`` retrains (``first``, ``best``);
+    ConfigError for a study it cannot check."""
     if len(study.directions) != 1:
         raise ConfigError(f"study {study.study_name!r} has two objectives: no single best")
     if "config" not in study.user_attrs:
@@ -59,48 +82,43 @@ def check_study(
             f"study {study.study_name!r}: the best trial is the first, nothing to check it against"
         )
     config = load_config(study.user_attrs["config"], f"study {study.study_name!r}")
-    settings = scorer_settings(config)
-    chosen = {"first": study.trials[0], "best": best[0]}
-    fresh = dataclasses.replace(settings, heldout_per_length=heldout_per_length)
-    sequences = disjoint_sequences(
-        fresh.data_spec("heldout"), settings.data_spec("heldout"), load_tokenizer(config.model)
+    return config, {"first": study.trials[0], "best": best[0]}
+
+
+def _retrained(
+    scorer: Scorer,
+    schedule: Sequence[float],
+    config: RunConfig,
+    name: str,
+    trial: FrozenTrial,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The row of ``trial``'s settings retrained with router seed ``seed`` (see
+    :func:`check_study`)."""
+    from search.settings import train_config
+    from workers.training import train_on_scorer
+
+    update = {key: trial.params[key] for key in SETTINGS}
+    run = config.model_copy(
+        update={"seed": seed, "router_training": config.router_training.model_copy(update=update)}
     )
-    if not sequences:
-        raise ConfigError("no held-out sequence is disjoint from the study's: raise the count")
-    scorer = Scorer(settings, {"heldout": sequences})
-    schedule = study.user_attrs["schedule"] or [config.target_sparsity] * scorer.num_blocks
-    rows = []
-    for seed in range(seeds):
-        for name, trial in chosen.items():
-            update = {key: trial.params[key] for key in SETTINGS}
-            run = config.model_copy(
-                update={
-                    "seed": seed,
-                    "router_training": config.router_training.model_copy(update=update),
-                }
-            )
-            training = run.router_training
-            trained = train_on_scorer(
-                scorer, schedule, train_config(run, progress), training.kind, training.factors
-            )
-            cost = measure(scorer, schedule, trained.router, False)
-            miss = sparsity_miss(cost["achieved_sparsity"], schedule)
-            rows.append(
-                {
-                    "weights": name,
-                    "trial": trial.number,
-                    "seed": seed,
-                    **update,
-                    **_window(trained.heldout, len(sequences)),
-                    **cost,
-                    "feasible": miss <= config.tuning.tolerance,
-                    "train_s": trained.train_s,
-                }
-            )
-    per_sequence = scorer.comparator("heldout").compare(schedule, StaticRouter())
-    static = merge_stats(list(per_sequence.values())).metrics()
-    rows.append({"weights": "static", **_window(static, len(sequences))})
-    return rows
+    training = run.router_training
+    trained = train_on_scorer(
+        scorer, schedule, train_config(run, progress), training.kind, training.factors
+    )
+    cost = measure(scorer, schedule, trained.router, False)
+    miss = sparsity_miss(cost["achieved_sparsity"], schedule)
+    return {
+        "weights": name,
+        "trial": trial.number,
+        "seed": seed,
+        **update,
+        **_window(trained.heldout, scorer.num_sequences("heldout")),
+        **cost,
+        "feasible": miss <= config.tuning.tolerance,
+        "train_s": trained.train_s,
+    }
 
 
 def _window(metrics: WindowMetrics, sequences: int) -> dict[str, Any]:
