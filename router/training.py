@@ -327,14 +327,7 @@ def train_router(
     if config.distill not in ("kl", "mse"):
         raise ValueError("distill must be 'kl' or 'mse'")
     torch.manual_seed(config.seed)
-    groups = _batches(calibration, config.batch_size)
-    batches = [torch.stack([calibration[i] for i in group])[:, :-1] for group in groups]
-    unroute(model)
-    teachers: list[tuple[Tensor, Tensor | None]]
-    if teacher_log_probs is not None and config.distill == "kl":
-        teachers = [(torch.stack([teacher_log_probs[i] for i in group]), None) for group in groups]
-    else:
-        teachers = [teacher_outputs(model, batch, config.window) for batch in batches]
+    batches, teachers = _training_batches(model, calibration, config, teacher_log_probs)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     router.train()
@@ -353,16 +346,7 @@ def train_router(
             losses = router_losses(
                 output, *teachers[index], schedule, config.distill, config.two_sided
             )
-            lambda_guide = guide_weight(step, config.weights.guide, config.weights.guide_steps)
-            loss = total_loss(
-                losses["guide"], losses["sparse"], losses["distill"], lambda_guide, config.weights
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in {"loss": loss, **losses}.items():
-                history.setdefault(name, []).append(value.item())
-            history.setdefault("lambda_guide", []).append(lambda_guide)
+            _step(optimizer, losses, step, config, history)
             if on_step is not None:
                 on_step(step + 1)
         if evaluate is not None:
@@ -373,6 +357,44 @@ def train_router(
             param.requires_grad_(flags[name])
         router.eval()
     return history
+
+
+def _training_batches(
+    model: CausalLM,
+    calibration: list[Tensor],
+    config: TrainConfig,
+    teacher_log_probs: Sequence[Tensor] | None,
+) -> tuple[list[Tensor], list[tuple[Tensor, Tensor | None]]]:
+    """The calibration sequences in training batches (inputs: all tokens but the last), and
+    each batch's teacher outputs (given log-probs, or one dense pass of the unrouted model)."""
+    groups = _batches(calibration, config.batch_size)
+    batches = [torch.stack([calibration[i] for i in group])[:, :-1] for group in groups]
+    unroute(model)
+    if teacher_log_probs is not None and config.distill == "kl":
+        given = [(torch.stack([teacher_log_probs[i] for i in group]), None) for group in groups]
+        return batches, list(given)
+    return batches, [teacher_outputs(model, batch, config.window) for batch in batches]
+
+
+def _step(
+    optimizer: torch.optim.Optimizer,
+    losses: dict[str, Tensor],
+    step: int,
+    config: TrainConfig,
+    history: dict[str, list[float]],
+) -> None:
+    """One optimizer step on FTP's weighted loss (λ_g decaying over the guide steps), its
+    terms appended to ``history``."""
+    lambda_guide = guide_weight(step, config.weights.guide, config.weights.guide_steps)
+    loss = total_loss(
+        losses["guide"], losses["sparse"], losses["distill"], lambda_guide, config.weights
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    for name, value in {"loss": loss, **losses}.items():
+        history.setdefault(name, []).append(value.item())
+    history.setdefault("lambda_guide", []).append(lambda_guide)
 
 
 def _evaluate(
