@@ -217,6 +217,20 @@ def _prefill_rows(
         desc,
         show_progress,
     )
+    return _prefill_table(model, bench, batch, seq_len, paired, realized)
+
+
+def _prefill_table(
+    model: CausalLM,
+    bench: RoutingBench,
+    batch: int,
+    seq_len: int,
+    paired: dict[str, tuple[list[float], list[float]]],
+    realized: dict[float, float],
+) -> list[dict[str, Any]]:
+    """The prefill rows of one batch and length from the paired timings (``"<scope> <S>"``:
+    dense and routed times) and each S's realized sparsity, with each row's ideal speedup."""
+    full = ("blocks", "end_to_end")
     # c, the blocks' share of the dense model's time, from the full-length dense runs. The
     # S = 0 rows (dense runs one token shorter) have ideal 1: with nothing else asked for,
     # c is computed from them and never used.
