@@ -147,7 +147,7 @@ def routing(
 
     import torch
 
-    from ftprune.bench.routing import RoutingBench, format_table, run
+    from ftprune.bench.routing import RoutingBench, report, run
 
     if threads:
         torch.set_num_threads(threads)
@@ -166,24 +166,7 @@ def routing(
     )
     load_before = os.getloadavg()[0]
     rows = run(bench, show_progress=True)
-    where = (
-        torch.cuda.get_device_name(device)
-        if device != "cpu"
-        else f"cpu, {torch.get_num_threads()} threads"
-    )
-    typer.echo(
-        f"{model}, {dtype}, {where}, {clock} clock, {rows[0]['heap']} heap, median "
-        f"of {repeats} dense/routed pairs; 1-minute load average {load_before:.2f} "
-        f"before, {os.getloadavg()[0]:.2f} after"
-    )
-    typer.echo(format_table(rows))
-    for row in rows:
-        if row["scope"] == "features":
-            typer.echo(
-                f"features (batch {row['batch']}, {row['seq_len']} tokens, window "
-                f"{row['attention_window'] or 'all'}): {row['feature_ms']:.1f} ms "
-                f"= {100 * row['feature_share']:.1f}% of a block"
-            )
+    typer.echo(report(bench, rows, load_before, os.getloadavg()[0]))
     _write_json(rows, json_out)
 
 

@@ -49,15 +49,13 @@ features, factors, MLP and top-k in every block); every row records which.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from ftprune.bench.timing import median_ci95, paired, timed
 from router import ForwardState, StaticRouter, decoder_layers, load_model, route, unroute
 from router.dynamic import DynamicRouter
 from router.loading import CausalLM
@@ -66,7 +64,6 @@ from workers.heap import heap_mode
 SCOPES = ("blocks", "end_to_end", "features")
 # wall: elapsed time. cpu: this process's CPU time, which other processes on a shared
 # machine do not inflate (meaningful with one torch thread: idle threads spin).
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 FEATURE_REPEATS = 5  # the features row times this many times ``repeats`` pairs
 
 
@@ -121,48 +118,6 @@ def _inputs(model: CausalLM, bench: RoutingBench, batch: int, seq_len: int) -> t
     return ids.to(bench.device)
 
 
-def _timed(fn: Callable[[], Any], bench: RoutingBench) -> float:
-    clock = CLOCKS[bench.clock]
-    synchronize = torch.cuda.synchronize if bench.device.startswith("cuda") else lambda: None
-    synchronize()
-    start = clock()
-    fn()
-    synchronize()
-    return (clock() - start) * 1000.0
-
-
-def _paired(
-    variants: dict[str, tuple[Callable[[], float], Callable[[], float]]],
-    bench: RoutingBench,
-    desc: str,
-    show_progress: bool,
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Milliseconds (dense, variant) per variant and repeat, warm-up excluded. ``variants``
-    maps a name to its (dense, variant) calls. Each variant runs right next to its dense
-    run, the order alternating between repeats, and every repeat visits every variant, so
-    a slow stretch of a shared machine falls on all of them alike."""
-    from tqdm.auto import tqdm
-
-    pairs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
-    with tqdm(
-        total=(bench.warmup + bench.repeats) * len(variants),
-        desc=desc,
-        unit="pair",
-        disable=not show_progress,
-    ) as bar:
-        for repeat in range(bench.warmup + bench.repeats):
-            for name, (dense, variant) in variants.items():
-                if repeat % 2 == 0:
-                    dense_ms, variant_ms = dense(), variant()
-                else:
-                    variant_ms, dense_ms = variant(), dense()
-                if repeat >= bench.warmup:
-                    pairs[name][0].append(dense_ms)
-                    pairs[name][1].append(variant_ms)
-                bar.update()
-    return pairs
-
-
 @torch.inference_mode()
 def _prefill_rows(
     model: CausalLM, bench: RoutingBench, batch: int, seq_len: int, desc: str, show_progress: bool
@@ -191,7 +146,7 @@ def _prefill_rows(
         def call() -> float:
             routing = route(model, schedule, router, attention_window=bench.attention_window)
             try:
-                elapsed = _timed(forward, bench)
+                elapsed = timed(forward, bench.clock, bench.device)
             finally:
                 unroute(model)
             if routing.last_state is None:
@@ -203,21 +158,22 @@ def _prefill_rows(
 
     def dense(scope: str, sparsity: float) -> Callable[[], float]:
         reference = overhead_reference if sparsity == 0 else full
-        return lambda: _timed(reference[scope], bench)
+        return lambda: timed(reference[scope], bench.clock, bench.device)
 
     unroute(model)
     overhead_router = DynamicRouter().to(bench.device)
-    paired = _paired(
+    pairs = paired(
         {
             f"{scope} {s}": (dense(scope, s), routed(s, forward))
             for scope, forward in full.items()
             for s in bench.sparsities
         },
-        bench,
+        bench.warmup,
+        bench.repeats,
         desc,
         show_progress,
     )
-    return _prefill_table(model, bench, batch, seq_len, paired, realized)
+    return _prefill_table(model, bench, batch, seq_len, pairs, realized)
 
 
 def _prefill_table(
@@ -298,16 +254,17 @@ def _feature_row(
                     state.features(index)
 
             try:
-                return _timed(forward, bench)
+                return timed(forward, bench.clock, bench.device)
             finally:
                 unroute(model)
 
         return call
 
     # One block is quick: repeat it more often than whole forwards.
-    pairs = _paired(
+    pairs = paired(
         {"features": (block(StaticRouter()), block(_FeatureReader()))},
-        dataclasses.replace(bench, repeats=FEATURE_REPEATS * bench.repeats),
+        bench.warmup,
+        FEATURE_REPEATS * bench.repeats,
         desc,
         show_progress,
     )
@@ -316,20 +273,6 @@ def _feature_row(
     row["feature_ms"] = round(row["feature_share"] * row["dense_ms"], 2)
     row["attention_window"] = bench.attention_window
     return row
-
-
-def median_ci95(values: list[float]) -> tuple[float, float]:
-    """A distribution-free interval holding the median of what ``values`` sample with at
-    least 95% confidence: the j-th smallest and j-th largest value, j the largest rank with
-    P(Binomial(n, 1/2) < j) <= 2.5% (at least 1: the whole range for n < 6)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    below, j = 0.0, 0
-    while j < n and below + math.comb(n, j) / 2.0**n <= 0.025:
-        below += math.comb(n, j) / 2.0**n
-        j += 1
-    j = max(j, 1)
-    return ordered[j - 1], ordered[n - j]
 
 
 def _row(
@@ -390,3 +333,29 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             Column("eff 95% CI", lambda r: "%.3f-%.3f" % tuple(r["efficiency_ci95"])),
         ],
     )
+
+
+def report(
+    bench: RoutingBench, rows: list[dict[str, Any]], load_before: float, load_after: float
+) -> str:
+    """What ``ftprune bench routing`` prints: the setting (device, threads, clock, heap, the
+    machine's load before and after), the table, and each features row as a sentence."""
+    where = (
+        torch.cuda.get_device_name(bench.device)
+        if bench.device != "cpu"
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
+    lines = [
+        f"{bench.model}, {bench.dtype}, {where}, {bench.clock} clock, {rows[0]['heap']} heap, "
+        f"median of {bench.repeats} dense/routed pairs; 1-minute load average "
+        f"{load_before:.2f} before, {load_after:.2f} after",
+        format_table(rows),
+    ]
+    lines += [
+        f"features (batch {row['batch']}, {row['seq_len']} tokens, window "
+        f"{row['attention_window'] or 'all'}): {row['feature_ms']:.1f} ms "
+        f"= {100 * row['feature_share']:.1f}% of a block"
+        for row in rows
+        if row["scope"] == "features"
+    ]
+    return "\n".join(lines)

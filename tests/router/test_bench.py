@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ftprune.bench.routing import median_ci95
+from ftprune.bench.timing import median_ci95
 from ftprune.cli import app
 
 runner = CliRunner()
