@@ -32,7 +32,7 @@ _HOMES = {
     "ROUTER_SPECS": "registry",
     "RouterSpecError": "registry",
     "check_router_spec": "registry",
-    "make_router": "registry",
+    "make_router": "checkpoint",
     "router_kind": "registry",
     "RandomRouter": "routers",
     "StaticRouter": "routers",
@@ -43,6 +43,7 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:
+    from router.checkpoint import make_router
     from router.engine import (
         DECODE_POLICIES,
         Routing,
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
         ROUTER_SPECS,
         RouterSpecError,
         check_router_spec,
-        make_router,
         router_kind,
     )
     from router.routers import RandomRouter, StaticRouter, TokenRouter

@@ -27,8 +27,24 @@ from torch import nn
 
 from router.engine import Routing, decoder_layers, route
 from router.loading import ModelSpecError, load_model
-from router.registry import TRAINED, LearnedRouter, kind_of, restore_router, router_fields
-from router.specs import FORMAT, META, WEIGHTS, CheckpointError, read_meta
+from router.registry import (
+    FIXED,
+    TRAINED,
+    LearnedRouter,
+    kind_of,
+    restore_router,
+    router_fields,
+)
+from router.routers import TokenRouter
+from router.specs import (
+    FORMAT,
+    META,
+    WEIGHTS,
+    CheckpointError,
+    check_router_spec,
+    checkpoint_dir,
+    read_meta,
+)
 
 __all__ = [
     "META",
@@ -173,6 +189,16 @@ def load_routed(directory: str | Path, device: str = "cpu") -> tuple[Any, Any, R
     except ValueError as error:
         raise CheckpointError(f"{Path(directory) / META}: {error}") from None
     return model, tokenizer, routing
+
+
+def make_router(spec: str) -> TokenRouter:
+    """The router a spec names (:mod:`router.registry`): a fixed router, or a checkpoint
+    loaded on the CPU, in eval mode."""
+    check_router_spec(spec)
+    directory = checkpoint_dir(spec)
+    if directory is None:
+        return FIXED[spec]()
+    return load_router(directory)[0]
 
 
 def weights_sha256(directory: str | Path) -> str:

@@ -19,6 +19,9 @@ Guarantees:
   :func:`router_fields` and :func:`restore_router` give back the same router.
 - A spec or kind that names nothing raises :class:`RouterSpecError` with one line that
   lists the choices; :func:`check_router_spec` reads no weights.
+
+The router a spec names is made by :func:`router.checkpoint.make_router` (a checkpoint
+loads there; this module imports no checkpoint code).
 """
 
 from __future__ import annotations
@@ -80,17 +83,6 @@ TRAINED: dict[str, TrainedKind] = {
         learned_from=0,
     ),
 }
-
-
-def make_router(spec: str) -> TokenRouter:
-    """The router a spec names; a checkpoint loads on the CPU, in eval mode."""
-    check_router_spec(spec)
-    directory = checkpoint_dir(spec)
-    if directory is None:
-        return FIXED[spec]()
-    from router.checkpoint import load_router  # it imports this module
-
-    return load_router(directory)[0]
 
 
 def trained_kind(name: str) -> TrainedKind:

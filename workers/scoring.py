@@ -33,9 +33,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from router import TokenRouter, route, unroute
+from router.checkpoint import make_router
 from router.registry import RouterSpecError as RouterSpecError  # re-exported
 from router.registry import check_router_spec as check_router_spec  # re-exported
-from router.registry import checkpoint_dir, make_router, router_kind
+from router.registry import checkpoint_dir, router_kind
 from workers.data import SPLITS, Split, build_sequences
 from workers.devices import resolve_device
 from workers.settings import ScorerSettings as ScorerSettings  # re-exported

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from router import load_model, route, unroute
-from router.checkpoint import CheckpointError, load_routed, read_meta, save_router
+from router.checkpoint import CheckpointError, load_routed, make_router, read_meta, save_router
 from router.registry import (
     FIXED,
     ROUTER_SPECS,
@@ -19,7 +19,6 @@ from router.registry import (
     check_router_spec,
     checkpoint_dir,
     kind_of,
-    make_router,
     new_router,
     router_kind,
 )
