@@ -370,10 +370,10 @@ def eval_bench(
         fail(f"--dtype must be float32, bfloat16 or float64, not {dtype!r}")
     check_output_file(json_out, "--json")
     from ftprune.eval import load_choice_tasks
-    from router.loading import model_config
+    from router.facts import model_facts
 
     with user_errors():
-        model_config(model)
+        model_facts(model)  # the model's config file, without torch for the shipped models
         tasks = list(zip(task_file or [], load_choice_tasks(task_file or [], limit), strict=True))
     from ftprune.bench.eval import format_table, run
 

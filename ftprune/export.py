@@ -55,7 +55,7 @@ def plan_export(
     """The router and schedule to export (see the module docstring); StorageError for a
     run without routers, an unknown ``router`` label or a checkpoint that changed on disk,
     ConfigError for a fine-tuned schedule the router does not have."""
-    from router.checkpoint import WEIGHTS, weights_sha256
+    from router.specs import WEIGHTS, weights_sha256
     from storage import StorageError
 
     check_choice(schedule)

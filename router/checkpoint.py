@@ -15,7 +15,6 @@ not fit the model) raises :class:`CheckpointError` with a one-line message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -44,6 +43,8 @@ from router.specs import (
     check_router_spec,
     checkpoint_dir,
     read_meta,
+    weights_header,
+    weights_sha256,
 )
 
 __all__ = [
@@ -116,24 +117,6 @@ def check_checkpoint(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a safetensors file, from its header alone (8 bytes of
-    little-endian length, then JSON); CheckpointError for a file that has none."""
-    try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 2 <= size <= min(path.stat().st_size - 8, 100_000_000):
-                raise ValueError("no safetensors header")
-            header = json.loads(handle.read(size))
-        return {
-            name: tuple(int(d) for d in entry["shape"])
-            for name, entry in header.items()
-            if name != "__metadata__"
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
-
-
 def _described_router(directory: Path) -> tuple[LearnedRouter, dict[str, Any]]:
     """The untrained router the metadata describes, and the metadata."""
     meta = read_meta(directory)
@@ -199,12 +182,6 @@ def make_router(spec: str) -> TokenRouter:
     if directory is None:
         return FIXED[spec]()
     return load_router(directory)[0]
-
-
-def weights_sha256(directory: str | Path) -> str:
-    """SHA-256 (hex) of a checkpoint directory's weights file, for recording and verifying
-    that the weights on disk are the ones that were measured."""
-    return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -10,6 +10,7 @@ Every problem raises a one-line :class:`RouterSpecError` or :class:`CheckpointEr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,27 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if meta["decode"] not in DECODE_POLICIES:
         raise CheckpointError(f"{path}: unknown decode policy {meta['decode']!r}")
     return meta
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """SHA-256 (hex) of a checkpoint directory's weights file, for recording and verifying
+    that the weights on disk are the ones that were measured."""
+    return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()
+
+
+def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header alone (8 bytes of
+    little-endian length, then JSON); CheckpointError for a file that has none."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= min(path.stat().st_size - 8, 100_000_000):
+                raise ValueError("no safetensors header")
+            header = json.loads(handle.read(size))
+        return {
+            name: tuple(int(d) for d in entry["shape"])
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None

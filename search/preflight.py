@@ -146,10 +146,10 @@ def check_router(spec: str, facts: ModelFacts) -> None:
     directory = checkpoint_dir(spec)
     if directory is None:
         return
-    from router.checkpoint import META, CheckpointError, check_checkpoint
+    from router.specs import META, WEIGHTS, CheckpointError, read_meta, weights_header
 
-    meta = check_checkpoint(directory)
-    if meta["model"] != facts.spec:
+    meta = read_meta(directory)  # the description and the header first: no torch for them
+    if meta.get("model") != facts.spec:
         raise CheckpointError(
             f"{directory}/{META}: the router was trained for model {meta['model']!r}, "
             f"not {facts.spec!r}"
@@ -159,6 +159,10 @@ def check_router(spec: str, facts: ModelFacts) -> None:
             f"{directory}/{META}: the router reads hidden size {meta['hidden_size']}, "
             f"{facts.spec} has {facts.hidden_size}"
         )
+    weights_header(Path(directory) / WEIGHTS)
+    from router.checkpoint import check_checkpoint
+
+    check_checkpoint(directory)  # the tensor shapes against the router the description makes
 
 
 def check_schedule(schedule: Sequence[float], blocks: int, what: str, nested: bool = False) -> None:
