@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ftprune.eval import EvalPlan, Target
     from ftprune.eval_targets import RunView
     from storage import Store
+    from workers.settings import ScorerSettings
 
 MAX_LIMIT = 10_000_000  # examples per task
 MAX_BATCH = 65_536
@@ -174,6 +175,17 @@ class Prepared:
     store: Store | None = None
 
 
+@dataclass(frozen=True)
+class _Source:
+    """What ``--run``/``--compare``, ``--export`` or ``--model`` evaluates: the scorer
+    settings, the targets (None for ``--compare``), and a run's view and store."""
+
+    settings: ScorerSettings
+    targets: Targets | None
+    view: RunView | None = None
+    store: Store | None = None
+
+
 def extras(request: EvalRequest) -> Extras:
     """The request's suite and retrieval grid (``--retrieval`` and its grid options
     override a suite's grid) and row choices; reads no task data."""
@@ -202,6 +214,7 @@ def extras(request: EvalRequest) -> Extras:
 
 def prepare(request: EvalRequest) -> Prepared:
     """Everything the request names, read and checked (see the module docstring)."""
+    from evaluation.tasks import check_fits
     from ftprune.eval import EvalPlan
     from workers.devices import check_device_available, check_device_spec
 
@@ -219,16 +232,14 @@ def prepare(request: EvalRequest) -> Prepared:
         from workers.data import check_text
 
         check_text(request.text, "--text file")
-    prepared = _source(request, chosen, task_specs + lm_tasks)
-    settings = prepared.plan.settings
-    from evaluation.tasks import check_fits
-
+    source = _source(request, task_specs + lm_tasks)
+    settings = source.settings
     check_fits(choice_tasks, settings.model)
     if request.text is not None:
         settings = dataclasses.replace(settings, source=request.text)
     if request.device is not None:
         settings = dataclasses.replace(settings, device=request.device)
-    prepared.plan = EvalPlan(
+    plan = EvalPlan(
         settings=settings,
         choice_tasks=choice_tasks,
         lm_tasks=lm_tasks,
@@ -239,6 +250,7 @@ def prepare(request: EvalRequest) -> Prepared:
         resamples=request.resamples,
         seed=request.seed,
     )
+    prepared = Prepared(plan, source.targets, chosen, source.view, source.store)
     _check_rows(prepared)
     return prepared
 
@@ -255,10 +267,10 @@ def _choice_tasks(request: EvalRequest, chosen: Extras) -> tuple[list[ChoiceTask
     return tasks, [*request.task_files, *(t.spec for t in suite_tasks)]
 
 
-def _source(request: EvalRequest, chosen: Extras, specs: list[str]) -> Prepared:
-    """The model and targets of ``--run``/``--compare``, ``--export`` or ``--model``, in a
-    Prepared whose plan holds only the scorer settings so far."""
-    from ftprune.eval import EvalPlan, Target
+def _source(request: EvalRequest, specs: list[str]) -> _Source:
+    """The model and targets of ``--run``/``--compare``, ``--export`` or ``--model``; a
+    run's data hygiene checked against the task ``specs``."""
+    from ftprune.eval import Target
     from workers import BUILTIN_PYDOC, ScorerSettings
 
     ref = request.run or request.compare
@@ -270,11 +282,11 @@ def _source(request: EvalRequest, chosen: Extras, specs: list[str]) -> Prepared:
         store = open_store(request.db, create=False)
         view = run_view(store, ref)
         check_hygiene(view.config.model_dump(), specs, request.force)
-        plan = EvalPlan(settings=scorer_settings(view.config))
+        settings = scorer_settings(view.config)
         if request.compare is not None:
-            return Prepared(plan, None, chosen, view, store)
+            return _Source(settings, None, view, store)
         one = run_target(view, request.schedule, request.router)
-        return Prepared(plan, lambda blocks: [one(blocks)], chosen, view, store)
+        return _Source(settings, lambda blocks: [one(blocks)], view, store)
     if request.export is not None:
         from router.specs import checkpoint_spec, read_meta
 
@@ -282,14 +294,14 @@ def _source(request: EvalRequest, chosen: Extras, specs: list[str]) -> Prepared:
         settings = ScorerSettings(model=meta["model"], dtype=meta["dtype"], source=BUILTIN_PYDOC)
         values = [float(s) for s in meta["schedule"]]
         spec = checkpoint_spec(request.export.resolve())
-        return Prepared(EvalPlan(settings), lambda _: [Target("export", values, spec)], chosen)
-    return _model_source(request, chosen)
+        return _Source(settings, lambda _: [Target("export", values, spec)])
+    return _model_source(request)
 
 
-def _model_source(request: EvalRequest, chosen: Extras) -> Prepared:
+def _model_source(request: EvalRequest) -> _Source:
     """``--model``: a row per schedule (uniform at ``--sparsity``, ``--schedule``) and
     router."""
-    from ftprune.eval import EvalPlan, Target
+    from ftprune.eval import Target
     from router.facts import model_facts
     from workers import BUILTIN_PYDOC, ScorerSettings
 
@@ -308,7 +320,7 @@ def _model_source(request: EvalRequest, chosen: Extras) -> Prepared:
         schedules += [("schedule", given)] if given is not None else []
         return [Target(label, values, k) for label, values in schedules for k in kinds]
 
-    return Prepared(EvalPlan(settings), targets, chosen)
+    return _Source(settings, targets)
 
 
 def _check_rows(prepared: Prepared) -> None:

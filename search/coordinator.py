@@ -42,9 +42,9 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from search.config import RunConfig
+from search.config import RunConfig, StageConfig
 from search.fitness import FitnessCache, minibatch_order, score_stage, stats_from_json
 from search.ga import EvolutionarySearch, is_feasible
 from search.interrupts import Interruptible, RunInterrupted, signal_of
@@ -307,7 +307,7 @@ def run_search(
             break
         started = time.perf_counter()
         order = minibatch_order(config.seed, generation, num_sequences)
-        scored = _Generation(config, pool, cache, failed, generation, show_progress)
+        scored = _Generation(config, stages, pool, cache, failed, generation, show_progress)
         best_schedule, best_fitness = scored.run(search, order)
         store.record_generation(
             run_id, generation, scored.records, best_fitness, best_schedule, search.state(), lease
@@ -386,6 +386,7 @@ class _Generation:
     calibration sequences and keeps the best; the current parents skip the screens."""
 
     config: RunConfig
+    stages: Sequence[StageConfig]
     pool: EvaluationPool
     cache: FitnessCache
     failed: dict[tuple[float, ...], str]
@@ -402,7 +403,7 @@ class _Generation:
         failed = self.failed
         incumbents = [s for s in candidates if s in search.parents]
         survivors, best_fitness = candidates, math.inf
-        stages = self.config.resolved_stages()
+        stages = self.stages
         for index, stage in enumerate(stages):
             data = sorted(order[: stage.sequences])
             survivors, best_fitness = self._stage(index, stage.keep, data, survivors)

@@ -66,11 +66,7 @@ def test_killed_worker_node_leaves_the_search_to_the_head(
 
     assert at_kill["status"] == "running"
     assert 1 <= at_kill["generations"] <= GENERATIONS - 2  # a later generation started after
-    final, reference = store.run_status(job.run_id), store.run_status(uninterrupted.run_id)
-    assert final["status"] == "finished" and final["generations"] == GENERATIONS
-    assert final["best_schedule"] == reference["best_schedule"]
-    assert final["best_fitness"] == reference["best_fitness"]
-    assert rows(store, job.run_id) == rows(store, uninterrupted.run_id)  # each candidate once
+    assert_ends_like(store, job.run_id, uninterrupted.run_id)
 
     actors = cluster.actor_nodes(job.submission_id)
     on_worker = {pid for pid, node in actors.items() if node == WORKER_NODE}
@@ -80,3 +76,13 @@ def test_killed_worker_node_leaves_the_search_to_the_head(
         r for r in store.evaluations(job.run_id) if r.generation > at_kill["generations"]
     ]  # generations that started after the kill
     assert later and {actors[worker_pid(r.worker)] for r in later} == {"head"}
+
+
+def assert_ends_like(store: Store, run_id: int, reference_id: int) -> None:
+    """Run ``run_id`` finished all its generations with the uninterrupted run's result:
+    the same best schedule and fitness, and every candidate recorded once, as there."""
+    final, reference = store.run_status(run_id), store.run_status(reference_id)
+    assert final["status"] == "finished" and final["generations"] == GENERATIONS
+    assert final["best_schedule"] == reference["best_schedule"]
+    assert final["best_fitness"] == reference["best_fitness"]
+    assert rows(store, run_id) == rows(store, reference_id)  # each candidate once
